@@ -1,0 +1,80 @@
+"""Quality benchmark: train each (config, overrides) row, then write a Markdown results table.
+
+    GENREC_SOURCE=../shared/data python benchmarks/quality.py --out runs/bench \
+        --rows beauty/sasrec beauty/hstu toys/sasrec toys/hstu ml-100k/hstu ml-100k/sasrec
+
+Every row: full-catalogue ranking, leave-one-out, the user's earlier items excluded, best epoch
+on validation NDCG@10, test metrics of that epoch. Rows already finished in --out are not rerun
+(their metrics.json is read), and an interrupted row resumes from its last epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from genrec.config import load_config
+from genrec.training.trainer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_row(name: str, overrides: list[str], out: Path) -> dict:
+    run_dir = out / name.replace("/", "-")
+    if (run_dir / "metrics.json").exists():
+        return json.loads((run_dir / "metrics.json").read_text())
+    resume = (run_dir / "last" / "state.json").exists()
+    cfg = load_config(run_dir / "config.yaml" if resume else ROOT / "configs" / f"{name}.yaml", [] if resume else overrides)
+    return train(cfg, run_dir, resume=resume)
+
+
+def row_stats(run_dir: Path) -> tuple[float, float]:
+    """(median seconds per training epoch, peak RSS MB) from the run's log."""
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    secs = sorted(r["seconds"] for r in log)
+    return secs[len(secs) // 2], max(r["peak_rss_mb"] for r in log)
+
+
+def table(out: Path, rows: list[str]) -> str:
+    lines = [
+        "| row | model | best epoch / run | valid NDCG@10 | test NDCG@10 | test HR@10 | test NDCG@50 | test HR@50 | test MRR | s/epoch | peak RSS MB | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in rows:
+        run_dir = out / name.replace("/", "-")
+        m = json.loads((run_dir / "metrics.json").read_text())
+        sec, rss = row_stats(run_dir)
+        t, p = m["test"], m["protocol"]
+        lines.append(
+            f"| {name} | {p['model']} | {m['best_epoch']} / {m['epochs_run']} | {m['valid']['ndcg@10']:.4f} | "
+            f"{t['ndcg@10']:.4f} | {t['hr@10']:.4f} | {t['ndcg@50']:.4f} | {t['hr@50']:.4f} | {t['mrr']:.4f} | "
+            f"{sec:.1f} | {rss:.0f} | {'; '.join(p['notes']) or '-'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/bench")
+    ap.add_argument("--rows", nargs="+", required=True, help="config names under configs/, e.g. beauty/hstu")
+    ap.add_argument("--set", nargs="*", default=[], help="overrides applied to every row (recorded in the table)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    for name in args.rows:
+        start = time.time()
+        run_row(name, args.set, out)
+        print(f"{name}: done in {time.time() - start:.0f}s", flush=True)
+    header = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} / {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; overrides: {' '.join(args.set) or 'none'}.\n"
+    )
+    print(header + "\n" + table(out, args.rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Typed experiment configuration: YAML files plus dotted ``key=value`` overrides.
+
+An experiment is ``data`` + ``model`` + ``train`` + ``eval``. The model section is resolved by
+its ``name`` to the model's own config dataclass (``HSTUConfig``, ``SASRecConfig``), registered in
+:mod:`genrec.models`. Every field is documented where it is declared and validated in
+``__post_init__`` with an error that names the bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genrec.errors import ConfigError
+from genrec.models import ModelConfig, model_config_class, preset
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not one of {list(choices)}")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "custom"
+    """Registered dataset name (see ``genrec datasets``), or ``custom`` for a local log."""
+    source: str | None = None
+    """Local file, folder or archive to read instead of downloading (offline use)."""
+    format: str | None = None
+    """Input format; defaults to the registered dataset's. See ``genrec.data.loaders.FORMATS``."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Generic CSV/Parquet only: maps ``user``/``item``/``timestamp``/``rating`` to column names."""
+    delimiter: str = ","
+    """Generic CSV only: field separator."""
+    has_header: bool = True
+    """Generic CSV only: whether the first line names the columns."""
+    min_user_count: int | None = None
+    """Drop users with fewer interactions (None = the registered dataset's protocol, else keep all)."""
+    min_item_count: int | None = None
+    """Drop items with fewer interactions (None = the registered dataset's protocol, else keep all)."""
+    kcore: bool = False
+    """Repeat the user/item filters until both hold (iterative k-core); else one pass."""
+    raw_integer_ids: bool = False
+    """Use integer item ids as they are (catalogue 1..max id), as the HSTU reference does for MovieLens."""
+    verify_checksum: bool = True
+    """Check the data file's size and published digest (turn off for a deliberately modified copy)."""
+    cache_dir: str | None = None
+    """Where downloads and prepared data live; default ``$GENREC_DATA_DIR`` or ``~/.cache/genrec``."""
+
+    def __post_init__(self) -> None:
+        if (self.min_user_count or 0) < 0 or (self.min_item_count or 0) < 0:
+            raise ConfigError("data.min_user_count and data.min_item_count must be >= 0")
+        unknown = set(self.columns) - {"user", "item", "timestamp", "rating"}
+        if unknown:
+            raise ConfigError(f"data.columns has unknown keys {sorted(unknown)}")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    """Maximum number of epochs (one pass over every training user)."""
+    batch_size: int = 128
+    """Users per step."""
+    lr: float = 1e-3
+    """AdamW learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.98)
+    """AdamW betas."""
+    loss: str = "sampled_softmax"
+    """``sampled_softmax`` (uniform negatives), ``in_batch`` (other targets as negatives) or ``full_softmax``."""
+    num_negatives: int = 128
+    """Uniform negatives per position (sampled_softmax)."""
+    negative_sharing: str = "position"
+    """``position``: fresh negatives for each position (reference); ``batch``: one set shared by the batch."""
+    temperature: float = 0.05
+    """Softmax temperature on cosine similarities."""
+    seed: int = 42
+    """Seed for initialisation, shuffling, dropout and negatives."""
+    precision: str = "fp32"
+    """``fp32`` or ``bf16`` (autocast; fast on CPUs with AMX and on recent GPUs)."""
+    patience: int = 10
+    """Stop after this many evaluations without a validation improvement (0 = never stop early)."""
+    eval_every: int = 1
+    """Evaluate on validation every N epochs."""
+    bucket_by_length: bool = False
+    """Group users of similar history length into a batch, so less compute goes to padding."""
+    grad_clip: float = 0.0
+    """Clip the gradient norm to this value (0 = off)."""
+    num_threads: int = 0
+    """torch intra-op threads (0 = torch's default)."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+
+    def __post_init__(self) -> None:
+        _check_choice("train.loss", self.loss, ("sampled_softmax", "in_batch", "full_softmax"))
+        _check_choice("train.negative_sharing", self.negative_sharing, ("position", "batch"))
+        _check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
+        for name in ("epochs", "batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
+        if self.loss == "sampled_softmax" and self.num_negatives < 1:
+            raise ConfigError(f"train.num_negatives={self.num_negatives} must be >= 1")
+        if self.temperature <= 0:
+            raise ConfigError(f"train.temperature={self.temperature} must be > 0")
+        self.betas = tuple(self.betas)
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [1, 10, 50, 200])
+    """Cut-offs for HR@K and NDCG@K."""
+    exclude_history: str = "full"
+    """Items not ranked: ``full`` (every earlier item of the user), ``input`` (the truncated model
+    input only, as the HSTU reference code) or ``none``. A target inside the excluded set counts as a miss."""
+    query_time: str = "target"
+    """Timestamp used as the last position's "next" time for the time bias: ``target`` (the held-out
+    item's own timestamp = the request time, as the HSTU reference) or ``last`` (the last history item's)."""
+    select_metric: str = "ndcg@10"
+    """Validation metric used for early stopping and picking the best checkpoint."""
+    batch_size: int = 256
+    """Users scored at once."""
+    item_chunk_size: int = 65536
+    """Items scored at once, so memory stays bounded on large catalogues."""
+
+    def __post_init__(self) -> None:
+        _check_choice("eval.exclude_history", self.exclude_history, ("full", "input", "none"))
+        _check_choice("eval.query_time", self.query_time, ("target", "last"))
+        if not self.ks or min(self.ks) < 1:
+            raise ConfigError(f"eval.ks={self.ks} must be a non-empty list of positive cut-offs")
+        self.ks = sorted(set(int(k) for k in self.ks))
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    """Used for the default run folder ``runs/<name>-<timestamp>``."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=lambda: model_config_class("hstu")())
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "ExperimentConfig":
+        raw = dict(raw or {})
+        unknown = set(raw) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown top-level config keys {sorted(unknown)}")
+        model_raw = dict(raw.get("model") or {})
+        if "preset" in model_raw:  # preset values first, explicit keys win
+            model_raw = {**preset(model_raw.pop("preset")), **model_raw}
+        model_cls = model_config_class(model_raw.get("name", "hstu"))
+        return cls(
+            name=str(raw.get("name", "experiment")),
+            data=_build(DataConfig, raw.get("data"), "data"),
+            model=_build(model_cls, model_raw, "model"),
+            train=_build(TrainConfig, raw.get("train"), "train"),
+            eval=_build(EvalConfig, raw.get("eval"), "eval"),
+        )
+
+
+def _build(cls: type, raw: dict[str, Any] | None, prefix: str) -> Any:
+    raw = dict(raw or {})
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(names)
+    if unknown:
+        raise ConfigError(f"unknown keys in {prefix}: {sorted(unknown)}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}") for k, v in raw.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix}: {exc}") from exc
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Convert a YAML/override value to the declared field type, or raise naming the field."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if hint is Any:
+        return value
+    try:
+        if hint is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "1", "yes", "on"):
+                    return True
+                if value.lower() in ("false", "0", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if hint in (int, float, str):
+            if hint is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return hint(value)
+        if origin in (list, tuple):
+            items = yaml.safe_load(value) if isinstance(value, str) else value
+            return origin(_coerce(v, args[0], name) for v in items)
+        if origin is dict:
+            items = yaml.safe_load(value) if isinstance(value, str) else value
+            return {str(k): _coerce(v, args[1], name) for k, v in dict(items).items()}
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name}={value!r} is not a valid {getattr(hint, '__name__', hint)}") from exc
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings to a raw config dict (values parsed as YAML scalars)."""
+    raw = _deep_copy(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+    return raw
+
+
+def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in raw.items()}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply dotted overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    raw.setdefault("name", path.stem if path.parent.name in ("", ".") else f"{path.parent.name}-{path.stem}")
+    return ExperimentConfig.from_dict(apply_overrides(raw, overrides or []))

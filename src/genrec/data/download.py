@@ -1,0 +1,210 @@
+"""Registered datasets: official download addresses, published checksums, default preprocessing.
+
+Archives are checked against the MD5 that GroupLens publishes beside them; the data file that is
+actually read is checked against its size and SHA-256 (or, for MovieLens-1M ``ratings.dat``, its
+git blob id, the only published digest we could confirm). A file supplied with ``--source`` is
+checked the same way; a gzipped copy is checked on its uncompressed bytes. A dataset whose digest
+is not pinned is read with a warning that says so.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genrec.errors import ChecksumError, DataFormatError
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    format: str
+    url: str | None
+    """Official download address (an archive or the data file itself)."""
+    member: str
+    """Path of the data file inside the archive, or the file name when ``url`` is the file."""
+    member_size: int | None = None
+    member_digests: dict[str, str] = field(default_factory=dict)
+    """``{"sha256"|"git-blob": hex}`` of the uncompressed data file."""
+    archive_md5: str | None = None
+    min_user_count: int = 0
+    min_item_count: int = 0
+    raw_integer_ids: bool = False
+    description: str = ""
+
+
+GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+S3REC = "https://raw.githubusercontent.com/aHuiWang/CIKM2020-S3Rec/master/data"
+SNAP = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec(
+            "ml-100k", "movielens-100k", f"{GROUPLENS}/ml-100k.zip", "ml-100k/u.data", 1_979_173,
+            {"sha256": "06416e597f82b7342361e41163890c81036900f418ad91315590814211dca490"},
+            archive_md5="0e33842e24a9c977be4e0107933c0723",
+            description="MovieLens 100K: 100,000 ratings, 943 users, 1,682 movies, timestamps",
+        ),
+        DatasetSpec(
+            "ml-1m", "movielens-1m", f"{GROUPLENS}/ml-1m.zip", "ml-1m/ratings.dat", None,
+            {"git-blob": "77a7c4b150f588c23bb9e1f068aa996c0b413695"},
+            archive_md5="c4d9eecfca2ab87c1945afe126590906", raw_integer_ids=True,
+            description="MovieLens 1M: 1,000,209 ratings, 6,040 users, 3,706 movies (HSTU protocol: no filtering, raw ids)",
+        ),
+        DatasetSpec(
+            "ml-20m", "movielens-20m", f"{GROUPLENS}/ml-20m.zip", "ml-20m/ratings.csv", 533_445_239,
+            {"sha256": "3ac7efb234124851718f05fe575e560aad243f5464c6e1decd8c7e39511cf664"},
+            archive_md5="cd245b17a1ae2cc31bb14903e1204af3", raw_integer_ids=True,
+            description="MovieLens 20M: 20,000,263 ratings (HSTU protocol: no filtering, raw ids)",
+        ),
+        DatasetSpec(
+            "amazon-books", "amazon-ratings-csv", f"{SNAP}/ratings_Books.csv", "ratings_Books.csv", 916_259_383,
+            {"sha256": "411873640232eaa462881c67e9b5e07ce4f1a4c135cf5c7a98ccd3a33901dc11"},
+            min_user_count=5, min_item_count=5,
+            description="Amazon 2014 Books ratings (HSTU protocol: users and items with >= 5 ratings, one pass)",
+        ),
+        DatasetSpec(
+            "beauty", "sequences", f"{S3REC}/Beauty.txt", "Beauty.txt", 1_090_094,
+            {"sha256": "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"},
+            description="Amazon 2014 5-core Beauty, S3-Rec sequences: 22,363 users, 12,101 items, no timestamps",
+        ),
+        DatasetSpec(
+            "toys", "sequences", f"{S3REC}/Toys_and_Games.txt", "Toys_and_Games.txt", 922_166,
+            {"sha256": "176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f"},
+            description="Amazon 2014 5-core Toys and Games, S3-Rec sequences: 19,412 users, 11,924 items, no timestamps",
+        ),
+        DatasetSpec(
+            "sports", "sequences", f"{S3REC}/Sports_and_Outdoors.txt", "Sports_and_Outdoors.txt",
+            description="Amazon 2014 5-core Sports and Outdoors, S3-Rec sequences (digest not pinned)",
+        ),
+    ]
+}
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    root = cache_dir or os.environ.get("GENREC_DATA_DIR") or Path.home() / ".cache" / "genrec"
+    return Path(root)
+
+
+def _digest(path: Path, algo: str) -> str:
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        if algo == "git-blob":  # sha1 over "blob <size>\0" + content
+            size = sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
+            f.seek(0)
+            h = hashlib.sha1(f"blob {size}\0".encode())
+        else:
+            h = hashlib.new(algo)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _uncompressed_size(path: Path) -> int:
+    if not str(path).endswith(".gz"):
+        return path.stat().st_size
+    with gzip.open(path, "rb") as f:
+        return sum(len(chunk) for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def verify(path: Path, size: int | None, digests: dict[str, str], what: str) -> None:
+    """Raise :class:`ChecksumError` unless ``path`` has the published size and digests."""
+    if size is not None and (actual := _uncompressed_size(path)) != size:
+        raise ChecksumError(f"{path}: {what} should be {size:,} bytes, found {actual:,}")
+    for algo, expected in digests.items():
+        if (actual := _digest(path, algo)) != expected:
+            raise ChecksumError(f"{path}: {what} {algo} is {actual}, the published value is {expected}")
+    if not digests:
+        warnings.warn(f"{path}: no published checksum is pinned for {what}; read unverified", stacklevel=2)
+
+
+def _download(url: str, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False, suffix=".part") as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - fixed registry URLs
+                shutil.copyfileobj(resp, tmp, 1 << 20)
+        except OSError as exc:
+            os.unlink(tmp.name)
+            raise DataFormatError(
+                f"could not download {url} ({exc}); download it yourself and pass data.source=PATH"
+            ) from None
+    os.replace(tmp.name, dest)
+
+
+def _from_archive(archive: Path, member: str, dest: Path) -> Path:
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        match = member if member in names else next((n for n in names if n.endswith("/" + Path(member).name) or n == Path(member).name), None)
+        if match is None:
+            raise DataFormatError(f"{archive}: no member {member!r} in the archive")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(dest.suffix + ".part")
+        with zf.open(match) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    os.replace(tmp, dest)
+    return dest
+
+
+def _find_in_folder(folder: Path, member: str) -> Path:
+    name = Path(member).name
+    for candidate in (name, name + ".gz"):
+        hits = sorted(folder.rglob(candidate))
+        if hits:
+            return hits[0]
+    raise DataFormatError(f"{folder}: no file named {name} (or {name}.gz) inside")
+
+
+def _local_copy(spec: DatasetSpec) -> Path | None:
+    """A copy of the data file under a folder listed in ``$GENREC_SOURCE`` (os.pathsep-separated)."""
+    for folder in filter(None, os.environ.get("GENREC_SOURCE", "").split(os.pathsep)):
+        try:
+            return _find_in_folder(Path(folder), spec.member)
+        except DataFormatError:
+            continue
+    return None
+
+
+def fetch(spec: DatasetSpec, cache_dir: str | None = None, source: str | None = None, check: bool = True) -> Path:
+    """Return the local path of the dataset's data file: from ``source`` (file, folder or zip
+    archive) when given, else from a folder in ``$GENREC_SOURCE``, else downloaded once into the
+    cache. Checks sizes and digests."""
+    root = cache_root(cache_dir) / "raw" / spec.name
+    if source is not None:
+        src = Path(source)
+        if src.is_dir():
+            path = _find_in_folder(src, spec.member)
+        elif zipfile.is_zipfile(src):
+            path = _from_archive(src, spec.member, root / Path(spec.member).name)
+        elif src.is_file():
+            path = src
+        else:
+            raise DataFormatError(f"data.source={source}: no such file or folder")
+    elif local := _local_copy(spec):
+        path = local
+    else:
+        path = root / Path(spec.member).name
+        if not path.exists():
+            if spec.url is None:
+                raise DataFormatError(f"dataset {spec.name} has no download address; pass data.source=PATH")
+            if spec.url.endswith(".zip"):
+                archive = root / Path(spec.url).name
+                _download(spec.url, archive)
+                if spec.archive_md5:
+                    verify(archive, None, {"md5": spec.archive_md5}, "archive")
+                _from_archive(archive, spec.member, path)
+                archive.unlink()
+            else:
+                _download(spec.url, path)
+    if check:
+        verify(path, spec.member_size, spec.member_digests, f"{spec.name} data file")
+    return path

@@ -1,0 +1,200 @@
+"""Raw log -> canonical on-disk form, and back into memory.
+
+A prepared dataset is a folder holding
+
+- ``interactions.parquet``: user_idx, item_idx, timestamp, rating — sorted by user, then time;
+  the sort is stable, so ties keep file order;
+- ``sequences.parquet``: one row per user: user_idx, items (list), timestamps (list or null);
+- ``users.parquet`` / ``items.parquet``: idx -> raw id (item idx 0 is padding, never stored);
+- ``stats.json``: counts, filters applied, source file and whether timestamps exist.
+
+Folders are keyed by a hash of everything that shapes them, written to a temporary name and
+renamed into place, so an interrupted preparation never leaves a half-written dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from genrec.errors import DataFormatError
+from genrec.data.download import DATASETS, DatasetSpec, cache_root, fetch
+from genrec.data.loaders import read_interactions
+
+PREPARE_VERSION = 1
+
+
+@dataclass
+class SequenceData:
+    """Per-user time-ordered sequences as flat arrays: user u's items are
+    ``items[offsets[u]:offsets[u+1]]`` (ids 1..num_items)."""
+
+    offsets: np.ndarray  # [U+1] int64
+    items: np.ndarray  # [T] int64
+    timestamps: np.ndarray | None  # [T] int64, None when the source has no times
+    item_ids: np.ndarray  # [I] raw id (str) of item idx 1..I
+    user_ids: np.ndarray  # [U] raw id (str)
+    stats: dict
+
+    @property
+    def num_users(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def _filter_counts(table: pa.Table, min_user: int, min_item: int, iterative: bool) -> pa.Table:
+    while True:
+        before = table.num_rows
+        for col, minimum in (("user", min_user), ("item", min_item)):
+            if minimum > 1:
+                counts = pc.value_counts(table[col]).flatten()  # struct -> values, counts
+                keep_vals = pc.filter(counts[0], pc.greater_equal(counts[1], minimum))
+                table = table.filter(pc.is_in(table[col], value_set=keep_vals))
+        if not iterative or table.num_rows == before:
+            return table
+
+
+def _index(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    uniq = pc.unique(col)  # first-appearance order
+    return pc.index_in(col, value_set=uniq).to_numpy().astype(np.int64), uniq
+
+
+def build_sequences(table: pa.Table, min_user: int = 0, min_item: int = 0, kcore: bool = False, raw_integer_ids: bool = False, origin: str = "") -> tuple[pa.Table, SequenceData]:
+    """Filter, index and time-sort a standard interaction table. Returns (interactions, sequences)."""
+    if table.num_rows == 0:
+        raise DataFormatError(f"{origin}: no interactions")
+    n_ts_null = table["timestamp"].null_count
+    if 0 < n_ts_null < table.num_rows:
+        raise DataFormatError(f"{origin}: {n_ts_null} of {table.num_rows} rows have no timestamp")
+    has_ts = n_ts_null == 0
+    table = table.append_column("row", pa.array(np.arange(table.num_rows)))
+    raw_rows = table.num_rows
+    table = _filter_counts(table, min_user, min_item, kcore)
+    if table.num_rows == 0:
+        raise DataFormatError(f"{origin}: no interactions left after filtering (min_user_count={min_user}, min_item_count={min_item})")
+    user_idx, user_ids = _index(table["user"])
+    if raw_integer_ids:
+        try:
+            item_idx = pc.cast(table["item"], pa.int64()).to_numpy()
+        except pa.ArrowInvalid:
+            raise DataFormatError(f"{origin}: data.raw_integer_ids needs integer item ids") from None
+        if item_idx.min() < 1:
+            raise DataFormatError(f"{origin}: data.raw_integer_ids needs item ids >= 1")
+        item_ids = pa.array([str(i) for i in range(1, int(item_idx.max()) + 1)])
+    else:
+        idx, item_ids = _index(table["item"])
+        item_idx = idx + 1  # 0 is padding
+    ts = table["timestamp"].to_numpy(zero_copy_only=False) if has_ts else None
+    order = np.lexsort((table["row"].to_numpy(), ts if has_ts else np.zeros(len(user_idx)), user_idx))
+    user_idx, item_idx = user_idx[order], item_idx[order]
+    ts = ts[order] if has_ts else None
+    rating = table["rating"].take(pa.array(order))
+    counts = np.bincount(user_idx, minlength=len(user_ids))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    interactions = pa.table({
+        "user_idx": pa.array(user_idx), "item_idx": pa.array(item_idx),
+        "timestamp": pa.array(ts, pa.int64()) if has_ts else pa.nulls(len(order), pa.int64()), "rating": rating,
+    })
+    lengths = counts
+    stats = {
+        "source": origin, "raw_interactions": raw_rows, "interactions": int(len(order)),
+        "users": int(len(user_ids)), "items": int(len(item_ids)), "has_timestamps": has_ts,
+        "filter": {"min_user_count": min_user, "min_item_count": min_item, "iterative_kcore": kcore},
+        "raw_integer_ids": raw_integer_ids,
+        "sequence_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+    }
+    data = SequenceData(offsets, item_idx, ts, np.asarray(item_ids.to_pylist(), dtype=object), np.asarray(user_ids.to_pylist(), dtype=object), stats)
+    return interactions, data
+
+
+def _write(folder: Path, interactions: pa.Table, data: SequenceData) -> None:
+    pq.write_table(interactions, folder / "interactions.parquet")
+    offs = pa.array(data.offsets.astype(np.int64))
+    seq_cols = {"user_idx": pa.array(np.arange(data.num_users)), "items": pa.LargeListArray.from_arrays(offs, pa.array(data.items))}
+    if data.timestamps is not None:
+        seq_cols["timestamps"] = pa.LargeListArray.from_arrays(offs, pa.array(data.timestamps))
+    pq.write_table(pa.table(seq_cols), folder / "sequences.parquet")
+    pq.write_table(pa.table({"idx": np.arange(data.num_users), "raw_id": pa.array(list(data.user_ids), pa.string())}), folder / "users.parquet")
+    pq.write_table(pa.table({"idx": np.arange(1, data.num_items + 1), "raw_id": pa.array(list(data.item_ids), pa.string())}), folder / "items.parquet")
+    (folder / "stats.json").write_text(json.dumps(data.stats, indent=2))
+
+
+def load_prepared(folder: str | Path) -> SequenceData:
+    folder = Path(folder)
+    seq = pq.read_table(folder / "sequences.parquet")
+    items_col = seq["items"].combine_chunks()
+    offsets = items_col.offsets.to_numpy().astype(np.int64)
+    ts = seq["timestamps"].combine_chunks().values.to_numpy() if "timestamps" in seq.column_names else None
+    return SequenceData(
+        offsets=offsets - offsets[0], items=items_col.values.to_numpy().astype(np.int64), timestamps=ts,
+        item_ids=np.asarray(pq.read_table(folder / "items.parquet")["raw_id"].to_pylist(), dtype=object),
+        user_ids=np.asarray(pq.read_table(folder / "users.parquet")["raw_id"].to_pylist(), dtype=object),
+        stats=json.loads((folder / "stats.json").read_text()),
+    )
+
+
+def resolve_spec(data_cfg) -> DatasetSpec | None:
+    if data_cfg.dataset == "custom":
+        return None
+    if data_cfg.dataset not in DATASETS:
+        raise DataFormatError(f"data.dataset={data_cfg.dataset!r} is not one of {sorted(DATASETS) + ['custom']}")
+    return DATASETS[data_cfg.dataset]
+
+
+def prepare(data_cfg) -> Path:
+    """Make sure the dataset described by a :class:`~genrec.config.DataConfig` is prepared; return its folder."""
+    spec = resolve_spec(data_cfg)
+    if spec is None:
+        if not data_cfg.source:
+            raise DataFormatError("data.dataset=custom needs data.source=PATH")
+        path = Path(data_cfg.source)
+        fmt = data_cfg.format or ("parquet" if str(path).endswith(".parquet") else "csv")
+        raw_ids, min_user, min_item = data_cfg.raw_integer_ids, data_cfg.min_user_count or 0, data_cfg.min_item_count or 0
+    else:
+        path = fetch(spec, data_cfg.cache_dir, data_cfg.source, check=data_cfg.verify_checksum)
+        fmt = data_cfg.format or spec.format
+        raw_ids = data_cfg.raw_integer_ids or spec.raw_integer_ids
+        min_user = spec.min_user_count if data_cfg.min_user_count is None else data_cfg.min_user_count
+        min_item = spec.min_item_count if data_cfg.min_item_count is None else data_cfg.min_item_count
+    if not path.is_file():
+        raise DataFormatError(f"{path}: no such file")
+    st = path.stat()
+    key_src = dict(
+        v=PREPARE_VERSION, path=str(path.resolve()), size=st.st_size, mtime=int(st.st_mtime), fmt=fmt,
+        columns=data_cfg.columns, delim=data_cfg.delimiter, header=data_cfg.has_header,
+        min_user=min_user, min_item=min_item, kcore=data_cfg.kcore, raw_ids=raw_ids,
+    )
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_root(data_cfg.cache_dir) / "prepared" / f"{spec.name if spec else path.stem.split('.')[0]}-{key}"
+    if (folder / "stats.json").exists():
+        return folder
+    table = read_interactions(path, fmt, data_cfg.columns, data_cfg.delimiter, data_cfg.has_header)
+    interactions, data = build_sequences(table, min_user, min_item, data_cfg.kcore, raw_ids, origin=str(path))
+    data.stats["format"] = fmt
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
+    try:
+        _write(tmp, interactions, data)
+        os.replace(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (folder / "stats.json").exists():  # lost a race with another process is fine
+            raise
+    return folder

@@ -1,0 +1,164 @@
+"""The scoring contract every genrec sequence model implements.
+
+Trainer, evaluator, CLI and (later) the HTTP server all go through these methods, so training,
+evaluation and serving cannot drift apart:
+
+- ``encode(items, timestamps, query_timestamps)`` -> one vector per position (causal);
+- ``user_vectors(items, timestamps, query_time)`` -> the vector after the last history item;
+- ``score_items`` / ``topk(..., exclude=...)`` over the whole catalogue, in bounded-memory chunks;
+- ``score_candidates`` for given candidate items;
+- the training losses in :mod:`genrec.training.losses` use ``encode`` and ``item_vectors``.
+
+Sequences are right-padded with item id 0; real items are ``1..num_items``. Scores are cosine
+similarities when ``l2_normalize`` is on (the reference setting), dot products otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = ""
+    """Registered model name (``hstu``, ``sasrec``)."""
+    num_items: int = 0
+    """Catalogue size (item ids 1..num_items; 0 is padding). 0 here = take it from the data."""
+    max_seq_len: int = 50
+    """Longest history the model reads; longer histories keep their most recent items."""
+    embedding_dim: int = 64
+    """Width D of item embeddings and of the residual stream."""
+    num_layers: int = 2
+    """Number of blocks."""
+    num_heads: int = 1
+    """Attention heads."""
+    dropout: float = 0.2
+    """Dropout on the input embeddings and inside every block."""
+    l2_normalize: bool = True
+    """L2-normalise user and item vectors (cosine scores), as in the HSTU reference."""
+
+    def __post_init__(self) -> None:
+        for key in ("max_seq_len", "embedding_dim", "num_layers", "num_heads"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
+        if self.num_items < 0:
+            raise ConfigError(f"model.num_items={self.num_items} must be >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+
+
+def next_timestamps(timestamps: torch.Tensor, lengths: torch.Tensor, query_time: torch.Tensor) -> torch.Tensor:
+    """Per position i, the time of the item that follows it: ``t[i+1]``; at the last real
+    position, ``query_time`` (the request time). timestamps [B, N], lengths [B], query_time [B]."""
+    nxt = torch.cat([timestamps[:, 1:], timestamps[:, -1:]], dim=1)  # [B N]
+    rows = torch.arange(timestamps.size(0), device=timestamps.device)
+    nxt[rows, lengths - 1] = query_time
+    return nxt
+
+
+class SequentialRecommender(nn.Module):
+    """Base class: item table, scoring over the catalogue, top-k with exclusions."""
+
+    config: ModelConfig
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        if config.num_items < 1:
+            raise ConfigError("model.num_items must be set (>= 1) before building a model")
+        self.config = config
+        self.item_embedding = nn.Embedding(config.num_items + 1, config.embedding_dim, padding_idx=0)
+        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
+        with torch.no_grad():
+            self.item_embedding.weight[0].zero_()
+
+    @property
+    def uses_timestamps(self) -> bool:
+        """Whether ``encode`` reads timestamps (a time bias is on)."""
+        return False
+
+    # ---- to implement -------------------------------------------------------------------------
+    def encode(
+        self,
+        items: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only."""
+        raise NotImplementedError
+
+    # ---- shared contract ----------------------------------------------------------------------
+    def _normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1, eps=1e-6) if self.config.l2_normalize else x
+
+    def item_vectors(self, ids: torch.Tensor | None = None, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Output-side item vectors: for ``ids`` (any shape) -> [..., D], else rows start..end-1."""
+        table = self.item_embedding.weight
+        vecs = table[ids] if ids is not None else table[start:end]
+        return self._normalize(vecs)
+
+    def user_vectors(
+        self,
+        items: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """History items [B, N] (right-padded, each row non-empty) -> [B, D] next-item query vector."""
+        lengths = (items != 0).sum(dim=1)
+        if bool((lengths == 0).any()):
+            raise ValueError("every history must contain at least one item")
+        query_ts = None
+        if timestamps is not None and self.uses_timestamps:
+            rows = torch.arange(items.size(0), device=items.device)
+            last = timestamps[rows, lengths - 1]
+            query_ts = next_timestamps(timestamps, lengths, last if query_time is None else query_time)
+        h = self.encode(items, timestamps, query_ts)  # [B N D]
+        return h[torch.arange(items.size(0), device=items.device), lengths - 1]
+
+    def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
+        """user [B, D] -> scores [B, end - start] for item ids start..end-1."""
+        return user @ self.item_vectors(start=start, end=end).T
+
+    def score_candidates(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """user [B, D], candidates [B, C] item ids -> [B, C]."""
+        return torch.einsum("bd,bcd->bc", user, self.item_vectors(candidates))
+
+    @torch.no_grad()
+    def topk(
+        self,
+        user: torch.Tensor,
+        k: int,
+        exclude: torch.Tensor | None = None,
+        chunk_size: int = 65536,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k items over the catalogue. exclude [B, E] item ids never returned (0 = none).
+        Returns (scores [B, k'], item ids [B, k']) with k' = min(k, num_items), best first;
+        excluded items may fill the tail only when fewer than k items remain (score -inf)."""
+        B, num_items = user.size(0), self.config.num_items
+        k = min(k, num_items)
+        best_s = user.new_full((B, 0), float("-inf"))
+        best_i = torch.zeros((B, 0), dtype=torch.long, device=user.device)
+        for start in range(1, num_items + 1, chunk_size):
+            end = min(start + chunk_size, num_items + 1)
+            s = self.score_items(user, start, end).float()  # [B C]
+            if exclude is not None:
+                s = mask_items(s, exclude, start, end)
+            s_top, i_top = s.topk(min(k, end - start), dim=1)
+            best_s, order = torch.cat([best_s, s_top], 1).topk(min(k, best_s.size(1) + s_top.size(1)), dim=1)
+            best_i = torch.cat([best_i, i_top + start], 1).gather(1, order)
+        return best_s, best_i
+
+
+def mask_items(scores: torch.Tensor, items: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Set scores [B, C] of the item ids in ``items`` [B, E] (ids start..end-1 map to columns) to -inf."""
+    cols = items - start
+    keep = (items >= start) & (items < end) & (items != 0)
+    cols = torch.where(keep, cols, torch.zeros_like(cols))
+    hits = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+    hits.scatter_add_(1, cols, keep.to(torch.int32))  # duplicates add up; no write races
+    return scores.masked_fill(hits > 0, float("-inf"))

@@ -1,0 +1,125 @@
+"""HSTU: Hierarchical Sequential Transduction Units (Zhai et al., ICML 2024).
+
+Follows the layer of the reference code used for the published tables (PAPERS.md §1.1):
+
+    x̂ = LayerNorm(x)                       no affine, eps 1e-6 (pre-norm)
+    U, V, Q, K = SiLU(x̂ W_uvqk)            one fused projection, no bias
+    A = SiLU(Q Kᵀ + rab) / L  ⊙ causal     no softmax, no 1/√d; L = max_seq_len (constant)
+    Y = U ⊙ LayerNorm(A V)                  no affine, over all heads' values
+    x ← x + W_o Dropout(Y)                  W_o with bias; no separate FFN
+
+rab = learned scalar per relative position + learned scalar per log-bucketed time gap
+Δ(i, j) = t[i+1] − t[j] (query i uses the next item's time; at the last history position that is
+the request time), shared across heads, one bias module per layer.
+
+Deviations from the reference, on purpose: the attention normaliser is ``max_seq_len`` rather than
+the reference's padded length (``max_seq_len + 11`` there) — a constant either way, so outputs do not
+depend on how a batch is padded; sequences are right-padded dense tensors rather than jagged ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.errors import ConfigError
+from genrec.models.base import ModelConfig, SequentialRecommender
+from genrec.models.ops import RelativeBias, hstu_attention
+
+
+@dataclass
+class HSTUConfig(ModelConfig):
+    name: str = "hstu"
+    attention_dim: int = 0
+    """Per-head width d_qk of Q and K (0 = embedding_dim / num_heads)."""
+    value_dim: int = 0
+    """Per-head width d_v of U and V (0 = embedding_dim / num_heads)."""
+    attn_dropout: float = 0.0
+    """Dropout on the attention weights."""
+    position_bias: bool = True
+    """Learned relative-position bias."""
+    time_bias: bool = True
+    """Learned log-bucketed time-gap bias; needs timestamps (turned off, and said so, when the data has none)."""
+    num_time_buckets: int = 128
+    """Largest time bucket index; gaps beyond it share the last bucket."""
+    time_bucket_divisor: float = 0.301
+    """bucket = floor(ln(max(|Δt|, 1)) / divisor), Δt in seconds."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        default = self.embedding_dim // self.num_heads
+        self.attention_dim = self.attention_dim or default
+        self.value_dim = self.value_dim or default
+        if min(self.attention_dim, self.value_dim) < 1:
+            raise ConfigError(f"model.attention_dim/value_dim must be >= 1 (embedding_dim={self.embedding_dim}, num_heads={self.num_heads})")
+
+
+class HSTULayer(nn.Module):
+    def __init__(self, cfg: HSTUConfig):
+        super().__init__()
+        self.cfg = cfg
+        H, dqk, dv, D = cfg.num_heads, cfg.attention_dim, cfg.value_dim, cfg.embedding_dim
+        self.uvqk = nn.Linear(D, H * (2 * dv + 2 * dqk), bias=False)
+        nn.init.normal_(self.uvqk.weight, std=0.02)
+        self.out = nn.Linear(H * dv, D)
+        self.rel_bias = RelativeBias(
+            cfg.max_seq_len, cfg.position_bias, cfg.time_bias, cfg.num_time_buckets, cfg.time_bucket_divisor
+        )
+
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor:
+        """x [B, N, D]; buckets [B, N, N] time-bucket indices (None: no time bias) -> [B, N, D]."""
+        cfg = self.cfg
+        B, N, D = x.shape
+        H, dqk, dv = cfg.num_heads, cfg.attention_dim, cfg.value_dim
+        h = F.layer_norm(x, (D,), eps=1e-6)
+        u, v, q, k = F.silu(self.uvqk(h)).split([H * dv, H * dv, H * dqk, H * dqk], dim=-1)
+        q = q.view(B, N, H, dqk).transpose(1, 2)  # [B H N dqk]
+        k = k.view(B, N, H, dqk).transpose(1, 2)
+        v = v.view(B, N, H, dv).transpose(1, 2)  # [B H N dv]
+        bias = self.rel_bias(N, buckets)  # [B|1 N N] or None
+        a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), cfg.attn_dropout, self.training)
+        a = a.transpose(1, 2).reshape(B, N, H * dv)
+        y = u * F.layer_norm(a, (H * dv,), eps=1e-6)
+        return x + self.out(F.dropout(y, p=cfg.dropout, training=self.training))
+
+
+class HSTU(SequentialRecommender):
+    """HSTU sequential retriever: item embedding × √D + learned absolute position → dropout →
+    HSTU layers → (L2-normalised) output vector per position."""
+
+    config: HSTUConfig
+
+    def __init__(self, config: HSTUConfig):
+        super().__init__(config)
+        self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
+        nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
+        self.layers = nn.ModuleList(HSTULayer(config) for _ in range(config.num_layers))
+
+    @property
+    def uses_timestamps(self) -> bool:
+        return self.config.time_bias
+
+    def encode(
+        self,
+        items: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_timestamps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, N = items.shape
+        if N > self.config.max_seq_len:
+            raise ValueError(f"sequence length {N} exceeds model.max_seq_len={self.config.max_seq_len}")
+        if not self.uses_timestamps:
+            timestamps = query_timestamps = None
+        elif timestamps is None or query_timestamps is None:
+            raise ValueError("this HSTU has time_bias on: pass timestamps and query_timestamps")
+        pos = torch.arange(N, device=items.device)
+        x = self.item_embedding(items) * math.sqrt(self.config.embedding_dim) + self.pos_embedding(pos)
+        x = F.dropout(x, p=self.config.dropout, training=self.training)  # [B N D]
+        buckets = self.layers[0].rel_bias.buckets(timestamps, query_timestamps)  # same for every layer
+        for layer in self.layers:
+            x = layer(x, buckets)
+        return self._normalize(x)

@@ -1,0 +1,1 @@
+"""Training: losses, checkpoints and the trainer (a recipe over the library)."""

@@ -1,0 +1,111 @@
+"""Checkpoints: weights in safetensors plus JSON, written atomically; no pickle is ever loaded.
+
+A checkpoint folder holds ``model.safetensors``, ``model.json`` (the model config), ``items.json``
+(raw id of item idx 1..I, so a checkpoint serves without the dataset) and ``experiment.json``.
+A training-state folder adds ``optimizer.safetensors`` + ``optimizer.json`` and ``state.json``.
+
+Folders are written under a temporary name and swapped in with renames; if a crash lands between
+the two renames, :func:`resolve` finds the previous copy at ``<name>.old``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from genrec.models import SequentialRecommender, build_model, model_config_from_dict
+
+
+def write_atomic_dir(dest: Path, fill: Callable[[Path], None]) -> None:
+    """Create ``dest`` by filling a temporary sibling folder and renaming it into place."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    try:
+        fill(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = dest.with_name(dest.name + ".old")
+        if dest.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve(path: str | Path) -> Path:
+    """The checkpoint folder at ``path``, or its ``.old`` twin left by an interrupted swap."""
+    path = Path(path)
+    if (path / "model.safetensors").exists():
+        return path
+    old = path.with_name(path.name + ".old")
+    if (old / "model.safetensors").exists():
+        return old
+    raise FileNotFoundError(f"{path}: no checkpoint here (expected model.safetensors)")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str))
+
+
+def fill_model(folder: Path, model: SequentialRecommender, item_ids: list[str], experiment: dict) -> None:
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    _write_json(folder / "model.json", model.config.__dict__)
+    _write_json(folder / "items.json", list(item_ids))
+    _write_json(folder / "experiment.json", experiment)
+
+
+def fill_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{idx}.{key}"] = val.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{key}"] = val
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    _write_json(folder / "optimizer.json", {"param_groups": sd["param_groups"], "scalars": scalars})
+
+
+def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
+    meta = json.loads((folder / "optimizer.json").read_text())
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in list(load_file(str(folder / "optimizer.safetensors")).items()) + list(meta["scalars"].items()):
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = val
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[SequentialRecommender, list[str], dict]:
+    """Load (model, raw item ids, experiment dict) from a checkpoint folder; the model is in eval mode."""
+    folder = resolve(path)
+    model = build_model(model_config_from_dict(json.loads((folder / "model.json").read_text())))
+    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+    model.to(device).eval()
+    items = json.loads((folder / "items.json").read_text())
+    experiment = json.loads((folder / "experiment.json").read_text())
+    return model, items, experiment
+
+
+def load_weights(folder: Path, model: nn.Module) -> None:
+    model.load_state_dict(load_file(str(resolve(folder) / "model.safetensors")))

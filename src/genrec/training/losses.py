@@ -1,0 +1,61 @@
+"""Retrieval losses over the scoring contract: a loss at every position with a target.
+
+All score with the model's own ``encode`` and ``item_vectors`` (cosine similarities when the
+model L2-normalises) divided by a temperature.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from genrec.data.batches import TrainBatch
+from genrec.models.base import SequentialRecommender
+
+
+def _positions(model: SequentialRecommender, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    h = model.encode(batch.items, batch.timestamps, batch.query_timestamps)  # [B N D]
+    valid = batch.targets != 0
+    return h[valid], batch.targets[valid]  # [T D], [T]
+
+
+def sampled_softmax_loss(
+    q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, num_negatives: int, temperature: float, share: bool
+) -> torch.Tensor:
+    """Softmax over the positive and uniform random negatives (ids 1..num_items). Negatives that
+    hit the positive are masked out, as in the HSTU reference. share: one negative set per batch."""
+    T, num_items = q.size(0), model.config.num_items
+    pos_logit = (q * model.item_vectors(pos)).sum(-1, keepdim=True)  # [T 1]
+    if share:
+        neg = torch.randint(1, num_items + 1, (1, num_negatives), device=q.device)
+        neg_logit = q @ model.item_vectors(neg[0]).T  # [T K]
+    else:
+        neg = torch.randint(1, num_items + 1, (T, num_negatives), device=q.device)
+        neg_logit = torch.einsum("td,tkd->tk", q, model.item_vectors(neg))  # [T K]
+    neg_logit = neg_logit.float().masked_fill(neg == pos.unsqueeze(1), float("-inf"))
+    logits = torch.cat([pos_logit.float(), neg_logit], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(T, dtype=torch.long, device=q.device))
+
+
+def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
+    """Softmax over the distinct targets of the batch (each counted once, so no accidental hits)."""
+    cand, label = torch.unique(pos, return_inverse=True)
+    logits = (q @ model.item_vectors(cand).T).float() / temperature  # [T C]
+    return F.cross_entropy(logits, label)
+
+
+def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
+    """Softmax over the whole catalogue."""
+    logits = (q @ model.item_vectors(start=1).T).float() / temperature  # [T I]
+    return F.cross_entropy(logits, pos - 1)
+
+
+def retrieval_loss(model: SequentialRecommender, batch: TrainBatch, train_cfg) -> torch.Tensor:
+    """The configured next-item loss (``train.loss``), averaged over positions with a target."""
+    q, pos = _positions(model, batch)
+    if train_cfg.loss == "sampled_softmax":
+        share = train_cfg.negative_sharing == "batch"
+        return sampled_softmax_loss(q, pos, model, train_cfg.num_negatives, train_cfg.temperature, share)
+    if train_cfg.loss == "in_batch":
+        return in_batch_loss(q, pos, model, train_cfg.temperature)
+    return full_softmax_loss(q, pos, model, train_cfg.temperature)

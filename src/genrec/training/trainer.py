@@ -1,0 +1,199 @@
+"""The retrieval training recipe: prepare data, train, select on validation, test the best.
+
+Run folder layout (a stable contract):
+
+- ``config.yaml``    the resolved experiment config;
+- ``log.jsonl``      one JSON line per epoch (loss, throughput, validation metrics);
+- ``best/``          checkpoint of the best validation epoch (what ``eval``/``recommend`` take);
+- ``last/``          checkpoint + optimizer + trainer state after the last finished epoch (resume);
+- ``metrics.json``   {"protocol", "best_epoch", "valid", "test"}.
+
+Reproducibility: the global RNG is re-seeded from (seed, epoch) at the start of every epoch and
+batches come from (seed, epoch) too, so a run resumed from ``last/`` retraces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from tqdm import tqdm
+
+from genrec.config import ExperimentConfig
+from genrec.data.batches import TrainBatches
+from genrec.data.prepare import SequenceData, load_prepared, prepare
+from genrec.evaluation.evaluator import evaluate
+from genrec.models import SequentialRecommender, build_model
+from genrec.training import checkpoint as ckpt
+from genrec.training.losses import retrieval_loss
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def fit_model_config(cfg: ExperimentConfig, data: SequenceData) -> list[str]:
+    """Fill data-dependent model fields; return protocol notes about what was changed and why."""
+    notes = []
+    cfg.model.num_items = data.num_items
+    if getattr(cfg.model, "time_bias", False) and data.timestamps is None:
+        cfg.model.time_bias = False
+        notes.append("time bias off: the dataset has no timestamps (position bias only)")
+    return notes
+
+
+class Trainer:
+    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, data: SequenceData | None = None):
+        self.cfg, self.out = cfg, Path(out_dir)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        self.device = resolve_device(cfg.train.device)
+        self.data = data if data is not None else load_prepared(prepare(cfg.data))
+        self.notes = fit_model_config(cfg, self.data)
+        torch.manual_seed(cfg.train.seed)
+        self.model: SequentialRecommender = build_model(cfg.model).to(self.device)
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.batches = TrainBatches(self.data, cfg.model.max_seq_len, t.batch_size, t.bucket_by_length)
+        self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def _save(self, name: str, with_state: bool) -> None:
+        def fill(folder: Path) -> None:
+            ckpt.fill_model(folder, self.model, list(self.data.item_ids), self.cfg.to_dict())
+            if with_state:
+                ckpt.fill_optimizer(folder, self.optimizer)
+                (folder / "state.json").write_text(json.dumps(self.state))
+
+        ckpt.write_atomic_dir(self.out / name, fill)
+
+    def _resume(self) -> None:
+        folder = ckpt.resolve(self.out / "last")
+        ckpt.load_weights(folder, self.model)
+        ckpt.load_optimizer(folder, self.optimizer)
+        self.state = json.loads((folder / "state.json").read_text())
+
+    # ---- loop -------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict:
+        t = self.cfg.train
+        torch.manual_seed(t.seed * 100_003 + epoch)  # dropout + negatives, reproducible on resume
+        self.model.train()
+        total, steps, start = 0.0, 0, time.perf_counter()
+        bar = tqdm(self.batches.epoch(t.seed, epoch), total=len(self.batches), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True, disable=None)
+        for batch in bar:
+            batch = batch.to(self.device)
+            with autocast(self.device, t.precision):
+                loss = retrieval_loss(self.model, batch, t)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if t.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+            self.optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+            bar.set_postfix(loss=f"{total / steps:.4f}")
+        seconds = time.perf_counter() - start
+        return {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
+
+    def _evaluate(self, split: str) -> dict:
+        with torch.no_grad():
+            return evaluate(self.model, self.data, split, self.cfg.eval, self.device)
+
+    def fit(self, resume: bool = False) -> dict:
+        """Train (or resume), select on validation, test the best checkpoint; write metrics.json."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        if resume:
+            self._resume()
+        t, metric = self.cfg.train, self.cfg.eval.select_metric
+        peak_rss = 0
+        while self.state["epoch"] < t.epochs and not self.state["stopped_early"]:
+            epoch = self.state["epoch"]
+            record = self._train_epoch(epoch)
+            self.state["epoch"] = epoch + 1
+            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                valid = self._evaluate("valid")["metrics"]
+                record["valid"] = valid
+                if metric not in valid:
+                    raise KeyError(f"eval.select_metric={metric!r} is not a computed metric; have {sorted(valid)}")
+                if valid[metric] > self.state["best_score"]:
+                    self.state.update(best_score=valid[metric], best_epoch=epoch + 1, bad_evals=0)
+                    self._save("best", with_state=False)
+                else:
+                    self.state["bad_evals"] += 1
+                    if t.patience and self.state["bad_evals"] >= t.patience:
+                        self.state["stopped_early"] = True
+            peak_rss = max(peak_rss, _peak_rss_mb())
+            record["peak_rss_mb"] = peak_rss
+            self._save("last", with_state=True)
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            tqdm.write(_summary(record, metric), file=sys.stderr)
+        return self.finish()
+
+    def finish(self) -> dict:
+        ckpt.load_weights(self.out / "best", self.model)
+        valid, test = self._evaluate("valid"), self._evaluate("test")
+        result = {
+            "protocol": {
+                **test["protocol"],
+                "split": "leave-one-out: validation = second-to-last item, test = last item",
+                "selection": f"best validation {self.cfg.eval.select_metric} over epochs (test never used for selection)",
+                "model": self.cfg.model.name,
+                "loss": _loss_desc(self.cfg.train),
+                "precision": self.cfg.train.precision,
+                "notes": self.notes,
+            },
+            "best_epoch": self.state["best_epoch"],
+            "epochs_run": self.state["epoch"],
+            "valid": valid["metrics"],
+            "test": test["metrics"],
+        }
+        _write_json_atomic(self.out / "metrics.json", result)
+        return result
+
+
+def _loss_desc(t) -> str:
+    if t.loss == "sampled_softmax":
+        return f"sampled softmax, {t.num_negatives} uniform negatives per {t.negative_sharing}, temperature {t.temperature}"
+    return f"{t.loss.replace('_', ' ')}, temperature {t.temperature}"
+
+
+def _summary(record: dict, metric: str) -> str:
+    text = f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['seconds']:.1f}s, {record['tokens_per_s']:.0f} tok/s"
+    if "valid" in record:
+        text += f", valid {metric} {record['valid'][metric]:.4f}"
+    return text
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> dict:
+    """Train an experiment into ``out_dir``; returns the metrics.json content."""
+    cfg = dataclasses.replace(cfg)
+    return Trainer(cfg, out_dir).fit(resume=resume)

@@ -1,0 +1,40 @@
+"""Shared fixtures: a small synthetic interaction log that a model can learn, and the shared data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared_file(rel: str) -> Path:
+    """A file under ../shared/data, or skip the test with the reason."""
+    path = SHARED / rel
+    if not path.exists():
+        pytest.skip(f"shared data file {path} is not present on this machine")
+    return path
+
+
+def synthetic_log(num_users: int = 60, num_items: int = 40, seed: int = 0) -> list[tuple[str, str, int, float]]:
+    """(user, item, timestamp, rating) rows: each user walks items i, i+1, i+2, ... (mod num_items)
+    from a random start, one step per hour, so the next item is predictable from the last."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(num_users):
+        start, length, t0 = int(rng.integers(num_items)), int(rng.integers(5, 16)), 1_000_000 + int(rng.integers(10_000))
+        for step in range(length):
+            item = (start + step) % num_items
+            rows.append((f"u{u}", f"i{item}", t0 + 3600 * step, float(rng.integers(1, 6))))
+    order = rng.permutation(len(rows))  # file order is not time order
+    return [rows[i] for i in order]
+
+
+@pytest.fixture
+def synthetic_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "log.csv"
+    lines = ["user_id,item_id,ts,stars"] + [f"{u},{i},{t},{r}" for u, i, t, r in synthetic_log()]
+    path.write_text("\n".join(lines) + "\n")
+    return path

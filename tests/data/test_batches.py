@@ -1,0 +1,47 @@
+import numpy as np
+
+from genrec.data.batches import TrainBatches, eval_batches
+from genrec.data.prepare import SequenceData
+
+
+def _data():
+    # user 0: 1 2 3 4 5 6 (times 10..60); user 1: 7 8 (train only); user 2: 2 4 6
+    items = np.array([1, 2, 3, 4, 5, 6, 7, 8, 2, 4, 6])
+    ts = np.array([10, 20, 30, 40, 50, 60, 1, 2, 5, 6, 7])
+    return SequenceData(np.array([0, 6, 8, 11]), items, ts, np.array([str(i) for i in range(1, 9)], dtype=object), np.array(["a", "b", "c"], dtype=object), {})
+
+
+def test_train_windows_exclude_valid_and_test_items():
+    tb = TrainBatches(_data(), max_seq_len=3, batch_size=10)
+    batch = next(tb.epoch(seed=0, epoch=0))
+    rows = {tuple(r[r != 0].tolist()): tuple(t[t != 0].tolist()) for r, t in zip(batch.items.numpy(), batch.targets.numpy())}
+    # user 0 trains on 1..4 (5 = valid, 6 = test); user 1 on 7 8; user 2 has only item 2 -> no row
+    assert rows == {(1, 2, 3): (2, 3, 4), (7,): (8,)}
+    assert tb.num_tokens == 4
+
+
+def test_train_window_truncates_to_max_len_and_times_align():
+    tb = TrainBatches(_data(), max_seq_len=2, batch_size=1)
+    batches = list(tb.epoch(seed=0, epoch=0))
+    b0 = next(b for b in batches if b.items[0, 0] != 7)
+    assert b0.items.tolist() == [[2, 3]] and b0.targets.tolist() == [[3, 4]]
+    assert b0.timestamps.tolist() == [[20, 30]] and b0.query_timestamps.tolist() == [[30, 40]]
+
+
+def test_epochs_are_reproducible_and_differ():
+    tb = TrainBatches(_data(), max_seq_len=3, batch_size=1)
+    first = [b.items.tolist() for b in tb.epoch(1, 0)]
+    assert first == [b.items.tolist() for b in tb.epoch(1, 0)]
+    assert sorted(map(str, first)) == sorted(map(str, [b.items.tolist() for b in tb.epoch(1, 5)]))
+
+
+def test_eval_batches_valid_and_test():
+    d = _data()
+    (v,) = list(eval_batches(d, "valid", max_seq_len=3, batch_size=10))
+    assert v.users.tolist() == [0, 2]
+    assert v.targets.tolist() == [5, 4] and v.items.tolist() == [[2, 3, 4], [2, 0, 0]]
+    assert v.query_time.tolist() == [50, 6]  # the target's own time (reference protocol)
+    assert v.exclude.tolist() == [[1, 2, 3, 4], [2, 0, 0, 0]]  # full history, beyond the window
+    (t,) = list(eval_batches(d, "test", max_seq_len=3, batch_size=10, exclude_history="input", query_time="last"))
+    assert t.targets.tolist() == [6, 6] and t.items.tolist() == [[3, 4, 5], [2, 4, 0]]
+    assert t.exclude.tolist() == [[3, 4, 5], [2, 4, 0]] and t.query_time.tolist() == [50, 6]

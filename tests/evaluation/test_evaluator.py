@@ -1,0 +1,56 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.config import EvalConfig
+from genrec.data.batches import EvalBatch
+from genrec.data.prepare import SequenceData
+from genrec.evaluation.evaluator import evaluate, target_ranks
+from genrec.models.base import ModelConfig, SequentialRecommender
+
+
+class FixedScores(SequentialRecommender):
+    """Scores fixed by hand: item i scores ``item_scores[i]`` for every user (dot products with a
+    1-d user vector of 1.0), so ranks can be worked out on paper."""
+
+    def __init__(self, item_scores: list[float]):
+        super().__init__(ModelConfig(name="fixed", num_items=len(item_scores), embedding_dim=1, l2_normalize=False))
+        with torch.no_grad():
+            self.item_embedding.weight[1:, 0] = torch.tensor(item_scores)
+
+    def encode(self, items, timestamps=None, query_timestamps=None):
+        return torch.ones(*items.shape, 1)
+
+
+def _batch(history, target, exclude):
+    return EvalBatch(torch.tensor([0]), torch.tensor([history]), None, None, torch.tensor([target]), torch.tensor([exclude]))
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 100])
+def test_target_ranks_hand_computed(chunk):
+    # items 1..6 score 0.9 0.5 0.7 0.5 0.1 0.8
+    model = FixedScores([0.9, 0.5, 0.7, 0.5, 0.1, 0.8])
+    # target 3 (0.7): items 1 (0.9) and 6 (0.8) ahead -> rank 2; excluding item 1 -> rank 1
+    assert target_ranks(model, _batch([5], 3, [0]), chunk).item() == 2
+    assert target_ranks(model, _batch([1], 3, [1]), chunk).item() == 1
+    # target 2 (0.5) ties with item 4: ties count against the model -> 1, 6, 3, 4 ahead = 4
+    assert target_ranks(model, _batch([5], 2, [5]), chunk).item() == 4
+    # target inside the excluded history can never be ranked: a miss
+    assert math.isinf(target_ranks(model, _batch([2], 2, [2]), chunk).item())
+
+
+def test_evaluate_protocol_and_exclusions():
+    # user 0: items 1,2,3,4 -> valid target 3 (history 1,2), test target 4 (history 1,2,3)
+    data = SequenceData(np.array([0, 4]), np.array([1, 2, 3, 4]), None, np.array(["a", "b", "c", "d", "e"], dtype=object), np.array(["u"], dtype=object), {})
+    model = FixedScores([0.9, 0.8, 0.7, 0.6, 0.95])
+    cfg = EvalConfig(ks=[1, 2])
+    valid = evaluate(model, data, "valid", cfg)
+    # valid target 3 (0.7); 1 and 2 excluded; item 5 (0.95) ahead -> rank 1
+    assert valid["metrics"]["hr@1"] == 0.0 and valid["metrics"]["hr@2"] == 1.0
+    test = evaluate(model, data, "test", EvalConfig(ks=[1, 2], exclude_history="none"))
+    # nothing excluded: target 4 (0.6) has 5, 1, 2, 3 ahead -> rank 4
+    assert test["metrics"]["mrr"] == pytest.approx(1 / 5)
+    assert "full catalogue (5 items)" in test["protocol"]["ranking"]
+    assert test["protocol"]["users"] == 1

@@ -1,0 +1,65 @@
+import pytest
+import torch
+
+from genrec.models import SASRec, SASRecConfig, build_model, HSTUConfig
+from genrec.models.base import mask_items, next_timestamps
+
+
+def test_mask_items_with_duplicates_and_padding():
+    s = torch.zeros(2, 4)  # columns = item ids 3..6
+    out = mask_items(s, torch.tensor([[3, 3, 0, 9], [6, 5, 5, 1]]), start=3, end=7)
+    assert torch.isinf(out).tolist() == [[True, False, False, False], [False, False, True, True]]
+
+
+def test_next_timestamps_puts_query_time_at_last_real_position():
+    ts = torch.tensor([[1, 2, 3, 0], [5, 6, 0, 0]])
+    out = next_timestamps(ts, torch.tensor([3, 2]), torch.tensor([9, 7]))
+    assert out[0, :3].tolist() == [2, 3, 9] and out[1, :2].tolist() == [6, 7]
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_topk_chunked_equals_full_sort_with_exclusions(chunk):
+    torch.manual_seed(0)
+    model = build_model(HSTUConfig(num_items=20, max_seq_len=5, embedding_dim=8, time_bias=False)).eval()
+    user = torch.randn(3, 8)
+    exclude = torch.tensor([[1, 2, 0], [5, 5, 20], [0, 0, 0]])
+    scores, ids = model.topk(user, 6, exclude, chunk_size=chunk)
+    full = model.score_items(user, 1, 21)
+    for b in range(3):
+        s = full[b].clone()
+        for e in exclude[b].tolist():
+            if e:
+                s[e - 1] = float("-inf")
+        ref = torch.topk(s, 6)
+        assert ids[b].tolist() == (ref.indices + 1).tolist()
+        torch.testing.assert_close(scores[b], ref.values)
+
+
+def test_topk_k_larger_than_catalogue():
+    model = build_model(HSTUConfig(num_items=4, max_seq_len=5, embedding_dim=8, time_bias=False))
+    _, ids = model.topk(torch.randn(1, 8), 10)
+    assert sorted(ids[0].tolist()) == [1, 2, 3, 4]
+
+
+def test_score_candidates_matches_score_items():
+    model = build_model(HSTUConfig(num_items=10, max_seq_len=5, embedding_dim=8, time_bias=False))
+    user = torch.randn(2, 8)
+    cand = torch.tensor([[3, 1], [10, 2]])
+    full = model.score_items(user, 1, 11)
+    torch.testing.assert_close(model.score_candidates(user, cand), full.gather(1, cand - 1))
+
+
+def test_sasrec_causal_and_padding_invariant():
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=30, max_seq_len=8, embedding_dim=16, num_heads=2, dropout=0.0)).eval()
+    a = model.encode(torch.tensor([[1, 2, 3, 4, 5]]))
+    b = model.encode(torch.tensor([[1, 2, 3, 9, 9]]))
+    torch.testing.assert_close(a[:, :3], b[:, :3])
+    assert not torch.allclose(a[:, 3:], b[:, 3:])
+    torch.testing.assert_close(model.user_vectors(torch.tensor([[1, 2, 3]])), model.user_vectors(torch.tensor([[1, 2, 3, 0, 0]])))
+
+
+def test_empty_history_rejected():
+    model = build_model(HSTUConfig(num_items=4, max_seq_len=5, embedding_dim=8, time_bias=False))
+    with pytest.raises(ValueError, match="at least one item"):
+        model.user_vectors(torch.tensor([[0, 0]]))

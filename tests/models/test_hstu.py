@@ -1,0 +1,109 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genrec.models import HSTU, HSTUConfig
+
+
+def _model(time_bias=True, **kw):
+    torch.manual_seed(0)
+    cfg = HSTUConfig(num_items=30, max_seq_len=8, embedding_dim=12, num_layers=2, num_heads=2, attention_dim=4, value_dim=6, dropout=0.0, time_bias=time_bias, **kw)
+    model = HSTU(cfg).eval()
+    with torch.no_grad():  # non-trivial biases so they matter in the comparisons
+        for layer in model.layers:
+            layer.rel_bias.pos_w.normal_(0, 0.5)
+            if layer.rel_bias.ts_w is not None:
+                layer.rel_bias.ts_w.normal_(0, 0.5)
+    return model
+
+
+def _loop_layer(layer, x, ts, qts):
+    """Independent loop-based HSTU layer, written from the paper's equations (PAPERS.md §1.1)."""
+    cfg = layer.cfg
+    B, N, D = x.shape
+    H, dqk, dv, L = cfg.num_heads, cfg.attention_dim, cfg.value_dim, cfg.max_seq_len
+    W = layer.uvqk.weight  # [H(2dv+2dqk), D]
+    out = torch.zeros_like(x)
+    for b in range(B):
+        for i in range(N):
+            xi_norm = [F.layer_norm(x[b, t], (D,), eps=1e-6) for t in range(N)]
+            proj = [F.silu(W @ xn) for xn in xi_norm]
+            u_i = proj[i][: H * dv]
+            heads = []
+            for h in range(H):
+                acc = torch.zeros(dv, dtype=x.dtype)
+                for j in range(i + 1):  # causal, diagonal included
+                    q = proj[i][2 * H * dv + h * dqk : 2 * H * dv + (h + 1) * dqk]
+                    k = proj[j][2 * H * dv + H * dqk + h * dqk : 2 * H * dv + H * dqk + (h + 1) * dqk]
+                    v = proj[j][H * dv + h * dv : H * dv + (h + 1) * dv]
+                    s = torch.dot(q, k) + layer.rel_bias.pos_w[j - i + L - 1]
+                    if layer.rel_bias.ts_w is not None:
+                        delta = max(abs(int(qts[b, i]) - int(ts[b, j])), 1)
+                        s = s + layer.rel_bias.ts_w[min(128, int(math.floor(math.log(delta) / 0.301)))]
+                    acc = acc + F.silu(s) / L * v
+                heads.append(acc)
+            a = torch.cat(heads)
+            y = u_i * F.layer_norm(a, (H * dv,), eps=1e-6)
+            out[b, i] = x[b, i] + layer.out(y)
+    return out
+
+
+@pytest.mark.parametrize("time_bias", [True, False])
+def test_layer_matches_loop_reference(time_bias):
+    model = _model(time_bias)
+    torch.manual_seed(1)
+    x = torch.randn(2, 5, 12)
+    ts = torch.cumsum(torch.randint(1, 100_000, (2, 5)), dim=1)
+    qts = torch.cat([ts[:, 1:], ts[:, -1:] + 50], dim=1)
+    layer = model.layers[0]
+    buckets = layer.rel_bias.buckets(ts, qts)
+    with torch.no_grad():
+        fast = layer(x, buckets)
+        slow = _loop_layer(layer, x, ts, qts)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_causality_later_tokens_never_change_earlier_outputs():
+    model = _model()
+    items = torch.tensor([[3, 7, 9, 1, 4, 6]])
+    ts = torch.tensor([[10, 200, 3000, 40000, 500000, 6000000]])
+    qts = torch.cat([ts[:, 1:], ts[:, -1:]], 1)
+    base = model.encode(items, ts, qts)
+    items2, ts2, qts2 = items.clone(), ts.clone(), qts.clone()
+    items2[0, 4:] = torch.tensor([11, 12])
+    ts2[0, 4:] = torch.tensor([900000, 9000000])
+    qts2[0, 4:] = torch.tensor([9000000, 9999999])
+    changed = model.encode(items2, ts2, qts2)
+    torch.testing.assert_close(base[:, :4], changed[:, :4])
+    assert not torch.allclose(base[:, 4:], changed[:, 4:])
+
+
+def test_padding_does_not_change_outputs():
+    model = _model()
+    items = torch.tensor([[3, 7, 9]])
+    ts = torch.tensor([[10, 200, 3000]])
+    u1 = model.user_vectors(items, ts, torch.tensor([5000]))
+    u2 = model.user_vectors(torch.tensor([[3, 7, 9, 0, 0]]), torch.tensor([[10, 200, 3000, 0, 0]]), torch.tensor([5000]))
+    torch.testing.assert_close(u1, u2)
+
+
+def test_time_bias_uses_query_time():
+    model = _model()
+    items, ts = torch.tensor([[3, 7, 9]]), torch.tensor([[10, 200, 3000]])
+    a = model.user_vectors(items, ts, torch.tensor([3001]))
+    b = model.user_vectors(items, ts, torch.tensor([10**8]))
+    assert not torch.allclose(a, b)
+
+
+def test_requires_timestamps_when_time_bias_on():
+    model = _model()
+    with pytest.raises(ValueError, match="timestamps"):
+        model.encode(torch.tensor([[1, 2]]))
+
+
+def test_too_long_input_is_rejected():
+    model = _model(time_bias=False)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.encode(torch.ones(1, 9, dtype=torch.long))

@@ -1,0 +1,33 @@
+import math
+
+import torch
+
+from genrec.models.ops import RelativeBias, softmax_attention, softmax_attention_reference, time_buckets
+
+
+def test_time_bucket_values():
+    ts = torch.tensor([[0, 0, 0, 0, 0, 0]])
+    q = torch.tensor([[0, 1, 2, 10, 3600, 10**12]])
+    b = time_buckets(q, ts, num_buckets=128, divisor=0.301)[0, :, 0]
+    # |dt| clamped at 1 -> ln 1 = 0; ln 2 / .301 = 2.30 -> 2; ln 10 / .301 = 7.65 -> 7;
+    # ln 3600 / .301 = 27.2 -> 27; ln 1e12 / .301 = 91.8 -> 91
+    assert b.tolist() == [0, 0, 2, 7, 27, 91]
+    # ln(2**62) / .301 = 142.8 -> clamped to the last bucket
+    assert time_buckets(torch.tensor([[2**62]]), torch.tensor([[0]]), 128, 0.301).item() == 128
+    assert time_buckets(torch.tensor([[5]]), torch.tensor([[9]]), 128, 0.301).item() == math.floor(math.log(4) / 0.301)
+
+
+def test_relative_position_bias_indexing():
+    rb = RelativeBias(max_seq_len=4, position=True, time=False, num_buckets=8, divisor=0.301)
+    with torch.no_grad():
+        rb.pos_w.copy_(torch.arange(7, dtype=torch.float))  # value = offset j - i + 3
+    bias = rb(3, None)[0]
+    for i in range(3):
+        for j in range(3):
+            assert bias[i, j].item() == j - i + 3
+
+
+def test_softmax_attention_matches_reference():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 7, 8) for _ in range(3))
+    torch.testing.assert_close(softmax_attention(q, k, v), softmax_attention_reference(q, k, v), atol=1e-5, rtol=1e-5)

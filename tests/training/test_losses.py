@@ -1,0 +1,67 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from genrec.config import TrainConfig
+from genrec.data.batches import TrainBatch
+from genrec.models import HSTUConfig, build_model
+from genrec.training.losses import full_softmax_loss, in_batch_loss, retrieval_loss, sampled_softmax_loss
+
+
+def _setup():
+    torch.manual_seed(0)
+    model = build_model(HSTUConfig(num_items=6, max_seq_len=4, embedding_dim=8, time_bias=False, dropout=0.0))
+    q = F.normalize(torch.randn(5, 8), dim=-1)
+    pos = torch.tensor([1, 2, 3, 3, 6])
+    return model, q, pos
+
+
+def test_full_softmax_equals_manual_cross_entropy():
+    model, q, pos = _setup()
+    logits = q @ F.normalize(model.item_embedding.weight[1:], dim=-1).T / 0.1
+    expected = -(logits.log_softmax(-1)[torch.arange(5), pos - 1]).mean()
+    torch.testing.assert_close(full_softmax_loss(q, pos, model, 0.1), expected)
+
+
+def test_in_batch_uses_each_distinct_target_once():
+    model, q, pos = _setup()
+    cand = torch.tensor([1, 2, 3, 6])
+    logits = q @ model.item_vectors(cand).T / 0.5
+    label = torch.tensor([0, 1, 2, 2, 3])
+    torch.testing.assert_close(in_batch_loss(q, pos, model, 0.5), F.cross_entropy(logits, label))
+
+
+def test_sampled_softmax_masks_accidental_hits():
+    # a catalogue of one item: every negative is the positive, all masked -> loss exactly 0
+    model = build_model(HSTUConfig(num_items=1, max_seq_len=4, embedding_dim=8, time_bias=False))
+    q = torch.randn(3, 8)
+    for share in (True, False):
+        assert sampled_softmax_loss(q, torch.ones(3, dtype=torch.long), model, 4, 0.05, share).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sampled_softmax_value_with_known_negatives():
+    model, q, pos = _setup()
+    torch.manual_seed(3)
+    loss = sampled_softmax_loss(q, pos, model, 4, 0.2, share=True)
+    torch.manual_seed(3)
+    neg = torch.randint(1, 7, (1, 4))
+    pl = (q * model.item_vectors(pos)).sum(-1, keepdim=True)
+    nl = (q @ model.item_vectors(neg[0]).T).masked_fill(neg == pos[:, None], -math.inf)
+    expected = F.cross_entropy(torch.cat([pl, nl], 1) / 0.2, torch.zeros(5, dtype=torch.long))
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "in_batch", "full_softmax"])
+def test_retrieval_loss_ignores_padding_positions(loss):
+    model, _, _ = _setup()
+    model.eval()
+    cfg = TrainConfig(loss=loss, num_negatives=3)
+    b1 = TrainBatch(torch.tensor([[1, 2]]), torch.tensor([[2, 3]]), None, None)
+    b2 = TrainBatch(torch.tensor([[1, 2, 0]]), torch.tensor([[2, 3, 0]]), None, None)
+    torch.manual_seed(0)
+    l1 = retrieval_loss(model, b1, cfg)
+    torch.manual_seed(0)
+    l2 = retrieval_loss(model, b2, cfg)
+    torch.testing.assert_close(l1, l2)
