@@ -15,6 +15,7 @@ similarities when ``l2_normalize`` is on (the reference setting), dot products o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,8 @@ class SequentialRecommender(nn.Module):
     """Base class: item table, scoring over the catalogue, top-k with exclusions."""
 
     config: ModelConfig
+    absolute_positions: bool = True
+    """Whether the input adds a learned absolute position embedding (False for rotary backbones)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -76,6 +79,9 @@ class SequentialRecommender(nn.Module):
         nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
         with torch.no_grad():
             self.item_embedding.weight[0].zero_()
+        if self.absolute_positions:
+            self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
+            nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
 
     @property
     def uses_timestamps(self) -> bool:
@@ -91,6 +97,17 @@ class SequentialRecommender(nn.Module):
     ) -> torch.Tensor:
         """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only."""
         raise NotImplementedError
+
+    def embed_input(self, items: torch.Tensor) -> torch.Tensor:
+        """items [B, N] -> item embedding × √D (+ learned position) -> dropout, [B, N, D].
+        Rejects inputs longer than ``max_seq_len``: callers truncate on purpose, never silently here."""
+        N = items.size(1)
+        if N > self.config.max_seq_len:
+            raise ValueError(f"sequence length {N} exceeds model.max_seq_len={self.config.max_seq_len}")
+        x = self.item_embedding(items) * math.sqrt(self.config.embedding_dim)
+        if self.absolute_positions:
+            x = x + self.pos_embedding(torch.arange(N, device=items.device))
+        return F.dropout(x, p=self.config.dropout, training=self.training)
 
     # ---- shared contract ----------------------------------------------------------------------
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ depend on how a batch is padded; sequences are right-padded dense tensors rather
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -95,8 +94,6 @@ class HSTU(SequentialRecommender):
 
     def __init__(self, config: HSTUConfig):
         super().__init__(config)
-        self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
-        nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
         self.layers = nn.ModuleList(HSTULayer(config) for _ in range(config.num_layers))
 
     @property
@@ -109,16 +106,11 @@ class HSTU(SequentialRecommender):
         timestamps: torch.Tensor | None = None,
         query_timestamps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, N = items.shape
-        if N > self.config.max_seq_len:
-            raise ValueError(f"sequence length {N} exceeds model.max_seq_len={self.config.max_seq_len}")
         if not self.uses_timestamps:
             timestamps = query_timestamps = None
         elif timestamps is None or query_timestamps is None:
             raise ValueError("this HSTU has time_bias on: pass timestamps and query_timestamps")
-        pos = torch.arange(N, device=items.device)
-        x = self.item_embedding(items) * math.sqrt(self.config.embedding_dim) + self.pos_embedding(pos)
-        x = F.dropout(x, p=self.config.dropout, training=self.training)  # [B N D]
+        x = self.embed_input(items)  # [B N D]
         buckets = self.layers[0].rel_bias.buckets(timestamps, query_timestamps)  # same for every layer
         for layer in self.layers:
             x = layer(x, buckets)

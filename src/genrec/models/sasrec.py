@@ -16,7 +16,6 @@ sampled-softmax loss with temperature expects. Causal softmax attention runs thr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -75,8 +74,6 @@ class SASRec(SequentialRecommender):
 
     def __init__(self, config: SASRecConfig):
         super().__init__(config)
-        self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
-        nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
         self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.embedding_dim, eps=1e-8)
 
@@ -86,12 +83,7 @@ class SASRec(SequentialRecommender):
         timestamps: torch.Tensor | None = None,
         query_timestamps: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        B, N = items.shape
-        if N > self.config.max_seq_len:
-            raise ValueError(f"sequence length {N} exceeds model.max_seq_len={self.config.max_seq_len}")
-        pos = torch.arange(N, device=items.device)
-        x = self.item_embedding(items) * math.sqrt(self.config.embedding_dim) + self.pos_embedding(pos)
-        x = F.dropout(x, p=self.config.dropout, training=self.training)  # [B N D]
+        x = self.embed_input(items)  # [B N D]
         for block in self.blocks:
             x = block(x)
         return self._normalize(self.final_norm(x))
