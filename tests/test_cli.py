@@ -42,6 +42,11 @@ def test_train_eval_recommend(tmp_path, config_file, capsys):
     assert code == 0
     assert json.loads(out)["test"] == pytest.approx(metrics["test"])  # same numbers again
 
+    code, out, _ = _run(capsys, "eval", str(out_dir / "best"), "eval.exclude_history=none", "--split", "valid")
+    assert code == 0 and json.loads(out)["protocol"]["excluded_from_ranking"].startswith("nothing")
+    code, _, err = _run(capsys, "eval", str(out_dir / "best"), "model.num_layers=3")
+    assert code == 2 and "data.* and eval.* overrides only" in err
+
     code, out, _ = _run(capsys, "recommend", str(out_dir / "best"), "--history", "i3,i4,i5", "-k", "5")
     assert code == 0
     recs = json.loads(out)["items"]
@@ -80,3 +85,13 @@ def test_help_explains_itself():
     assert out.returncode == 0 and "metrics.json" in out.stdout and "--resume" in out.stdout
     out = subprocess.run([sys.executable, "-m", "genrec.cli", "--help"], capture_output=True, text=True)
     assert all(cmd in out.stdout for cmd in ("train", "eval", "recommend", "prepare", "datasets"))
+
+
+def test_prepare_and_datasets(config_file, capsys):
+    code, out, _ = _run(capsys, "prepare", str(config_file))
+    stats = json.loads(out)["stats"]
+    assert code == 0 and stats["users"] == 60 and stats["items"] == 40 and stats["has_timestamps"]
+    code, out, _ = _run(capsys, "datasets")
+    listed = json.loads(out)
+    assert code == 0 and {"ml-1m", "ml-20m", "amazon-books", "beauty", "toys"} <= set(listed)
+    assert listed["amazon-books"]["min_user_count"] == 5

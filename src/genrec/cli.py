@@ -49,15 +49,24 @@ def cmd_train(config: str | None, overrides: list[str], out: str | None, resume:
     return train(cfg, out, resume=resume)
 
 
-def cmd_eval(checkpoint: str, split: str) -> dict:
-    """Re-evaluate a checkpoint on its dataset (full catalogue, same protocol as training)."""
+def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
+    """Re-evaluate a checkpoint on its dataset (full catalogue, same protocol as training).
+
+    Overrides apply to the saved experiment's data and eval sections, e.g. data.source=PATH
+    when the data has moved, or eval.exclude_history=none for another protocol.
+    """
     from genrec.config import ExperimentConfig
     from genrec.data.prepare import load_prepared, prepare
     from genrec.evaluation.evaluator import evaluate
     from genrec.training.checkpoint import load_model
 
+    from genrec.config import apply_overrides
+
     model, _, experiment = load_model(checkpoint)
-    cfg = ExperimentConfig.from_dict(experiment)
+    bad = [o for o in overrides if not o.startswith(("data.", "eval."))]
+    if bad:
+        raise GenrecError(f"eval takes data.* and eval.* overrides only, got {bad}")
+    cfg = ExperimentConfig.from_dict(apply_overrides(experiment, overrides))
     data = load_prepared(prepare(cfg.data))
     if data.num_items != model.config.num_items:
         raise GenrecError(f"{checkpoint}: model has {model.config.num_items} items, the prepared data {data.num_items}")
@@ -116,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("eval", cmd_eval)
     sp.add_argument("checkpoint", help="checkpoint folder, e.g. runs/<run>/best")
+    sp.add_argument("overrides", nargs="*", help="data.*/eval.* overrides, e.g. data.source=PATH")
     sp.add_argument("--split", choices=["valid", "test"], default="test")
 
     sp = add("recommend", cmd_recommend)

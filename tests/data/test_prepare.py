@@ -109,3 +109,22 @@ def test_unreachable_download_says_what_to_do(tmp_path):
     spec = DatasetSpec("toy", "movielens-100k", (tmp_path / "missing.txt").as_uri(), "u.data")
     with pytest.raises(DataFormatError, match="data.source=PATH"):
         fetch(spec, cache_dir=str(tmp_path / "c"))
+
+
+def test_verification_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import genrec.data.download as dl
+
+    content = b"1\t2\t3\t100\n"
+    spec = _spec(tmp_path, content, False)
+    calls = []
+    real = dl.verify
+    monkeypatch.setattr(dl, "verify", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
+    src = tmp_path / "upstream" / "u.data"
+    fetch(spec, cache_dir=str(tmp_path / "c"), source=str(src))
+    fetch(spec, cache_dir=str(tmp_path / "c"), source=str(src))
+    assert len(calls) == 1
+    src.write_bytes(b"1\t2\t3\t999\n")  # same size, new content and mtime
+    import os
+    os.utime(src, ns=(1, 1))
+    with pytest.raises(ChecksumError):
+        fetch(spec, cache_dir=str(tmp_path / "c"), source=str(src))

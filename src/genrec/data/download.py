@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -206,5 +207,17 @@ def fetch(spec: DatasetSpec, cache_dir: str | None = None, source: str | None = 
             else:
                 _download(spec.url, path)
     if check:
-        verify(path, spec.member_size, spec.member_digests, f"{spec.name} data file")
+        _verify_once(path, spec, cache_root(cache_dir) / "verified" / f"{spec.name}.json")
     return path
+
+
+def _verify_once(path: Path, spec: DatasetSpec, stamp: Path) -> None:
+    """Verify a data file, remembering (path, size, mtime) so an unchanged file is hashed once."""
+    st = path.stat()
+    key = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "digests": spec.member_digests}
+    if stamp.exists() and json.loads(stamp.read_text()) == key:
+        return
+    verify(path, spec.member_size, spec.member_digests, f"{spec.name} data file")
+    if spec.member_digests:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(json.dumps(key))
