@@ -38,10 +38,10 @@ def test_epochs_are_reproducible_and_differ():
 def test_eval_batches_valid_and_test():
     d = _data()
     (v,) = list(eval_batches(d, "valid", max_seq_len=3, batch_size=10))
-    assert v.users.tolist() == [0, 2]
-    assert v.targets.tolist() == [5, 4] and v.items.tolist() == [[2, 3, 4], [2, 0, 0]]
-    assert v.query_time.tolist() == [50, 6]  # the target's own time (reference protocol)
-    assert v.exclude.tolist() == [[1, 2, 3, 4], [2, 0, 0, 0]]  # full history, beyond the window
+    assert v.users.tolist() == [2, 0]  # shortest history first
+    assert v.targets.tolist() == [4, 5] and v.items.tolist() == [[2, 0, 0], [2, 3, 4]]
+    assert v.query_time.tolist() == [6, 50]  # the target's own time (reference protocol)
+    assert v.exclude.tolist() == [[2, 0, 0, 0], [1, 2, 3, 4]]  # full history, beyond the window
     (t,) = list(eval_batches(d, "test", max_seq_len=3, batch_size=10, exclude_history="input", query_time="last"))
-    assert t.targets.tolist() == [6, 6] and t.items.tolist() == [[3, 4, 5], [2, 4, 0]]
-    assert t.exclude.tolist() == [[3, 4, 5], [2, 4, 0]] and t.query_time.tolist() == [50, 6]
+    assert t.targets.tolist() == [6, 6] and t.items.tolist() == [[2, 4, 0], [3, 4, 5]]
+    assert t.exclude.tolist() == [[2, 4, 0], [3, 4, 5]] and t.query_time.tolist() == [6, 50]

@@ -116,6 +116,8 @@ def eval_batches(
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     users = np.flatnonzero(data.lengths >= 3)
+    # shortest histories first: batches pad to their longest row, so similar lengths waste less
+    users = users[np.argsort(np.minimum(data.lengths[users], max_seq_len + 2), kind="stable")]
     target_pos = data.offsets[1:][users] - (2 if split == "valid" else 1)
     first = data.offsets[:-1][users]
     for i in range(0, len(users), batch_size):

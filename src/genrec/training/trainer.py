@@ -127,8 +127,9 @@ class Trainer:
             record = self._train_epoch(epoch)
             self.state["epoch"] = epoch + 1
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                start = time.perf_counter()
                 valid = self._evaluate("valid")["metrics"]
-                record["valid"] = valid
+                record["valid"], record["eval_seconds"] = valid, time.perf_counter() - start
                 if metric not in valid:
                     raise KeyError(f"eval.select_metric={metric!r} is not a computed metric; have {sorted(valid)}")
                 if valid[metric] > self.state["best_score"]:
