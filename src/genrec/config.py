@@ -95,6 +95,9 @@ class TrainConfig:
     """Clip the gradient norm to this value (0 = off)."""
     num_threads: int = 0
     """torch intra-op threads (0 = torch's default)."""
+    refit: bool = False
+    """After selection, also retrain from scratch on training + validation items for the selected
+    number of epochs and test that model (reported as ``test_refit``; ``test`` is unchanged)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
 

@@ -66,3 +66,21 @@ def test_bf16_training_runs_and_learns(tmp_path, synthetic_csv):
     result = train(_cfg(synthetic_csv, tmp_path / "c", epochs=6, precision="bf16"), tmp_path / "bf16")
     # the synthetic next item is a deterministic successor: a trained model beats chance (1/40) by far
     assert result["valid"]["hr@10"] > 0.5
+
+
+def test_refit_trains_on_validation_items_and_reports_separately(tmp_path, synthetic_csv):
+    result = train(_cfg(synthetic_csv, tmp_path / "c", epochs=2, refit=True), tmp_path / "run")
+    assert set(result["test_refit"]) == set(result["test"]) and "refit" in result["protocol"]
+    assert (tmp_path / "run" / "refit" / "model" / "model.safetensors").exists()
+    plain = train(_cfg(synthetic_csv, tmp_path / "c", epochs=2), tmp_path / "plain")
+    assert plain["test"] == result["test"]  # the selected checkpoint's numbers are untouched
+
+
+def test_include_valid_moves_the_training_end_by_one():
+    import numpy as np
+
+    from genrec.data.batches import train_end
+    from genrec.data.prepare import SequenceData
+
+    d = SequenceData(np.array([0, 5, 7]), np.arange(1, 8), None, np.array(list("abcdefg"), dtype=object), np.array(["u", "v"], dtype=object), {})
+    assert train_end(d).tolist() == [3, 7] and train_end(d, include_valid=True).tolist() == [4, 7]

@@ -42,10 +42,11 @@ class EvalBatch:
     exclude: torch.Tensor  # [B E] item ids not ranked (0 = padding)
 
 
-def train_end(data: SequenceData) -> np.ndarray:
-    """[U] end offset (exclusive) of each user's training items."""
+def train_end(data: SequenceData, include_valid: bool = False) -> np.ndarray:
+    """[U] end offset (exclusive) of each user's training items; ``include_valid`` also trains
+    on the validation item (for a refit after model selection; the test item stays out)."""
     ends = data.offsets[1:].copy()
-    ends[data.lengths >= 3] -= 2
+    ends[data.lengths >= 3] -= 1 if include_valid else 2
     return ends
 
 
@@ -59,8 +60,8 @@ def _pad_rows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int
 class TrainBatches:
     """Shuffled training batches, reproducible from (seed, epoch)."""
 
-    def __init__(self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False):
-        ends = train_end(data)
+    def __init__(self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False, include_valid: bool = False):
+        ends = train_end(data, include_valid)
         starts = np.maximum(data.offsets[:-1], ends - (max_seq_len + 1))
         keep = ends - starts >= 2  # need one input and one target
         self.starts, self.ends = starts[keep], ends[keep]

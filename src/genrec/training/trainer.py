@@ -6,7 +6,8 @@ Run folder layout (a stable contract):
 - ``log.jsonl``      one JSON line per epoch (loss, throughput, validation metrics);
 - ``best/``          checkpoint of the best validation epoch (what ``eval``/``recommend`` take);
 - ``last/``          checkpoint + optimizer + trainer state after the last finished epoch (resume);
-- ``metrics.json``   {"protocol", "best_epoch", "valid", "test"}.
+- ``metrics.json``   {"protocol", "best_epoch", "valid", "test"} (+ "test_refit" with ``train.refit``);
+- ``refit/``         with ``train.refit``: the model retrained on training + validation items.
 
 Reproducibility: the global RNG is re-seeded from (seed, epoch) at the start of every epoch and
 batches come from (seed, epoch) too, so a run resumed from ``last/`` retraces the uninterrupted one.
@@ -59,7 +60,7 @@ def fit_model_config(cfg: ExperimentConfig, data: SequenceData) -> list[str]:
 
 
 class Trainer:
-    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, data: SequenceData | None = None):
+    def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, data: SequenceData | None = None, include_valid: bool = False):
         self.cfg, self.out = cfg, Path(out_dir)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
@@ -70,7 +71,7 @@ class Trainer:
         self.model: SequentialRecommender = build_model(cfg.model).to(self.device)
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.batches = TrainBatches(self.data, cfg.model.max_seq_len, t.batch_size, t.bucket_by_length)
+        self.batches = TrainBatches(self.data, cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid)
         self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -165,8 +166,23 @@ class Trainer:
             "valid": valid["metrics"],
             "test": test["metrics"],
         }
+        if self.cfg.train.refit:
+            result["test_refit"] = self.refit(self.state["best_epoch"])
+            result["protocol"]["refit"] = (
+                f"test_refit: a fresh model trained on training + validation items for the selected "
+                f"{self.state['best_epoch']} epochs (same seed), then tested once"
+            )
         _write_json_atomic(self.out / "metrics.json", result)
         return result
+
+    def refit(self, epochs: int) -> dict:
+        """Retrain from scratch on training + validation items for ``epochs``; test metrics.
+        Deterministic, so an interrupted refit simply runs again to the same result."""
+        sub = Trainer(self.cfg, self.out / "refit", data=self.data, include_valid=True)
+        for epoch in range(epochs):
+            tqdm.write(_summary(sub._train_epoch(epoch), ""), file=sys.stderr)
+        sub._save("model", with_state=False)
+        return sub._evaluate("test")["metrics"]
 
 
 def _loss_desc(t) -> str:
