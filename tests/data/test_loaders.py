@@ -74,6 +74,12 @@ def test_generic_csv_and_parquet(tmp_path, synthetic_csv):
     assert t2.column("timestamp").to_pylist() == t.column("timestamp").to_pylist()
 
 
+def test_generic_csv_quoted_fields(tmp_path):
+    p = _write(tmp_path / "log.csv", 'user,item,when\n"Smith, J",item 1,5\n')
+    t = read_interactions(p, "csv", {"user": "user", "item": "item", "timestamp": "when"})
+    assert t.to_pylist() == [{"user": "Smith, J", "item": "item 1", "timestamp": 5, "rating": None}]
+
+
 def test_generic_csv_without_header_by_position(tmp_path):
     p = _write(tmp_path / "log.tsv", "a\tx\t10\nb\ty\t20\n")
     t = read_interactions(p, "csv", {"user": "0", "item": "1", "timestamp": "2"}, delimiter="\t", has_header=False)

@@ -78,7 +78,7 @@ def _standardise(table: pa.Table, user: str, item: str, timestamp: str | None, r
 
 
 def _read_delimited(
-    path: Path, sep: str, names: list[str], numeric: dict[int, type], header: bool, stride: int = 1
+    path: Path, sep: str, names: list[str], numeric: dict[int, type], header: bool, stride: int = 1, quoted: bool = False
 ) -> pa.Table:
     """Read a headerless (or header-skipped) delimited file whose fields are ``names``.
     ``stride`` > 1 reads multi-character separators such as ``::`` as runs of one character."""
@@ -89,7 +89,7 @@ def _read_delimited(
         table = pacsv.read_csv(
             pa.input_stream(str(path), compression="detect"),
             read_options=pacsv.ReadOptions(column_names=raw_names, skip_rows=1 if header else 0),
-            parse_options=pacsv.ParseOptions(delimiter=sep[0], quote_char=False),
+            parse_options=pacsv.ParseOptions(delimiter=sep[0], quote_char='"' if quoted else False),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -197,7 +197,7 @@ def read_generic(path: Path, columns: dict[str, str], delimiter: str = ",", has_
     keys_by_pos = {i: key for key, i in idx.items()}
     names = [keys_by_pos.get(i, f"_unused{i}") for i in range(len(first))]
     numeric = {i: (int if key == "timestamp" else float) for key, i in idx.items() if key in ("timestamp", "rating")}
-    table = _read_delimited(path, delimiter, names, numeric, has_header)
+    table = _read_delimited(path, delimiter, names, numeric, has_header, quoted=True)
     return _standardise(table, "user", "item", "timestamp" if "timestamp" in idx else None, "rating" if "rating" in idx else None)
 
 
