@@ -76,6 +76,8 @@ def test_resume_via_cli(tmp_path, config_file, capsys):
 def test_bad_override_is_a_clear_error(config_file, capsys):
     code, _, err = _run(capsys, "train", str(config_file), "train.loss=hinge")
     assert code == 2 and "train.loss='hinge' is not one of" in err
+    code, _, err = _run(capsys, "train", str(config_file), "eval.select_metric=ndcg@7")
+    assert code == 2 and "eval.select_metric='ndcg@7' is not computed" in err
     code, _, err = _run(capsys, "train", str(config_file), "model.nope=1")
     assert code == 2 and "unknown keys in model" in err
 

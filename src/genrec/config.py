@@ -139,6 +139,9 @@ class EvalConfig:
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"eval.ks={self.ks} must be a non-empty list of positive cut-offs")
         self.ks = sorted(set(int(k) for k in self.ks))
+        computed = {"mrr"} | {f"{m}@{k}" for m in ("hr", "ndcg") for k in self.ks}
+        if self.select_metric not in computed:
+            raise ConfigError(f"eval.select_metric={self.select_metric!r} is not computed; choose from {sorted(computed)}")
 
 
 @dataclass

@@ -131,8 +131,6 @@ class Trainer:
                 start = time.perf_counter()
                 valid = self._evaluate("valid")["metrics"]
                 record["valid"], record["eval_seconds"] = valid, time.perf_counter() - start
-                if metric not in valid:
-                    raise KeyError(f"eval.select_metric={metric!r} is not a computed metric; have {sorted(valid)}")
                 if valid[metric] > self.state["best_score"]:
                     self.state.update(best_score=valid[metric], best_epoch=epoch + 1, bad_evals=0)
                     self._save("best", with_state=False)
