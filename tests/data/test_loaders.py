@@ -95,40 +95,27 @@ def test_bad_line_names_file_and_line(tmp_path, gz):
         read_interactions(p, "movielens-100k")
 
 
-def test_non_numeric_timestamp(tmp_path):
-    p = _write(tmp_path / "ratings.dat", "1::2::3::100\n1::3::4::yesterday\n")
-    with pytest.raises(DataFormatError, match=r"ratings.dat:2: field 'timestamp' = 'yesterday' is not a number"):
-        read_interactions(p, "movielens-1m")
+MALFORMED = [
+    # (file name, content, format, column mapping, expected message)
+    ("ratings.dat", "1::2::3::100\n1::3::4::yesterday\n", "movielens-1m", None,
+     r"ratings.dat:2: field 'timestamp' = 'yesterday' is not a number"),
+    ("u.data", "", "movielens-100k", None, r"u.data: file is empty"),
+    ("log.csv", "user,item\na,b\n", "csv", {"user": "user", "item": "item", "timestamp": "ts"},
+     r"log.csv:1: missing column\(s\) \['ts'\]"),
+    ("r.json", '{"reviewerID": "a", "asin": "b", "overall": 1, "unixReviewTime": 5}\n{"reviewerID": "a", \n',
+     "amazon-reviews-json", None, r"r.json:2: not valid JSON"),
+    ("r.json", '{"reviewerID": "a", "overall": 1, "unixReviewTime": 5}\n', "amazon-reviews-json", None,
+     r"r.json:1: missing field 'asin'"),
+    ("s.txt", "1 2 3\n7\n", "sequences", None, r"s.txt:2: expected 'user item"),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n1,2,x,5\n", "movielens-20m", None,
+     r"ratings.csv:2: field 'rating' = 'x' is not a number"),
+]
 
 
-def test_empty_file(tmp_path):
-    p = _write(tmp_path / "u.data", "")
-    with pytest.raises(DataFormatError, match="u.data: file is empty"):
-        read_interactions(p, "movielens-100k")
-
-
-def test_missing_column_in_header(tmp_path):
-    p = _write(tmp_path / "log.csv", "user,item\na,b\n")
-    with pytest.raises(DataFormatError, match=r"log.csv:1: missing column\(s\) \['ts'\]"):
-        read_interactions(p, "csv", {"user": "user", "item": "item", "timestamp": "ts"})
-
-
-def test_bad_json_line(tmp_path):
-    p = _write(tmp_path / "r.json", '{"reviewerID": "a", "asin": "b", "overall": 1, "unixReviewTime": 5}\n{"reviewerID": "a", \n')
-    with pytest.raises(DataFormatError, match=r"r.json:2: not valid JSON"):
-        read_interactions(p, "amazon-reviews-json")
-
-
-def test_json_missing_field(tmp_path):
-    p = _write(tmp_path / "r.json", '{"reviewerID": "a", "overall": 1, "unixReviewTime": 5}\n')
-    with pytest.raises(DataFormatError, match=r"r.json:1: missing field 'asin'"):
-        read_interactions(p, "amazon-reviews-json")
-
-
-def test_sequence_line_without_items(tmp_path):
-    p = _write(tmp_path / "s.txt", "1 2 3\n7\n")
-    with pytest.raises(DataFormatError, match=r"s.txt:2: expected 'user item"):
-        read_interactions(p, "sequences")
+@pytest.mark.parametrize("name, content, fmt, columns, message", MALFORMED)
+def test_malformed_input_names_file_and_line(tmp_path, name, content, fmt, columns, message):
+    with pytest.raises(DataFormatError, match=message):
+        read_interactions(_write(tmp_path / name, content), fmt, columns)
 
 
 def test_unknown_format(tmp_path):
