@@ -84,3 +84,9 @@ def test_include_valid_moves_the_training_end_by_one():
 
     d = SequenceData(np.array([0, 5, 7]), np.arange(1, 8), None, np.array(list("abcdefg"), dtype=object), np.array(["u", "v"], dtype=object), {})
     assert train_end(d).tolist() == [3, 7] and train_end(d, include_valid=True).tolist() == [4, 7]
+
+
+def test_train_leaves_the_callers_config_alone(tmp_path, synthetic_csv):
+    cfg = _cfg(synthetic_csv, tmp_path / "c", epochs=1)
+    train(cfg, tmp_path / "run")
+    assert cfg.model.num_items == 0

@@ -16,7 +16,7 @@ batches come from (seed, epoch) too, so a run resumed from ``last/`` retraces th
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import copy
 import json
 import sys
 import time
@@ -209,6 +209,6 @@ def _write_json_atomic(path: Path, obj: dict) -> None:
 
 
 def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> dict:
-    """Train an experiment into ``out_dir``; returns the metrics.json content."""
-    cfg = dataclasses.replace(cfg)
-    return Trainer(cfg, out_dir).fit(resume=resume)
+    """Train an experiment into ``out_dir``; returns the metrics.json content. ``cfg`` is not
+    modified (data-dependent fields are filled in a copy)."""
+    return Trainer(copy.deepcopy(cfg), out_dir).fit(resume=resume)
