@@ -45,11 +45,11 @@ def test_evaluate_protocol_and_exclusions():
     # user 0: items 1,2,3,4 -> valid target 3 (history 1,2), test target 4 (history 1,2,3)
     data = SequenceData(np.array([0, 4]), np.array([1, 2, 3, 4]), None, np.array(["a", "b", "c", "d", "e"], dtype=object), np.array(["u"], dtype=object), {})
     model = FixedScores([0.9, 0.8, 0.7, 0.6, 0.95])
-    cfg = EvalConfig(ks=[1, 2])
+    cfg = EvalConfig(ks=[1, 2], select_metric="ndcg@2")
     valid = evaluate(model, data, "valid", cfg)
     # valid target 3 (0.7); 1 and 2 excluded; item 5 (0.95) ahead -> rank 1
     assert valid["metrics"]["hr@1"] == 0.0 and valid["metrics"]["hr@2"] == 1.0
-    test = evaluate(model, data, "test", EvalConfig(ks=[1, 2], exclude_history="none"))
+    test = evaluate(model, data, "test", EvalConfig(ks=[1, 2], select_metric="mrr", exclude_history="none"))
     # nothing excluded: target 4 (0.6) has 5, 1, 2, 3 ahead -> rank 4
     assert test["metrics"]["mrr"] == pytest.approx(1 / 5)
     assert "full catalogue (5 items)" in test["protocol"]["ranking"]
