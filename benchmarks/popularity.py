@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from genrec.config import DataConfig, EvalConfig
-from genrec.data.batches import eval_batches, train_end
+from genrec.data.batches import train_end
 from genrec.data.prepare import load_prepared, prepare
-from genrec.evaluation.evaluator import target_ranks
+from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import metrics_from_ranks
 from genrec.models.base import ModelConfig, SequentialRecommender
 
@@ -42,8 +42,8 @@ def main() -> None:
             ends = train_end(data, include_valid)
             seen = np.concatenate([data.items[s:e] for s, e in zip(data.offsets[:-1], ends)])
             model = Popularity(np.bincount(seen, minlength=data.num_items + 1)[1:].astype(np.float64))
-            ranks = torch.cat([target_ranks(model, b) for b in eval_batches(data, split, 50, 1024)])
-            m = metrics_from_ranks(ranks, EvalConfig().ks)
+            cfg = EvalConfig()  # history max 50 (ModelConfig default), earlier items excluded
+            m = metrics_from_ranks(split_ranks(model, data, split, cfg), cfg.ks)
             print(f"{dataset} {split}: ndcg@10 {m['ndcg@10']:.4f}, hr@10 {m['hr@10']:.4f}, mrr {m['mrr']:.4f}")
 
 

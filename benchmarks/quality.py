@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from genrec.config import load_config
-from genrec.training.trainer import Trainer, _write_json_atomic, train
+from genrec.training.trainer import Trainer, train, write_json_atomic
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,9 +41,7 @@ def add_refit(run_dir: Path) -> None:
     if "test_refit" in metrics:
         return
     trainer = Trainer(load_config(run_dir / "config.yaml"), run_dir)
-    metrics["test_refit"] = trainer.refit(metrics["best_epoch"])
-    metrics["protocol"]["refit"] = f"fresh model on training + validation items for {metrics['best_epoch']} epochs, tested once"
-    _write_json_atomic(run_dir / "metrics.json", metrics)
+    write_json_atomic(run_dir / "metrics.json", trainer.add_refit(metrics))
 
 
 def row_stats(run_dir: Path) -> tuple[float, float]:

@@ -11,12 +11,10 @@ from __future__ import annotations
 import math
 import sys
 
-import torch
-
 from genrec.config import ExperimentConfig
-from genrec.data.batches import eval_batches
 from genrec.data.prepare import load_prepared, prepare
-from genrec.evaluation.evaluator import target_ranks
+from genrec.evaluation.evaluator import split_ranks
+from genrec.evaluation.metrics import per_user
 from genrec.training.checkpoint import load_model
 
 
@@ -25,13 +23,10 @@ def main() -> None:
         model, _, experiment = load_model(f"{run}/best")
         cfg = ExperimentConfig.from_dict(experiment)
         data = load_prepared(prepare(cfg.data))
-        e = cfg.eval
-        batches = eval_batches(data, "test", model.config.max_seq_len, e.batch_size, e.exclude_history, e.query_time)
-        ranks = torch.cat([target_ranks(model, b, e.item_chunk_size) for b in batches]).double()
-        hit = (ranks < 10).double()
-        gain = torch.where(ranks < 10, 1 / torch.log2(ranks + 2), torch.zeros_like(ranks))
+        values = per_user(split_ranks(model, data, "test", cfg.eval), [10])
+        gain, hit = values["ndcg@10"], values["hr@10"]
         se = lambda x: (x.std() / math.sqrt(len(x))).item()  # noqa: E731
-        print(f"{run}: users {len(ranks)}, test ndcg@10 {gain.mean():.4f} ± {se(gain):.4f}, hr@10 {hit.mean():.4f} ± {se(hit):.4f}")
+        print(f"{run}: users {len(gain)}, test ndcg@10 {gain.mean():.4f} ± {se(gain):.4f}, hr@10 {hit.mean():.4f} ± {se(hit):.4f}")
 
 
 if __name__ == "__main__":

@@ -55,12 +55,10 @@ def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
     Overrides apply to the saved experiment's data and eval sections, e.g. data.source=PATH
     when the data has moved, or eval.exclude_history=none for another protocol.
     """
-    from genrec.config import ExperimentConfig
+    from genrec.config import ExperimentConfig, apply_overrides
     from genrec.data.prepare import load_prepared, prepare
     from genrec.evaluation.evaluator import evaluate
     from genrec.training.checkpoint import load_model
-
-    from genrec.config import apply_overrides
 
     model, _, experiment = load_model(checkpoint)
     bad = [o for o in overrides if not o.startswith(("data.", "eval."))]

@@ -53,8 +53,8 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
 
 
 @torch.no_grad()
-def evaluate(model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu") -> dict:
-    """Metrics for ``split`` ("valid"/"test") with their protocol: {"metrics", "protocol"}."""
+def split_ranks(model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[users] rank of every evaluated user's ``split`` target (see :func:`target_ranks`)."""
     was_training = model.training
     model.eval()
     all_ranks = []
@@ -62,7 +62,12 @@ def evaluate(model: SequentialRecommender, data: SequenceData, split: str, eval_
         batch = EvalBatch(*(None if t is None else t.to(device) for t in vars(batch).values()))
         all_ranks.append(target_ranks(model, batch, eval_cfg.item_chunk_size).cpu())
     model.train(was_training)
-    ranks = torch.cat(all_ranks)
+    return torch.cat(all_ranks)
+
+
+def evaluate(model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu") -> dict:
+    """Metrics for ``split`` ("valid"/"test") with their protocol: {"metrics", "protocol"}."""
+    ranks = split_ranks(model, data, split, eval_cfg, device)
     metrics = metrics_from_ranks(ranks, eval_cfg.ks)
     metrics["targets_in_excluded_history"] = int(torch.isinf(ranks).sum())
     return {"metrics": metrics, "protocol": protocol(data, split, eval_cfg, model.config.max_seq_len, len(ranks))}

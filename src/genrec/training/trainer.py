@@ -165,12 +165,18 @@ class Trainer:
             "test": test["metrics"],
         }
         if self.cfg.train.refit:
-            result["test_refit"] = self.refit(self.state["best_epoch"])
-            result["protocol"]["refit"] = (
-                f"test_refit: a fresh model trained on training + validation items for the selected "
-                f"{self.state['best_epoch']} epochs (same seed), then tested once"
-            )
-        _write_json_atomic(self.out / "metrics.json", result)
+            self.add_refit(result)
+        write_json_atomic(self.out / "metrics.json", result)
+        return result
+
+    def add_refit(self, result: dict) -> dict:
+        """Add ``test_refit`` and its protocol line to a metrics.json dict (refit for its best epoch)."""
+        epochs = result["best_epoch"]
+        result["test_refit"] = self.refit(epochs)
+        result["protocol"]["refit"] = (
+            f"test_refit: a fresh model trained on training + validation items for the selected "
+            f"{epochs} epochs (same seed), then tested once"
+        )
         return result
 
     def refit(self, epochs: int) -> dict:
@@ -202,7 +208,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _write_json_atomic(path: Path, obj: dict) -> None:
+def write_json_atomic(path: Path, obj: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(obj, indent=2))
     tmp.replace(path)
