@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genrec.models.ops import Context
 from genrec.models import HSTU, HSTUConfig
 
 
@@ -60,7 +61,7 @@ def test_layer_matches_loop_reference(time_bias):
     layer = model.layers[0]
     buckets = layer.rel_bias.buckets(ts, qts)
     with torch.no_grad():
-        fast = layer(x, buckets)
+        fast, _ = layer(x, Context.causal(5, x.device), buckets)
         slow = _loop_layer(layer, x, ts, qts)
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
 

@@ -21,7 +21,8 @@ def test_relative_position_bias_indexing():
     rb = RelativeBias(max_seq_len=4, position=True, time=False, num_buckets=8, divisor=0.301)
     with torch.no_grad():
         rb.pos_w.copy_(torch.arange(7, dtype=torch.float))  # value = offset j - i + 3
-    bias = rb(3, None)[0]
+    pos = torch.arange(3).unsqueeze(0)
+    bias = rb(pos, pos, None)[0]
     for i in range(3):
         for j in range(3):
             assert bias[i, j].item() == j - i + 3

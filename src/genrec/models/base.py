@@ -3,6 +3,8 @@
 Trainer, evaluator, CLI and (later) the HTTP server all go through these methods, so training,
 evaluation and serving cannot drift apart:
 
+- ``transduce(x, context, cache)`` -> the backbone over token embeddings under any attention
+  context (causal, interleaved item/action tokens, M-FALCON candidates against a KV cache);
 - ``encode(items, timestamps, query_timestamps)`` -> one vector per position (causal);
 - ``user_vectors(items, timestamps, query_time)`` -> the vector after the last history item;
 - ``score_items`` / ``topk(..., exclude=...)`` over the whole catalogue, in bounded-memory chunks;
@@ -23,6 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.errors import ConfigError
+from genrec.models.ops import Context
+
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+"""Per layer, the keys and values [B, H, N, d] of tokens encoded earlier."""
 
 
 @dataclass
@@ -89,6 +95,25 @@ class SequentialRecommender(nn.Module):
         return False
 
     # ---- to implement -------------------------------------------------------------------------
+    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Token embeddings x [B, Nq, D] (no positions yet) -> (hidden states [B, Nq, D], the keys
+        and values of this call's tokens appended to ``cache``). Positions come from ``ctx.q_pos``."""
+        raise NotImplementedError
+
+    # ---- input --------------------------------------------------------------------------------
+    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
+        """items [...] -> item embedding × √D [..., D] (the input scale of the HSTU reference)."""
+        return self.item_embedding(items) * math.sqrt(self.config.embedding_dim)
+
+    def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x [B, N, D] + learned absolute position (when the backbone has one) -> dropout.
+        Rejects positions beyond ``max_seq_len``: callers truncate on purpose, never silently here."""
+        if positions.numel() and int(positions.max()) >= self.config.max_seq_len:
+            raise ValueError(f"sequence length {int(positions.max()) + 1} exceeds model.max_seq_len={self.config.max_seq_len}")
+        if self.absolute_positions:
+            x = x + self.pos_embedding(positions)
+        return F.dropout(x, p=self.config.dropout, training=self.training)
+
     def encode(
         self,
         items: torch.Tensor,
@@ -96,18 +121,13 @@ class SequentialRecommender(nn.Module):
         query_timestamps: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only."""
-        raise NotImplementedError
-
-    def embed_input(self, items: torch.Tensor) -> torch.Tensor:
-        """items [B, N] -> item embedding × √D (+ learned position) -> dropout, [B, N, D].
-        Rejects inputs longer than ``max_seq_len``: callers truncate on purpose, never silently here."""
-        N = items.size(1)
-        if N > self.config.max_seq_len:
-            raise ValueError(f"sequence length {N} exceeds model.max_seq_len={self.config.max_seq_len}")
-        x = self.item_embedding(items) * math.sqrt(self.config.embedding_dim)
-        if self.absolute_positions:
-            x = x + self.pos_embedding(torch.arange(N, device=items.device))
-        return F.dropout(x, p=self.config.dropout, training=self.training)
+        if not self.uses_timestamps:
+            timestamps = query_timestamps = None
+        elif timestamps is None or query_timestamps is None:
+            raise ValueError(f"this {self.config.name} has a time bias: pass timestamps and query_timestamps")
+        ctx = Context.causal(items.size(1), items.device, query_timestamps, timestamps)
+        h, _ = self.transduce(self.embed_items(items), ctx)
+        return self._normalize(h)
 
     # ---- shared contract ----------------------------------------------------------------------
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.errors import ConfigError
-from genrec.models.base import ModelConfig, SequentialRecommender
-from genrec.models.ops import RelativeBias, hstu_attention
+from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
+from genrec.models.ops import Context, RelativeBias, hstu_attention
 
 
 @dataclass
@@ -69,21 +69,27 @@ class HSTULayer(nn.Module):
             cfg.max_seq_len, cfg.position_bias, cfg.time_bias, cfg.num_time_buckets, cfg.time_bucket_divisor
         )
 
-    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor:
-        """x [B, N, D]; buckets [B, N, N] time-bucket indices (None: no time bias) -> [B, N, D]."""
+    def forward(
+        self, x: torch.Tensor, ctx: Context, buckets: torch.Tensor | None, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, Nq, D]; buckets [B, Nq, Nk] time-bucket indices (None: no time bias); past: cached
+        (k, v) of earlier tokens -> (x [B, Nq, D], (k, v) of past + these tokens)."""
         cfg = self.cfg
         B, N, D = x.shape
         H, dqk, dv = cfg.num_heads, cfg.attention_dim, cfg.value_dim
         h = F.layer_norm(x, (D,), eps=1e-6)
         u, v, q, k = F.silu(self.uvqk(h)).split([H * dv, H * dv, H * dqk, H * dqk], dim=-1)
-        q = q.view(B, N, H, dqk).transpose(1, 2)  # [B H N dqk]
+        q = q.view(B, N, H, dqk).transpose(1, 2)  # [B H Nq dqk]
         k = k.view(B, N, H, dqk).transpose(1, 2)
-        v = v.view(B, N, H, dv).transpose(1, 2)  # [B H N dv]
-        bias = self.rel_bias(N, buckets)  # [B|1 N N] or None
-        a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), cfg.attn_dropout, self.training)
+        v = v.view(B, N, H, dv).transpose(1, 2)  # [B H Nq dv]
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
+        bias = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)  # [B|1 Nq Nk] or None
+        mask = None if ctx.is_causal else ctx.mask
+        a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), mask, cfg.attn_dropout, self.training)
         a = a.transpose(1, 2).reshape(B, N, H * dv)
         y = u * F.layer_norm(a, (H * dv,), eps=1e-6)
-        return x + self.out(F.dropout(y, p=cfg.dropout, training=self.training))
+        return x + self.out(F.dropout(y, p=cfg.dropout, training=self.training)), (k, v)
 
 
 class HSTU(SequentialRecommender):
@@ -100,18 +106,15 @@ class HSTU(SequentialRecommender):
     def uses_timestamps(self) -> bool:
         return self.config.time_bias
 
-    def encode(
-        self,
-        items: torch.Tensor,
-        timestamps: torch.Tensor | None = None,
-        query_timestamps: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if not self.uses_timestamps:
-            timestamps = query_timestamps = None
-        elif timestamps is None or query_timestamps is None:
-            raise ValueError("this HSTU has time_bias on: pass timestamps and query_timestamps")
-        x = self.embed_input(items)  # [B N D]
-        buckets = self.layers[0].rel_bias.buckets(timestamps, query_timestamps)  # same for every layer
-        for layer in self.layers:
-            x = layer(x, buckets)
-        return self._normalize(x)
+    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
+        buckets = None
+        if self.uses_timestamps:
+            if ctx.q_time is None or ctx.k_time is None:
+                raise ValueError("this HSTU has time_bias on: pass timestamps and query timestamps")
+            buckets = self.layers[0].rel_bias.buckets(ctx.k_time, ctx.q_time)  # same for every layer
+        new_cache: KVCache = []
+        for i, layer in enumerate(self.layers):
+            x, kv = layer(x, ctx, buckets, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return x, new_cache

@@ -1,12 +1,18 @@
-"""Attention kernels and relative biases, each a pure-PyTorch reference.
+"""Attention kernels, relative biases and the attention context, each a pure-PyTorch reference.
 
 Fast variants (jagged / packed kernels, compiled paths) go here beside these references, behind
 the same signatures, and are tested against them.
+
+Every backbone layer attends under one :class:`Context`: a boolean mask over (queries, keys), the
+token positions of queries and keys (for absolute and relative positions) and, for a time bias, the
+times. Keys are the cached tokens of an earlier call (if any) followed by the new tokens, which is
+how M-FALCON scores candidates against a history encoded once.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +26,24 @@ def time_buckets(query_ts: torch.Tensor, ts: torch.Tensor, num_buckets: int, div
     return (delta.log() / divisor).floor().clamp(0, num_buckets).long()
 
 
+@dataclass
+class Context:
+    """What attention needs for one forward call over Nq new tokens and Nk keys (cache + new)."""
+
+    mask: torch.Tensor  # [B|1, Nq, Nk] bool, True where query i may attend to key j
+    q_pos: torch.Tensor  # [B|1, Nq] token positions of the queries
+    k_pos: torch.Tensor  # [B|1, Nk] token positions of the keys
+    q_time: torch.Tensor | None = None  # [B, Nq] the "next" time of each query (time bias)
+    k_time: torch.Tensor | None = None  # [B, Nk] the time of each key
+    is_causal: bool = False  # mask is plain causal self-attention (lets kernels take a fast path)
+
+    @staticmethod
+    def causal(N: int, device: torch.device, q_time: torch.Tensor | None = None, k_time: torch.Tensor | None = None) -> "Context":
+        """Plain causal self-attention over N right-padded tokens (padding comes after every real token)."""
+        pos = torch.arange(N, device=device).unsqueeze(0)
+        return Context(causal_mask(N, device).unsqueeze(0), pos, pos, q_time, k_time, is_causal=True)
+
+
 class RelativeBias(nn.Module):
     """Learned scalar bias per relative position (2L-1 values) and per log time bucket
     (num_buckets+1 values), shared across heads, as in the HSTU reference."""
@@ -31,18 +55,19 @@ class RelativeBias(nn.Module):
         self.ts_w = nn.Parameter(torch.empty(num_buckets + 1).normal_(0, 0.02)) if time else None
 
     def buckets(self, ts: torch.Tensor | None, query_ts: torch.Tensor | None) -> torch.Tensor | None:
-        """Time-bucket indices [B, N, N] (compute once per forward, share across layers), or None."""
+        """Time-bucket indices [B, Nq, Nk] (compute once per forward, share across layers), or None."""
         if self.ts_w is None or ts is None or query_ts is None:
             return None
         return time_buckets(query_ts, ts, self.num_buckets, self.divisor)
 
-    def forward(self, N: int, buckets: torch.Tensor | None) -> torch.Tensor | None:
-        """-> bias [B or 1, N, N] with bias[i, j] = pos_w[j - i] + ts_w[buckets[i, j]], or None."""
+    def forward(self, q_pos: torch.Tensor, k_pos: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor | None:
+        """q_pos [B|1, Nq], k_pos [B|1, Nk] -> bias [B|1, Nq, Nk] with
+        bias[i, j] = pos_w[k_pos[j] - q_pos[i]] + ts_w[buckets[i, j]], or None."""
         bias = None
         if self.pos_w is not None:
-            idx = torch.arange(N, device=self.pos_w.device)
-            offsets = idx.unsqueeze(0) - idx.unsqueeze(1) + self.max_seq_len - 1  # [N N] j - i
-            bias = self.pos_w[offsets].unsqueeze(0)
+            L = self.max_seq_len
+            offsets = (k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)).clamp(1 - L, L - 1) + L - 1  # [B|1 Nq Nk]
+            bias = self.pos_w[offsets]
         if self.ts_w is not None and buckets is not None:
             tb = self.ts_w[buckets]  # [B N N]
             bias = tb if bias is None else bias + tb
@@ -60,30 +85,53 @@ def hstu_attention(
     v: torch.Tensor,
     bias: torch.Tensor | None,
     norm: float,
+    mask: torch.Tensor | None = None,
     dropout: float = 0.0,
     training: bool = False,
 ) -> torch.Tensor:
-    """Pointwise SiLU attention: A = SiLU(q k^T + bias) / norm, causal (incl. diagonal); out = A v.
-    No softmax and no 1/sqrt(d). q, k [B, H, N, dqk], v [B, H, N, dv], bias [B|1, N, N] -> [B, H, N, dv].
+    """Pointwise SiLU attention: A = SiLU(q k^T + bias) / norm, zero where masked; out = A v.
+    No softmax and no 1/sqrt(d). q [B, H, Nq, dqk], k [B, H, Nk, dqk], v [B, H, Nk, dv],
+    bias and mask [B|1, Nq, Nk] (mask None = causal, Nq == Nk) -> [B, H, Nq, dv].
     ``norm`` is a constant (the model's max length), so results do not depend on batch padding."""
-    N = q.size(2)
-    scores = q @ k.transpose(-1, -2)  # [B H N N]
+    scores = q @ k.transpose(-1, -2)  # [B H Nq Nk]
     if bias is not None:
         scores = scores + bias.unsqueeze(1).to(scores.dtype)
     attn = F.silu(scores) / norm
-    attn = attn.masked_fill(~causal_mask(N, q.device), 0.0)
+    if mask is None:
+        mask = causal_mask(q.size(2), q.device)
+    else:
+        mask = mask.unsqueeze(1)  # [B|1 1 Nq Nk]
+    attn = attn.masked_fill(~mask, 0.0)
     if dropout > 0.0 and training:
         attn = F.dropout(attn, p=dropout)
     return attn @ v
 
 
-def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float = 0.0, training: bool = False) -> torch.Tensor:
-    """Causal scaled dot-product softmax attention. q, k, v [B, H, N, d] -> [B, H, N, d]."""
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout if training else 0.0)
+def softmax_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    dropout: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """Scaled dot-product softmax attention. q [B, H, Nq, d], k, v [B, H, Nk, d], mask and additive
+    bias [B|1, Nq, Nk] (both None = causal, Nq == Nk) -> [B, H, Nq, d]. Every query must see >= 1 key."""
+    p = dropout if training else 0.0
+    if mask is None and bias is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+    if mask is None:
+        mask = causal_mask(q.size(2), q.device).unsqueeze(0)
+    attn_bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    if bias is not None:
+        attn_bias = attn_bias + bias.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias.unsqueeze(1), dropout_p=p)
 
 
-def softmax_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Plain-matmul reference of :func:`softmax_attention` (no dropout), for tests."""
+def softmax_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-matmul reference of :func:`softmax_attention` (no dropout, no bias), for tests."""
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.size(-1))
-    scores = scores.masked_fill(~causal_mask(q.size(2), q.device), float("-inf"))
+    mask = causal_mask(q.size(2), q.device) if mask is None else mask.unsqueeze(1)
+    scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(-1) @ v

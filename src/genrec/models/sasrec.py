@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.errors import ConfigError
-from genrec.models.base import ModelConfig, SequentialRecommender
-from genrec.models.ops import softmax_attention
+from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
+from genrec.models.ops import Context, softmax_attention
 
 
 @dataclass
@@ -53,7 +53,10 @@ class SASRecBlock(nn.Module):
             nn.Linear(D, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, D), nn.Dropout(cfg.dropout)
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, ctx: Context, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """x [B, Nq, D] -> (x [B, Nq, D], (k, v) of past + these tokens)."""
         B, N, D = x.shape
         H = self.cfg.num_heads
         q_in = self.attn_norm(x)
@@ -62,11 +65,14 @@ class SASRecBlock(nn.Module):
         q = F.linear(q_in, wq, bq)  # queries from the normalised stream,
         k = F.linear(x, wk, bk)  # keys and values from the raw stream (reference MHA(Q, x, x))
         v = F.linear(x, wv, bv)
-        q, k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B H N d]
-        a = softmax_attention(q, k, v, self.cfg.dropout, self.training).transpose(1, 2).reshape(B, N, D)
+        q, k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B H Nq d]
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
+        mask = None if ctx.is_causal else ctx.mask
+        a = softmax_attention(q, k, v, mask, None, self.cfg.dropout, self.training).transpose(1, 2).reshape(B, N, D)
         x = q_in + F.dropout(self.proj(a), p=self.cfg.dropout, training=self.training)
         x = self.ffn_norm(x)
-        return x + self.ffn(x)
+        return x + self.ffn(x), (k, v)
 
 
 class SASRec(SequentialRecommender):
@@ -77,13 +83,10 @@ class SASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.embedding_dim, eps=1e-8)
 
-    def encode(
-        self,
-        items: torch.Tensor,
-        timestamps: torch.Tensor | None = None,
-        query_timestamps: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        x = self.embed_input(items)  # [B N D]
-        for block in self.blocks:
-            x = block(x)
-        return self._normalize(self.final_norm(x))
+    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+        x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
+        new_cache: KVCache = []
+        for i, block in enumerate(self.blocks):
+            x, kv = block(x, ctx, None if cache is None else cache[i])
+            new_cache.append(kv)
+        return self.final_norm(x), new_cache
