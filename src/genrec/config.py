@@ -36,6 +36,9 @@ class DataConfig:
     """Input format; defaults to the registered dataset's. See ``genrec.data.loaders.FORMATS``."""
     columns: dict[str, str] = field(default_factory=dict)
     """Generic CSV/Parquet only: maps ``user``/``item``/``timestamp``/``rating`` to column names."""
+    action_columns: list[str] = field(default_factory=list)
+    """Generic CSV/Parquet only: numeric feedback columns kept per interaction (e.g. ``click``,
+    ``like``, ``watch_time``), the raw material of ranking labels (see ``task.binary_actions``)."""
     delimiter: str = ","
     """Generic CSV only: field separator."""
     has_header: bool = True
@@ -127,7 +130,11 @@ class EvalConfig:
     """Timestamp used as the last position's "next" time for the time bias: ``target`` (the held-out
     item's own timestamp = the request time, as the HSTU reference) or ``last`` (the last history item's)."""
     select_metric: str = "ndcg@10"
-    """Validation metric used for early stopping and picking the best checkpoint."""
+    """Validation metric used for early stopping and picking the best checkpoint (higher is better):
+    a retrieval metric, ``auc``/``gauc`` for ranking, or a sum like ``ndcg@10+auc`` for unified models."""
+    holdout: int = 1
+    """Interactions held out per user for validation and again for test: 1 = leave-one-out; K > 1
+    holds out blocks of K (ranking needs several impressions per user for GAUC)."""
     batch_size: int = 256
     """Users scored at once."""
     item_chunk_size: int = 65536
@@ -136,12 +143,95 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _check_choice("eval.exclude_history", self.exclude_history, ("full", "input", "none"))
         _check_choice("eval.query_time", self.query_time, ("target", "last"))
+        if self.holdout < 1:
+            raise ConfigError(f"eval.holdout={self.holdout} must be >= 1")
         if not self.ks or min(self.ks) < 1:
             raise ConfigError(f"eval.ks={self.ks} must be a non-empty list of positive cut-offs")
         self.ks = sorted(set(int(k) for k in self.ks))
-        computed = {"mrr"} | {f"{m}@{k}" for m in ("hr", "ndcg") for k in self.ks}
-        if self.select_metric not in computed:
-            raise ConfigError(f"eval.select_metric={self.select_metric!r} is not computed; choose from {sorted(computed)}")
+        computed = {"mrr", "auc", "gauc"} | {f"{m}@{k}" for m in ("hr", "ndcg") for k in self.ks}
+        parts = [p.strip() for p in self.select_metric.split("+")]
+        if not all(p in computed for p in parts):
+            raise ConfigError(
+                f"eval.select_metric={self.select_metric!r} is not computed; choose from {sorted(computed)} "
+                "(or a sum such as 'ndcg@10+auc')"
+            )
+
+
+@dataclass
+class TaskConfig:
+    """What the model is trained for, where its labels come from, and the UniGRF options."""
+
+    kind: str = "retrieval"
+    """``retrieval`` (next item), ``ranking`` (feedback of an item, interleaved sequences or DIN),
+    ``unified`` (both in one model, UniGRF) or ``cascade`` (a retrieval run's top-K reranked by a
+    ranking run; see ``retrieval_config``/``ranking_config``)."""
+    labels: str = "rating"
+    """Ranking labels: ``rating`` (one binary task ``like`` = rating >= ``positive_rating``) or
+    ``actions`` (the log's action columns, see ``binary_actions``/``regression_actions``)."""
+    positive_rating: float = 4.0
+    """Ratings at or above this are positive feedback."""
+    binary_actions: list[str] = field(default_factory=list)
+    """Action columns used as binary tasks (value > 0 = positive), e.g. click, like, share."""
+    regression_actions: list[str] = field(default_factory=list)
+    """Action columns used as regression tasks (MSE), e.g. watch_time."""
+    head_hidden_dim: int = 64
+    """Hidden width of the ranking MLP head."""
+    micro_batch: int = 256
+    """M-FALCON candidates per micro-batch at inference."""
+    retrieval_weight: float = 1.0
+    """Unified: weight of the retrieval loss (constant weighter; the initial weight for ``dwa``)."""
+    ranking_weight: float = 1.0
+    """Unified: weight of the ranking loss (constant weighter; the initial weight for ``dwa``)."""
+    weighter: str = "constant"
+    """Unified loss weighting: ``constant``, ``dwa`` (learning-speed weights, Dynamic Weight Average
+    form of UniGRF's gradient-guided weighter) or ``gradnorm`` (weights ∝ 1 / each loss's gradient
+    norm on the shared last layer)."""
+    dwa_temperature: float = 2.0
+    """Temperature T of the DWA weights w_k = K·exp(r_k / T) / Σ_j exp(r_j / T)."""
+    dwa_window: int = 20
+    """Steps averaged for DWA's loss ratios r_k = mean L_k(recent window) / mean L_k(the window before)."""
+    hard_negatives: int = 0
+    """Enhancer (a): per position, this many of the retrieval side's top candidates that the ranking
+    head scores lowest are added to the retrieval loss as negatives (0 = off)."""
+    candidate_pool: int = 16
+    """Enhancer: the retrieval side's top candidates per position that the ranking head scores."""
+    pool_sample: int = 0
+    """Enhancer: pick the pool's top candidates from this many shared uniform items (0 = the whole catalogue)."""
+    potential_positive_alpha: float = 0.0
+    """Enhancer (b): pool candidates whose ranking probability exceeds α are not used as negatives
+    (0 = off)."""
+    potential_positive_mode: str = "remove"
+    """``remove`` (drop from the negatives) or ``relabel`` (count as extra positives in the softmax)."""
+    enhancer_warmup_epochs: int = 1
+    """Epochs of plain training before the enhancer switches on (the ranking head must learn first)."""
+    enhancer_task: str = ""
+    """Binary task whose probability the enhancer reads ("" = the first binary task)."""
+    retrieval_config: str = ""
+    """Cascade: the retrieval experiment config (path relative to this config's folder)."""
+    ranking_config: str = ""
+    """Cascade: the ranking experiment config (path relative to this config's folder)."""
+    cascade_k: int = 100
+    """Cascade: how many retrieved items the ranking model reorders."""
+
+    def __post_init__(self) -> None:
+        _check_choice("task.kind", self.kind, ("retrieval", "ranking", "unified", "cascade"))
+        _check_choice("task.labels", self.labels, ("rating", "actions"))
+        _check_choice("task.weighter", self.weighter, ("constant", "dwa", "gradnorm"))
+        _check_choice("task.potential_positive_mode", self.potential_positive_mode, ("remove", "relabel"))
+        if self.labels == "actions" and not (self.binary_actions or self.regression_actions):
+            raise ConfigError("task.labels=actions needs task.binary_actions and/or task.regression_actions")
+        if min(self.retrieval_weight, self.ranking_weight) < 0:
+            raise ConfigError("task.retrieval_weight and task.ranking_weight must be >= 0")
+        if self.hard_negatives < 0 or self.candidate_pool < 1 or self.hard_negatives > self.candidate_pool:
+            raise ConfigError(f"task.hard_negatives={self.hard_negatives} must be in [0, task.candidate_pool={self.candidate_pool}]")
+        if not 0.0 <= self.potential_positive_alpha < 1.0:
+            raise ConfigError(f"task.potential_positive_alpha={self.potential_positive_alpha} must be in [0, 1)")
+        if self.kind == "cascade" and not (self.retrieval_config and self.ranking_config):
+            raise ConfigError("task.kind=cascade needs task.retrieval_config and task.ranking_config")
+
+    @property
+    def enhancer_on(self) -> bool:
+        return self.hard_negatives > 0 or self.potential_positive_alpha > 0
 
 
 @dataclass
@@ -152,6 +242,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=lambda: model_config_class("hstu")())
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -172,6 +263,7 @@ class ExperimentConfig:
             model=_build(model_cls, model_raw, "model"),
             train=_build(TrainConfig, raw.get("train"), "train"),
             eval=_build(EvalConfig, raw.get("eval"), "eval"),
+            task=_build(TaskConfig, raw.get("task"), "task"),
         )
 
 

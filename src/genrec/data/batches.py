@@ -4,6 +4,11 @@ Per user with n >= 3 interactions: items 0..n-3 train, item n-2 is the validatio
 0..n-3), item n-1 the test target (history 0..n-2). Users with fewer than 3 interactions only
 train (as SASRec's reference split). Model selection only ever sees validation targets.
 
+``holdout`` = K > 1 generalises this to blocks (for ranking, where a user needs several held-out
+impressions for GAUC): users with n >= 2K + 1 interactions hold out their last K for test and the K
+before for validation; the retrieval target of a block is its first item (the next item after the
+history), the ranking impressions are all K. K = 1 is exactly the leave-one-out split above.
+
 Training windows take each user's last ``max_seq_len + 1`` training items: inputs are all but the
 last, targets all but the first (a loss at every position). Batches are right-padded with 0 to the
 longest row of the batch; the models' outputs do not depend on that padding.
@@ -40,14 +45,28 @@ class EvalBatch:
     query_time: torch.Tensor | None  # [B] time used as the last position's "next" time
     targets: torch.Tensor  # [B]
     exclude: torch.Tensor  # [B E] item ids not ranked (0 = padding)
+    labels: torch.Tensor | None = None  # [B N A] feedback of the history items (interleaved models)
 
 
-def train_end(data: SequenceData, include_valid: bool = False) -> np.ndarray:
+def evaluable(data: SequenceData, holdout: int = 1) -> np.ndarray:
+    """[U] bool: users long enough to hold out a validation and a test block of ``holdout`` items."""
+    return data.lengths >= 2 * holdout + 1
+
+
+def train_end(data: SequenceData, include_valid: bool = False, holdout: int = 1) -> np.ndarray:
     """[U] end offset (exclusive) of each user's training items; ``include_valid`` also trains
-    on the validation item (for a refit after model selection; the test item stays out)."""
+    on the validation block (for a refit after model selection; the test block stays out)."""
     ends = data.offsets[1:].copy()
-    ends[data.lengths >= 3] -= 1 if include_valid else 2
+    ends[evaluable(data, holdout)] -= holdout * (1 if include_valid else 2)
     return ends
+
+
+def split_block(data: SequenceData, split: str, holdout: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(evaluated users, offset of the first item of each one's ``split`` block)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
+    users = np.flatnonzero(evaluable(data, holdout))
+    return users, data.offsets[1:][users] - holdout * (2 if split == "valid" else 1)
 
 
 def _pad_rows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
@@ -57,11 +76,22 @@ def _pad_rows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int
     return out
 
 
+def pad_rows_2d(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """Rows of a [T, A] array -> [B, width, A] zero-padded."""
+    out = np.zeros((len(starts), width, flat.shape[1]), dtype=flat.dtype)
+    for r, (s, e) in enumerate(zip(starts, ends)):
+        out[r, : e - s] = flat[s:e]
+    return out
+
+
 class TrainBatches:
     """Shuffled training batches, reproducible from (seed, epoch)."""
 
-    def __init__(self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False, include_valid: bool = False):
-        ends = train_end(data, include_valid)
+    def __init__(
+        self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False,
+        include_valid: bool = False, holdout: int = 1,
+    ):
+        ends = train_end(data, include_valid, holdout)
         starts = np.maximum(data.offsets[:-1], ends - (max_seq_len + 1))
         keep = ends - starts >= 2  # need one input and one target
         self.starts, self.ends = starts[keep], ends[keep]
@@ -112,14 +142,14 @@ def eval_batches(
     batch_size: int,
     exclude_history: str = "full",
     query_time: str = "target",
+    holdout: int = 1,
+    labels: np.ndarray | None = None,
 ) -> Iterator[EvalBatch]:
-    """Batches for ``split`` in {"valid", "test"} over users with >= 3 interactions."""
-    if split not in ("valid", "test"):
-        raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
-    users = np.flatnonzero(data.lengths >= 3)
+    """Batches for ``split`` in {"valid", "test"} over evaluable users (see :func:`evaluable`)."""
+    users, target_pos = split_block(data, split, holdout)
     # shortest histories first: batches pad to their longest row, so similar lengths waste less
-    users = users[np.argsort(np.minimum(data.lengths[users], max_seq_len + 2), kind="stable")]
-    target_pos = data.offsets[1:][users] - (2 if split == "valid" else 1)
+    order = np.argsort(np.minimum(data.lengths[users], max_seq_len + 2 * holdout), kind="stable")
+    users, target_pos = users[order], target_pos[order]
     first = data.offsets[:-1][users]
     for i in range(0, len(users), batch_size):
         u, t, f = users[i : i + batch_size], target_pos[i : i + batch_size], first[i : i + batch_size]
@@ -131,11 +161,12 @@ def eval_batches(
         if data.timestamps is not None:
             ts = torch.from_numpy(_pad_rows(data.timestamps, s, t, items.shape[1]))
             qt = torch.from_numpy(data.timestamps[t] if query_time == "target" else data.timestamps[t - 1])
+        lab = None if labels is None else torch.from_numpy(pad_rows_2d(labels, s, t, items.shape[1]))
         yield EvalBatch(
-            torch.from_numpy(u), torch.from_numpy(items), ts, qt, torch.from_numpy(data.items[t]), torch.from_numpy(exclude)
+            torch.from_numpy(u), torch.from_numpy(items), ts, qt, torch.from_numpy(data.items[t]), torch.from_numpy(exclude), lab
         )
 
 
-def split_counts(data: SequenceData) -> dict[str, int]:
-    evaluable = int((data.lengths >= 3).sum())
-    return {"eval_users": evaluable, "train_only_users": data.num_users - evaluable}
+def split_counts(data: SequenceData, holdout: int = 1) -> dict[str, int]:
+    n = int(evaluable(data, holdout).sum())
+    return {"eval_users": n, "train_only_users": data.num_users - n}

@@ -40,6 +40,8 @@ class DatasetSpec:
     min_item_count: int = 0
     raw_integer_ids: bool = False
     description: str = ""
+    local_names: tuple[str, ...] = ()
+    """Other names a local copy of the data file may have (searched in ``data.source`` folders)."""
 
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
@@ -82,6 +84,14 @@ DATASETS: dict[str, DatasetSpec] = {
             "toys", "sequences", f"{S3REC}/Toys_and_Games.txt", "Toys_and_Games.txt", 922_166,
             {"sha256": "176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f"},
             description="Amazon 2014 5-core Toys and Games, S3-Rec sequences: 19,412 users, 11,924 items, no timestamps",
+        ),
+        DatasetSpec(
+            "instruments", "amazon-reviews-json", f"{SNAP}/reviews_Musical_Instruments_5.json.gz",
+            "reviews_Musical_Instruments_5.json.gz", 7_445_886,
+            {"sha256": "8e1aaab451ba61484dfe393f53d11886246bc426c7046b180b62352580f68c1d"},
+            description="Amazon 2014 5-core Musical Instruments raw reviews (ratings 1-5, timestamps): 10,261 "
+            "reviews, 1,429 users, 900 items (digest of the copy we could check by counts)",
+            local_names=("Musical_Instruments.json",),
         ),
         DatasetSpec(
             "sports", "sequences", f"{S3REC}/Sports_and_Outdoors.txt", "Sports_and_Outdoors.txt",
@@ -156,20 +166,21 @@ def _from_archive(archive: Path, member: str, dest: Path) -> Path:
     return dest
 
 
-def _find_in_folder(folder: Path, member: str) -> Path:
-    name = Path(member).name
-    for candidate in (name, name + ".gz"):
-        hits = sorted(folder.rglob(candidate))
-        if hits:
-            return hits[0]
-    raise DataFormatError(f"{folder}: no file named {name} (or {name}.gz) inside")
+def _find_in_folder(folder: Path, member: str, other_names: tuple[str, ...] = ()) -> Path:
+    names = [Path(member).name, *other_names]
+    for name in names:
+        for candidate in (name.removesuffix(".gz"), name.removesuffix(".gz") + ".gz"):
+            hits = sorted(folder.rglob(candidate))
+            if hits:
+                return hits[0]
+    raise DataFormatError(f"{folder}: no file named {' or '.join(names)} (or .gz) inside")
 
 
 def _local_copy(spec: DatasetSpec) -> Path | None:
     """A copy of the data file under a folder listed in ``$GENREC_SOURCE`` (os.pathsep-separated)."""
     for folder in filter(None, os.environ.get("GENREC_SOURCE", "").split(os.pathsep)):
         try:
-            return _find_in_folder(Path(folder), spec.member)
+            return _find_in_folder(Path(folder), spec.member, spec.local_names)
         except DataFormatError:
             continue
     return None
@@ -183,7 +194,7 @@ def fetch(spec: DatasetSpec, cache_dir: str | None = None, source: str | None = 
     if source is not None:
         src = Path(source)
         if src.is_dir():
-            path = _find_in_folder(src, spec.member)
+            path = _find_in_folder(src, spec.member, spec.local_names)
         elif zipfile.is_zipfile(src):
             path = _from_archive(src, spec.member, root / Path(spec.member).name)
         elif src.is_file():

@@ -2,7 +2,8 @@
 
 Every reader returns an Arrow table with columns ``user`` (string), ``item`` (string),
 ``timestamp`` (int64 seconds, null when the format has none) and ``rating`` (float64, nullable),
-rows in file order. Gzipped inputs (``*.gz``) are read directly. Parsing runs columnar (pyarrow);
+rows in file order; generic CSV/Parquet logs may add numeric action columns (``action.<name>``,
+float64: clicks, likes, watch time, ...) named in ``data.action_columns``. Gzipped inputs (``*.gz``) are read directly. Parsing runs columnar (pyarrow);
 when it fails, the file is re-scanned line by line to name the first bad line.
 """
 
@@ -70,11 +71,20 @@ def _field_checker(sep: str, n_fields: int, names: list[str], numeric: dict[int,
     return check
 
 
-def _standardise(table: pa.Table, user: str, item: str, timestamp: str | None, rating: str | None) -> pa.Table:
+ACTION_PREFIX = "action."
+
+
+def _standardise(
+    table: pa.Table, user: str, item: str, timestamp: str | None, rating: str | None, actions: dict[str, str] | None = None
+) -> pa.Table:
+    """Standard columns (+ ``action.<name>`` float64 for each ``actions`` name -> source column)."""
     n = table.num_rows
     ts = table[timestamp].cast(pa.int64()) if timestamp else pa.nulls(n, pa.int64())
     rt = table[rating].cast(pa.float64()) if rating else pa.nulls(n, pa.float64())
-    return pa.table([table[user].cast(pa.string()), table[item].cast(pa.string()), ts, rt], schema=SCHEMA)
+    out = pa.table([table[user].cast(pa.string()), table[item].cast(pa.string()), ts, rt], schema=SCHEMA)
+    for name, col in (actions or {}).items():
+        out = out.append_column(ACTION_PREFIX + name, table[col].cast(pa.float64()))
+    return out
 
 
 def _read_delimited(
@@ -161,14 +171,18 @@ def read_sequence_file(path: Path) -> pa.Table:
     return pa.table([users, items, pa.nulls(n, pa.int64()), pa.nulls(n, pa.float64())], schema=SCHEMA)
 
 
-def read_generic(path: Path, columns: dict[str, str], delimiter: str = ",", has_header: bool = True) -> pa.Table:
-    """A CSV or Parquet log with a column mapping ``{user, item[, timestamp, rating]}`` -> names."""
+def read_generic(
+    path: Path, columns: dict[str, str], delimiter: str = ",", has_header: bool = True, action_columns: list[str] | None = None
+) -> pa.Table:
+    """A CSV or Parquet log with a column mapping ``{user, item[, timestamp, rating]}`` -> names,
+    plus numeric action columns (kept under their own names, as ``action.<name>``)."""
     for key in ("user", "item"):
         if key not in columns:
             raise DataFormatError(f"{path}: data.columns must map {key!r} to a column name")
+    actions = {name: name for name in action_columns or []}
     if str(path).endswith(".parquet"):
         table = pq.read_table(path)
-        missing = [c for c in columns.values() if c not in table.column_names]
+        missing = [c for c in [*columns.values(), *actions] if c not in table.column_names]
         if missing:
             raise DataFormatError(f"{path}: missing column(s) {missing}; has {table.column_names}")
         if table.num_rows == 0:
@@ -179,16 +193,19 @@ def read_generic(path: Path, columns: dict[str, str], delimiter: str = ",", has_
                 table = table.set_column(table.column_names.index(columns["timestamp"]), columns["timestamp"], pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64()))
             else:
                 raise DataFormatError(f"{path}: timestamp column {columns['timestamp']!r} has type {ts.type}, expected integer seconds")
-        return _standardise(table, columns["user"], columns["item"], columns.get("timestamp"), columns.get("rating"))
+        return _standardise(table, columns["user"], columns["item"], columns.get("timestamp"), columns.get("rating"), actions)
     _check_nonempty(path)
     with open_text(path) as f:
         first = f.readline().rstrip("\r\n").split(delimiter)
     if has_header:
-        missing = [c for c in columns.values() if c not in first]
+        missing = [c for c in [*columns.values(), *actions] if c not in first]
         if missing:
             raise DataFormatError(f"{path}:1: missing column(s) {missing} in header {first}")
         idx = {key: first.index(col) for key, col in columns.items()}
+        idx.update({ACTION_PREFIX + name: first.index(name) for name in actions})
     else:
+        if actions:
+            raise DataFormatError(f"{path}: data.action_columns needs a header line naming the columns")
         if not all(c.isdigit() for c in columns.values()):
             raise DataFormatError(f"{path}: without a header, data.columns must give column positions (0, 1, ...)")
         idx = {key: int(col) for key, col in columns.items()}
@@ -196,9 +213,10 @@ def read_generic(path: Path, columns: dict[str, str], delimiter: str = ",", has_
             raise DataFormatError(f"{path}:1: column position {max(idx.values())} is beyond the {len(first)} fields of the first line")
     keys_by_pos = {i: key for key, i in idx.items()}
     names = [keys_by_pos.get(i, f"_unused{i}") for i in range(len(first))]
-    numeric = {i: (int if key == "timestamp" else float) for key, i in idx.items() if key in ("timestamp", "rating")}
+    numeric = {i: (int if key == "timestamp" else float) for key, i in idx.items() if key in ("timestamp", "rating") or key.startswith(ACTION_PREFIX)}
     table = _read_delimited(path, delimiter, names, numeric, has_header, quoted=True)
-    return _standardise(table, "user", "item", "timestamp" if "timestamp" in idx else None, "rating" if "rating" in idx else None)
+    acts = {name: ACTION_PREFIX + name for name in actions}
+    return _standardise(table, "user", "item", "timestamp" if "timestamp" in idx else None, "rating" if "rating" in idx else None, acts)
 
 
 FORMATS: dict[str, Callable[[Path], pa.Table]] = {
@@ -212,11 +230,16 @@ FORMATS: dict[str, Callable[[Path], pa.Table]] = {
 """Formats with a fixed layout; ``csv`` and ``parquet`` (generic, with ``data.columns``) come on top."""
 
 
-def read_interactions(path: Path, fmt: str, columns: dict[str, str] | None = None, delimiter: str = ",", has_header: bool = True) -> pa.Table:
+def read_interactions(
+    path: Path, fmt: str, columns: dict[str, str] | None = None, delimiter: str = ",", has_header: bool = True,
+    action_columns: list[str] | None = None,
+) -> pa.Table:
     """Read ``path`` in format ``fmt`` into the standard interaction table."""
     path = Path(path)
     if fmt in ("csv", "parquet"):
-        return read_generic(path, columns or {}, delimiter, has_header)
+        return read_generic(path, columns or {}, delimiter, has_header, action_columns)
+    if action_columns:
+        raise DataFormatError(f"data.action_columns applies to csv/parquet logs only, not format {fmt!r}")
     if fmt not in FORMATS:
         raise DataFormatError(f"unknown data.format {fmt!r}; known: {sorted(FORMATS) + ['csv', 'parquet']}")
     return FORMATS[fmt](path)

@@ -2,9 +2,10 @@
 
 A prepared dataset is a folder holding
 
-- ``interactions.parquet``: user_idx, item_idx, timestamp, rating — sorted by user, then time;
-  the sort is stable, so ties keep file order;
-- ``sequences.parquet``: one row per user: user_idx, items (list), timestamps (list or null);
+- ``interactions.parquet``: user_idx, item_idx, timestamp, rating (+ ``action.<name>`` columns) —
+  sorted by user, then time; the sort is stable, so ties keep file order;
+- ``sequences.parquet``: one row per user: user_idx, items, timestamps, ratings and action lists
+  (timestamps/ratings/actions only where the source has them);
 - ``users.parquet`` / ``items.parquet``: idx -> raw id (item idx 0 is padding, never stored);
 - ``stats.json``: counts, filters applied, source file and whether timestamps exist.
 
@@ -29,9 +30,9 @@ import pyarrow.parquet as pq
 
 from genrec.errors import DataFormatError
 from genrec.data.download import DATASETS, DatasetSpec, cache_root, fetch
-from genrec.data.loaders import read_interactions
+from genrec.data.loaders import ACTION_PREFIX, read_interactions
 
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
 
 
 @dataclass
@@ -45,6 +46,9 @@ class SequenceData:
     item_ids: np.ndarray  # [I] raw id (str) of item idx 1..I
     user_ids: np.ndarray  # [U] raw id (str)
     stats: dict
+    ratings: np.ndarray | None = None  # [T] float64 (NaN where a row has none), None when no row has one
+    actions: np.ndarray | None = None  # [T, A] float32 action signals (clicks, likes, watch time, ...)
+    action_names: tuple[str, ...] = ()  # the A action column names
 
     @property
     def num_users(self) -> int:
@@ -105,12 +109,19 @@ def build_sequences(table: pa.Table, min_user: int = 0, min_item: int = 0, kcore
     order = np.lexsort((table["row"].to_numpy(), ts if has_ts else np.zeros(len(user_idx)), user_idx))
     user_idx, item_idx = user_idx[order], item_idx[order]
     ts = ts[order] if has_ts else None
-    rating = table["rating"].take(pa.array(order))
+    take = pa.array(order)
+    rating = table["rating"].take(take)
+    action_names = tuple(c[len(ACTION_PREFIX):] for c in table.column_names if c.startswith(ACTION_PREFIX))
+    action_cols = {ACTION_PREFIX + a: table[ACTION_PREFIX + a].take(take) for a in action_names}
+    for name, col in action_cols.items():
+        if col.null_count:
+            raise DataFormatError(f"{origin}: action column {name[len(ACTION_PREFIX):]!r} has {col.null_count} empty values")
     counts = np.bincount(user_idx, minlength=len(user_ids))
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     interactions = pa.table({
         "user_idx": pa.array(user_idx), "item_idx": pa.array(item_idx),
         "timestamp": pa.array(ts, pa.int64()) if has_ts else pa.nulls(len(order), pa.int64()), "rating": rating,
+        **action_cols,
     })
     lengths = counts
     stats = {
@@ -118,9 +129,16 @@ def build_sequences(table: pa.Table, min_user: int = 0, min_item: int = 0, kcore
         "users": int(len(user_ids)), "items": int(len(item_ids)), "has_timestamps": has_ts,
         "filter": {"min_user_count": min_user, "min_item_count": min_item, "iterative_kcore": kcore},
         "raw_integer_ids": raw_integer_ids,
+        "has_ratings": rating.null_count < len(order), "rows_without_rating": int(rating.null_count),
+        "actions": list(action_names),
         "sequence_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
     }
-    data = SequenceData(offsets, item_idx, ts, np.asarray(item_ids.to_pylist(), dtype=object), np.asarray(user_ids.to_pylist(), dtype=object), stats)
+    ratings = rating.to_numpy(zero_copy_only=False).astype(np.float64) if rating.null_count < len(order) else None
+    actions = np.stack([c.to_numpy(zero_copy_only=False) for c in action_cols.values()], 1).astype(np.float32) if action_names else None
+    data = SequenceData(
+        offsets, item_idx, ts, np.asarray(item_ids.to_pylist(), dtype=object), np.asarray(user_ids.to_pylist(), dtype=object),
+        stats, ratings, actions, action_names,
+    )
     return interactions, data
 
 
@@ -130,6 +148,10 @@ def _write(folder: Path, interactions: pa.Table, data: SequenceData) -> None:
     seq_cols = {"user_idx": pa.array(np.arange(data.num_users)), "items": pa.LargeListArray.from_arrays(offs, pa.array(data.items))}
     if data.timestamps is not None:
         seq_cols["timestamps"] = pa.LargeListArray.from_arrays(offs, pa.array(data.timestamps))
+    if data.ratings is not None:
+        seq_cols["ratings"] = pa.LargeListArray.from_arrays(offs, pa.array(data.ratings, from_pandas=True))
+    for a, name in enumerate(data.action_names):
+        seq_cols[ACTION_PREFIX + name] = pa.LargeListArray.from_arrays(offs, pa.array(data.actions[:, a]))
     pq.write_table(pa.table(seq_cols), folder / "sequences.parquet")
     pq.write_table(pa.table({"idx": np.arange(data.num_users), "raw_id": pa.array(list(data.user_ids), pa.string())}), folder / "users.parquet")
     pq.write_table(pa.table({"idx": np.arange(1, data.num_items + 1), "raw_id": pa.array(list(data.item_ids), pa.string())}), folder / "items.parquet")
@@ -141,12 +163,21 @@ def load_prepared(folder: str | Path) -> SequenceData:
     seq = pq.read_table(folder / "sequences.parquet")
     items_col = seq["items"].combine_chunks()
     offsets = items_col.offsets.to_numpy().astype(np.int64)
-    ts = seq["timestamps"].combine_chunks().values.to_numpy() if "timestamps" in seq.column_names else None
+    def flat(col: str) -> np.ndarray | None:
+        return seq[col].combine_chunks().values.to_numpy(zero_copy_only=False) if col in seq.column_names else None
+
+    ts = flat("timestamps")
+    stats = json.loads((folder / "stats.json").read_text())
+    names = tuple(stats.get("actions", []))
+    ratings = flat("ratings")
     return SequenceData(
         offsets=offsets - offsets[0], items=items_col.values.to_numpy().astype(np.int64), timestamps=ts,
         item_ids=np.asarray(pq.read_table(folder / "items.parquet")["raw_id"].to_pylist(), dtype=object),
         user_ids=np.asarray(pq.read_table(folder / "users.parquet")["raw_id"].to_pylist(), dtype=object),
-        stats=json.loads((folder / "stats.json").read_text()),
+        stats=stats,
+        ratings=None if ratings is None else ratings.astype(np.float64),
+        actions=np.stack([flat(ACTION_PREFIX + n) for n in names], 1).astype(np.float32) if names else None,
+        action_names=names,
     )
 
 
@@ -178,14 +209,14 @@ def prepare(data_cfg) -> Path:
     st = path.stat()
     key_src = dict(
         v=PREPARE_VERSION, path=str(path.resolve()), size=st.st_size, mtime=int(st.st_mtime), fmt=fmt,
-        columns=data_cfg.columns, delim=data_cfg.delimiter, header=data_cfg.has_header,
+        columns=data_cfg.columns, actions=data_cfg.action_columns, delim=data_cfg.delimiter, header=data_cfg.has_header,
         min_user=min_user, min_item=min_item, kcore=data_cfg.kcore, raw_ids=raw_ids,
     )
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_root(data_cfg.cache_dir) / "prepared" / f"{spec.name if spec else path.stem.split('.')[0]}-{key}"
     if (folder / "stats.json").exists():
         return folder
-    table = read_interactions(path, fmt, data_cfg.columns, data_cfg.delimiter, data_cfg.has_header)
+    table = read_interactions(path, fmt, data_cfg.columns, data_cfg.delimiter, data_cfg.has_header, data_cfg.action_columns)
     interactions, data = build_sequences(table, min_user, min_item, data_cfg.kcore, raw_ids, origin=str(path))
     data.stats["format"] = fmt
     folder.parent.mkdir(parents=True, exist_ok=True)

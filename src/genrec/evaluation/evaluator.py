@@ -20,7 +20,7 @@ from genrec.models.base import SequentialRecommender, mask_items
 @torch.no_grad()
 def target_ranks(model: SequentialRecommender, batch: EvalBatch, item_chunk_size: int = 65536) -> torch.Tensor:
     """[B] 0-based pessimistic rank of each target over the whole catalogue (inf if excluded)."""
-    user = model.user_vectors(batch.items, batch.timestamps, batch.query_time).float()  # [B D]
+    user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels).float()  # [B D]
     targets = batch.targets
     tgt = model.score_candidates(user, targets.unsqueeze(1)).float()  # [B 1]
     ahead = torch.zeros(user.size(0), dtype=torch.long, device=user.device)
@@ -34,6 +34,14 @@ def target_ranks(model: SequentialRecommender, batch: EvalBatch, item_chunk_size
     return ranks
 
 
+def split_desc(split: str, holdout: int) -> str:
+    if holdout == 1:
+        return f"leave-one-out, {split} ({'second-to-last' if split == 'valid' else 'last'} item per user with >= 3 interactions)"
+    which = "the K before the last K" if split == "valid" else "the last K"
+    return (f"leave-last-K-out (K={holdout}), {split} = {which} interactions per user with >= {2 * holdout + 1}; "
+            "retrieval target = the block's first item, history = everything before the block")
+
+
 def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_users: int) -> dict:
     excluded = {
         "full": "all of the user's earlier items",
@@ -41,33 +49,40 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
         "none": "nothing",
     }[eval_cfg.exclude_history]
     return {
-        "split": f"leave-one-out, {split} ({'second-to-last' if split == 'valid' else 'last'} item per user with >= 3 interactions)",
+        "split": split_desc(split, eval_cfg.holdout),
         "ranking": f"full catalogue ({data.num_items} items), not sampled",
         "excluded_from_ranking": excluded + "; a target inside that set counts as a miss",
         "ties": "pessimistic (equal scores rank ahead of the target)",
         "max_history": max_seq_len,
         "users": num_users,
         "time_bias_query_time": eval_cfg.query_time if data.timestamps is not None else "n/a (no timestamps)",
-        **split_counts(data),
+        **split_counts(data, eval_cfg.holdout),
     }
 
 
 @torch.no_grad()
-def split_ranks(model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[users] rank of every evaluated user's ``split`` target (see :func:`target_ranks`)."""
+def split_ranks(
+    model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu", labels=None
+) -> torch.Tensor:
+    """[users] rank of every evaluated user's ``split`` target (see :func:`target_ranks`).
+    ``labels`` [T, A]: per-interaction feedback, for models that read it (interleaved sequences)."""
     was_training = model.training
     model.eval()
     all_ranks = []
-    for batch in eval_batches(data, split, model.config.max_seq_len, eval_cfg.batch_size, eval_cfg.exclude_history, eval_cfg.query_time):
+    for batch in eval_batches(
+        data, split, model.max_history, eval_cfg.batch_size, eval_cfg.exclude_history, eval_cfg.query_time, eval_cfg.holdout, labels
+    ):
         batch = EvalBatch(*(None if t is None else t.to(device) for t in vars(batch).values()))
         all_ranks.append(target_ranks(model, batch, eval_cfg.item_chunk_size).cpu())
     model.train(was_training)
     return torch.cat(all_ranks)
 
 
-def evaluate(model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu") -> dict:
+def evaluate(
+    model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu", labels=None
+) -> dict:
     """Metrics for ``split`` ("valid"/"test") with their protocol: {"metrics", "protocol"}."""
-    ranks = split_ranks(model, data, split, eval_cfg, device)
+    ranks = split_ranks(model, data, split, eval_cfg, device, labels)
     metrics = metrics_from_ranks(ranks, eval_cfg.ks)
     metrics["targets_in_excluded_history"] = int(torch.isinf(ranks).sum())
-    return {"metrics": metrics, "protocol": protocol(data, split, eval_cfg, model.config.max_seq_len, len(ranks))}
+    return {"metrics": metrics, "protocol": protocol(data, split, eval_cfg, model.max_history, len(ranks))}

@@ -8,14 +8,20 @@ from typing import Any
 
 from genrec.errors import ConfigError
 from genrec.models.base import ModelConfig, SequentialRecommender
+from genrec.models.din import DIN, DINConfig
+from genrec.models.generative import GenerativeRecommender, HeadConfig
 from genrec.models.hstu import HSTU, HSTUConfig
 from genrec.models.presets import PRESETS
 from genrec.models.sasrec import SASRec, SASRecConfig
 
-MODELS: dict[str, tuple[type[ModelConfig], type[SequentialRecommender]]] = {
+MODELS: dict[str, tuple[type[ModelConfig], type]] = {
     "hstu": (HSTUConfig, HSTU),
     "sasrec": (SASRecConfig, SASRec),
+    "din": (DINConfig, DIN),  # ranking only (no retrieval side)
 }
+BACKBONES = ("hstu", "sasrec")
+"""Models that implement the full sequence contract (retrieval, and ranking/unified when wrapped
+in :class:`GenerativeRecommender`)."""
 
 
 def model_config_class(name: str) -> type[ModelConfig]:
@@ -43,6 +49,6 @@ def preset(name: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "HSTU", "HSTUConfig", "MODELS", "ModelConfig", "PRESETS", "SASRec", "SASRecConfig",
+    "BACKBONES", "DIN", "DINConfig", "GenerativeRecommender", "HeadConfig", "HSTU", "HSTUConfig", "MODELS", "ModelConfig", "PRESETS", "SASRec", "SASRecConfig",
     "SequentialRecommender", "build_model", "model_config_class", "model_config_from_dict", "preset",
 ]

@@ -90,6 +90,11 @@ class SequentialRecommender(nn.Module):
             nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
 
     @property
+    def max_history(self) -> int:
+        """Most history interactions the model reads (one token each here; interleaved models differ)."""
+        return self.config.max_seq_len
+
+    @property
     def uses_timestamps(self) -> bool:
         """Whether ``encode`` reads timestamps (a time bias is on)."""
         return False
@@ -144,8 +149,10 @@ class SequentialRecommender(nn.Module):
         items: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         query_time: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """History items [B, N] (right-padded, each row non-empty) -> [B, D] next-item query vector."""
+        """History items [B, N] (right-padded, each row non-empty) -> [B, D] next-item query vector.
+        ``labels`` (feedback per history item) is read only by models over interleaved sequences."""
         lengths = (items != 0).sum(dim=1)
         if bool((lengths == 0).any()):
             raise ValueError("every history must contain at least one item")

@@ -1,6 +1,7 @@
 """Checkpoints: weights in safetensors plus JSON, written atomically; no pickle is ever loaded.
 
-A checkpoint folder holds ``model.safetensors``, ``model.json`` (the model config), ``items.json``
+A checkpoint folder holds ``model.safetensors``, ``model.json`` (the model config; for a ranking or
+unified model the backbone's, with ``head.json`` for the action tokens and ranking head), ``items.json``
 (raw id of item idx 1..I, so a checkpoint serves without the dataset) and ``experiment.json``.
 A training-state folder adds ``optimizer.safetensors`` + ``optimizer.json`` and ``state.json``.
 
@@ -22,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from genrec.models import SequentialRecommender, build_model, model_config_from_dict
+from genrec.models import GenerativeRecommender, HeadConfig, SequentialRecommender, build_model, model_config_from_dict
 
 
 def write_atomic_dir(dest: Path, fill: Callable[[Path], None]) -> None:
@@ -64,6 +65,8 @@ def fill_model(folder: Path, model: SequentialRecommender, item_ids: list[str], 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     _write_json(folder / "model.json", model.config.__dict__)
+    if isinstance(model, GenerativeRecommender):
+        _write_json(folder / "head.json", model.head_config.__dict__)
     _write_json(folder / "items.json", list(item_ids))
     _write_json(folder / "experiment.json", experiment)
 
@@ -98,6 +101,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Se
     """Load (model, raw item ids, experiment dict) from a checkpoint folder; the model is in eval mode."""
     folder = resolve(path)
     model = build_model(model_config_from_dict(json.loads((folder / "model.json").read_text())))
+    if (folder / "head.json").exists():
+        model = GenerativeRecommender(model, HeadConfig(**json.loads((folder / "head.json").read_text())))
     missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
     if missing or unexpected:
         raise ValueError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")

@@ -59,3 +59,51 @@ def retrieval_loss(model: SequentialRecommender, batch: TrainBatch, train_cfg) -
     if train_cfg.loss == "in_batch":
         return in_batch_loss(q, pos, model, train_cfg.temperature)
     return full_softmax_loss(q, pos, model, train_cfg.temperature)
+
+
+def enhanced_sampled_softmax_loss(
+    q: torch.Tensor,
+    pos: torch.Tensor,
+    model,
+    num_negatives: int,
+    temperature: float,
+    share: bool,
+    hard: torch.Tensor | None = None,
+    potential: torch.Tensor | None = None,
+    mode: str = "remove",
+) -> torch.Tensor:
+    """Sampled softmax (as :func:`sampled_softmax_loss`) plus the ranking-driven enhancer's extras:
+    ``hard`` [T, m] extra negatives; ``potential`` [T, P] item ids (0 = none) that are never
+    negatives and, with ``mode="relabel"``, count as positives: loss = −log Σ_{pos ∪ potential} / Σ_all."""
+    T, num_items = q.size(0), model.config.num_items
+    neg = torch.randint(1, num_items + 1, (1 if share else T, num_negatives), device=q.device)
+    if share:
+        neg_logit = q @ model.item_vectors(neg[0]).T  # [T K]
+    else:
+        neg_logit = torch.einsum("td,tkd->tk", q, model.item_vectors(neg))
+    neg = neg.expand(T, -1)
+    if hard is not None:  # [T m]: few per position, so a gather is cheap
+        neg = torch.cat([neg, hard], dim=1)
+        neg_logit = torch.cat([neg_logit, torch.einsum("td,tmd->tm", q, model.item_vectors(hard))], dim=1)
+    bad = neg == pos.unsqueeze(1)  # accidental hits
+    if potential is not None:
+        bad = bad | ((neg.unsqueeze(-1) == potential.unsqueeze(1)) & (potential.unsqueeze(1) != 0)).any(-1)
+    neg_logit = neg_logit.float().masked_fill(bad, float("-inf")) / temperature
+    pos_logit = (q * model.item_vectors(pos)).sum(-1, keepdim=True).float() / temperature  # [T 1]
+    if potential is not None and mode == "relabel":
+        pp = (q.unsqueeze(1) * model.item_vectors(potential)).sum(-1).float() / temperature  # [T P]
+        pp = pp.masked_fill((potential == 0) | (potential == pos.unsqueeze(1)), float("-inf"))
+        numer = torch.logsumexp(torch.cat([pos_logit, pp], 1), dim=1)
+        denom = torch.logsumexp(torch.cat([pos_logit, pp, neg_logit], 1), dim=1)
+        return (denom - numer).mean()
+    logits = torch.cat([pos_logit, neg_logit], dim=1)
+    return F.cross_entropy(logits, torch.zeros(T, dtype=torch.long, device=q.device))
+
+
+def ranking_loss(outputs: torch.Tensor, labels: torch.Tensor, kinds: tuple[str, ...]) -> torch.Tensor:
+    """outputs, labels [T, A] -> sum over tasks of the mean BCE (binary, on logits) or MSE (regression)."""
+    total = outputs.new_zeros((), dtype=torch.float32)
+    for a, kind in enumerate(kinds):
+        out, y = outputs[:, a].float(), labels[:, a].float()
+        total = total + (F.binary_cross_entropy_with_logits(out, y) if kind == "binary" else F.mse_loss(out, y))
+    return total

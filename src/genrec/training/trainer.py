@@ -1,9 +1,11 @@
-"""The retrieval training recipe: prepare data, train, select on validation, test the best.
+"""The training recipe: prepare data, train, select on validation, test the best. What is trained
+(retrieval, ranking, unified) comes from ``task.kind`` through :mod:`genrec.training.tasks`.
 
 Run folder layout (a stable contract):
 
 - ``config.yaml``    the resolved experiment config;
 - ``log.jsonl``      one JSON line per epoch (loss, throughput, validation metrics);
+- ``steps.jsonl``    unified models: one line per step (both losses, the weighter's weights, enhancer stats);
 - ``best/``          checkpoint of the best validation epoch (what ``eval``/``recommend`` take);
 - ``last/``          checkpoint + optimizer + trainer state after the last finished epoch (resume);
 - ``metrics.json``   {"protocol", "best_epoch", "valid", "test"} (+ "test_refit" with ``train.refit``);
@@ -27,12 +29,9 @@ import yaml
 from tqdm import tqdm
 
 from genrec.config import ExperimentConfig
-from genrec.data.batches import TrainBatches
 from genrec.data.prepare import SequenceData, load_prepared, prepare
-from genrec.evaluation.evaluator import evaluate
-from genrec.models import SequentialRecommender, build_model
 from genrec.training import checkpoint as ckpt
-from genrec.training.losses import retrieval_loss
+from genrec.training.tasks import build_task, select_score
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,11 +66,12 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.data = data if data is not None else load_prepared(prepare(cfg.data))
         self.notes = fit_model_config(cfg, self.data)
+        self.task = build_task(cfg, self.data)
         torch.manual_seed(cfg.train.seed)
-        self.model: SequentialRecommender = build_model(cfg.model).to(self.device)
+        self.model = self.task.build_model().to(self.device)
         t = cfg.train
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
-        self.batches = TrainBatches(self.data, cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid)
+        self.batches = self.task.batches(include_valid)
         self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -96,11 +96,14 @@ class Trainer:
         torch.manual_seed(t.seed * 100_003 + epoch)  # dropout + negatives, reproducible on resume
         self.model.train()
         total, steps, start = 0.0, 0, time.perf_counter()
+        step_logs: list[dict] = []
         bar = tqdm(self.batches.epoch(t.seed, epoch), total=len(self.batches), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True, disable=None)
         for batch in bar:
             batch = batch.to(self.device)
             with autocast(self.device, t.precision):
-                loss = retrieval_loss(self.model, batch, t)
+                loss, logs = self.task.loss(self.model, batch, epoch)
+            if logs:
+                step_logs.append({"epoch": epoch + 1, "step": steps + 1, **logs})
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -109,11 +112,19 @@ class Trainer:
             total, steps = total + loss.item(), steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         seconds = time.perf_counter() - start
-        return {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
+        record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
+        for key in sorted({k for log in step_logs for k in log} - {"epoch", "step"}):
+            vals = [log[key] for log in step_logs if key in log]
+            record[key] = sum(vals) / len(vals) if key != "enhancer_seconds" else sum(vals)
+        if step_logs:
+            self.out.mkdir(parents=True, exist_ok=True)
+            with open(self.out / "steps.jsonl", "a") as f:
+                f.writelines(json.dumps(log) + "\n" for log in step_logs)
+        return record
 
     def _evaluate(self, split: str) -> dict:
         with torch.no_grad():
-            return evaluate(self.model, self.data, split, self.cfg.eval, self.device)
+            return self.task.evaluate(self.model, split, self.device)
 
     def fit(self, resume: bool = False) -> dict:
         """Train (or resume), select on validation, test the best checkpoint; write metrics.json."""
@@ -131,8 +142,9 @@ class Trainer:
                 start = time.perf_counter()
                 valid = self._evaluate("valid")["metrics"]
                 record["valid"], record["eval_seconds"] = valid, time.perf_counter() - start
-                if valid[metric] > self.state["best_score"]:
-                    self.state.update(best_score=valid[metric], best_epoch=epoch + 1, bad_evals=0)
+                score = select_score(valid, metric)
+                if score > self.state["best_score"]:
+                    self.state.update(best_score=score, best_epoch=epoch + 1, bad_evals=0)
                     self._save("best", with_state=False)
                 else:
                     self.state["bad_evals"] += 1
@@ -152,10 +164,10 @@ class Trainer:
         result = {
             "protocol": {
                 **test["protocol"],
-                "split": "leave-one-out: validation = second-to-last item, test = last item",
                 "selection": f"best validation {self.cfg.eval.select_metric} over epochs (test never used for selection)",
                 "model": self.cfg.model.name,
-                "loss": _loss_desc(self.cfg.train),
+                **self.task.describe(),
+                "loss": _loss_desc(self.cfg),
                 "precision": self.cfg.train.precision,
                 "notes": self.notes,
             },
@@ -189,7 +201,13 @@ class Trainer:
         return sub._evaluate("test")["metrics"]
 
 
-def _loss_desc(t) -> str:
+def _loss_desc(cfg) -> str:
+    t, kind = cfg.train, cfg.task.kind
+    if kind == "ranking":
+        return "ranking: BCE per binary task, MSE per regression task, summed"
+    if kind == "unified":
+        return (f"unified: retrieval sampled softmax ({t.num_negatives} uniform negatives per {t.negative_sharing}, "
+                f"temperature {t.temperature}) + ranking BCE/MSE, combined by the {cfg.task.weighter} weighter")
     if t.loss == "sampled_softmax":
         return f"sampled softmax, {t.num_negatives} uniform negatives per {t.negative_sharing}, temperature {t.temperature}"
     return f"{t.loss.replace('_', ' ')}, temperature {t.temperature}"
@@ -198,7 +216,8 @@ def _loss_desc(t) -> str:
 def _summary(record: dict, metric: str) -> str:
     text = f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['seconds']:.1f}s, {record['tokens_per_s']:.0f} tok/s"
     if "valid" in record:
-        text += f", valid {metric} {record['valid'][metric]:.4f}"
+        shown = [m.strip() for m in metric.split("+")]
+        text += ", valid " + ", ".join(f"{m} {record['valid'][m]:.4f}" for m in shown)
     return text
 
 

@@ -1,0 +1,248 @@
+"""Ranking and retrieval as transduction over interleaved item/action tokens (HSTU §1.3, UniGRF §2).
+
+One causal backbone (any :class:`SequentialRecommender`: HSTU, SASRec, ...) reads
+
+    item_0, action_0, item_1, action_1, ..., item_{n-1}, action_{n-1}
+
+- the output at ``item_k`` predicts ``action_k`` (multi-task MLP head: a logit per binary task, a
+  value per regression task). It sees the whole history and the item itself: target-aware by
+  construction;
+- the output at ``action_k`` (L2-normalised) retrieves ``item_{k+1}`` from the catalogue, scored
+  against the backbone's own item table.
+
+Token embeddings: item tokens use the backbone's item table (× √D); an action token is a linear map
+of the feedback vector (the map's bias marks "this is an action token"). Both tokens of an
+interaction carry its timestamp; a token's "next" time for the time bias is the next token's.
+``max_seq_len`` counts tokens, so histories keep their last ``(max_seq_len - 1) // 2`` interactions
+(one slot is left for a candidate).
+
+M-FALCON (:meth:`rank`): the history is encoded once and its keys/values cached; candidates follow
+in micro-batches, each seeing the whole history and itself, never another candidate, all at the
+position right after the history. :meth:`rank_one_by_one` is the reference it is tested against.
+
+Deviation from HSTU's reference ranking model: that code adds action embeddings to item embeddings;
+this is the interleaved form the paper describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrec.errors import ConfigError
+from genrec.models.base import KVCache, SequentialRecommender, next_timestamps
+from genrec.models.ops import Context
+
+
+@dataclass
+class HeadConfig:
+    task_names: tuple[str, ...] = ("like",)
+    """Ranking tasks, in label-column order (filled from the data's labels)."""
+    task_kinds: tuple[str, ...] = ("binary",)
+    """``binary`` (logit, BCE) or ``regression`` (value, MSE) per task."""
+    hidden_dim: int = 64
+    """Hidden width of the ranking MLP."""
+    dropout: float = 0.1
+    """Dropout inside the ranking MLP."""
+    micro_batch: int = 256
+    """M-FALCON: candidates per micro-batch at inference."""
+
+    def __post_init__(self) -> None:
+        self.task_names, self.task_kinds = tuple(self.task_names), tuple(self.task_kinds)
+        if len(self.task_names) != len(self.task_kinds) or not self.task_names:
+            raise ConfigError(f"ranking head: {len(self.task_names)} task names vs {len(self.task_kinds)} kinds")
+        bad = [k for k in self.task_kinds if k not in ("binary", "regression")]
+        if bad:
+            raise ConfigError(f"ranking head: task kinds {bad} are not 'binary' or 'regression'")
+        if self.hidden_dim < 1 or self.micro_batch < 1:
+            raise ConfigError("ranking head: hidden_dim and micro_batch must be >= 1")
+
+
+@dataclass
+class Interleaved:
+    """An encoded interleaved history: outputs, cache and what candidates need to follow it."""
+
+    hidden: torch.Tensor  # [B 2n D] backbone outputs at every token
+    cache: KVCache
+    lengths: torch.Tensor  # [B] interactions per row
+    token_times: torch.Tensor | None  # [B 2n]
+    extra: dict = field(default_factory=dict)
+
+
+class GenerativeRecommender(nn.Module):
+    """A backbone plus action tokens and a ranking head: one model for retrieval and ranking."""
+
+    def __init__(self, backbone: SequentialRecommender, head: HeadConfig):
+        super().__init__()
+        self.backbone, self.head_config = backbone, head
+        D, A = backbone.config.embedding_dim, len(head.task_names)
+        self.action_proj = nn.Linear(A, D)
+        self.ranking_head = nn.Sequential(
+            nn.LayerNorm(D), nn.Linear(D, head.hidden_dim), nn.SiLU(), nn.Dropout(head.dropout), nn.Linear(head.hidden_dim, A)
+        )
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    @property
+    def max_history(self) -> int:
+        return (self.config.max_seq_len - 1) // 2
+
+    @property
+    def uses_timestamps(self) -> bool:
+        return self.backbone.uses_timestamps
+
+    # ---- encoding -----------------------------------------------------------------------------
+    def tokens(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """items [B, n], labels [B, n, A] -> interleaved token embeddings [B, 2n, D]."""
+        B, n = items.shape
+        it = self.backbone.embed_items(items)  # [B n D]
+        act = self.action_proj(labels.to(it.dtype))  # [B n D]
+        return torch.stack([it, act], dim=2).reshape(B, 2 * n, -1)
+
+    def encode_history(
+        self, items: torch.Tensor, labels: torch.Tensor, timestamps: torch.Tensor | None = None, query_time: torch.Tensor | None = None
+    ) -> Interleaved:
+        """Run the backbone over the interleaved history (right-padded). ``query_time`` [B] is the
+        "next" time of the last action token (the request time); default: the last item's time."""
+        if labels is None:
+            raise ValueError("this model reads feedback: pass the history's labels")
+        lengths = (items != 0).sum(1)
+        times = q_times = None
+        if self.uses_timestamps:
+            if timestamps is None:
+                raise ValueError("this model has a time bias: pass timestamps")
+            times = timestamps.repeat_interleave(2, dim=1)  # [B 2n]
+            rows = torch.arange(items.size(0), device=items.device)
+            last = timestamps[rows, (lengths - 1).clamp(min=0)]
+            q_times = next_timestamps(times, (2 * lengths).clamp(min=1), last if query_time is None else query_time)
+        ctx = Context.causal(2 * items.size(1), items.device, q_times, times)
+        hidden, cache = self.backbone.transduce(self.tokens(items, labels), ctx)
+        return Interleaved(hidden, cache, lengths, times, {"query_time": query_time})
+
+    def ranking_outputs(self, h: torch.Tensor) -> torch.Tensor:
+        """Item-token outputs [..., D] -> per-task outputs [..., A] (logits for binary tasks)."""
+        return self.ranking_head(h)
+
+    def retrieval_vectors(self, h: torch.Tensor) -> torch.Tensor:
+        """Action-token outputs [..., D] -> next-item query vectors (L2-normalised if configured)."""
+        return self.backbone._normalize(h)
+
+    # ---- retrieval contract (same as SequentialRecommender) ------------------------------------
+    def user_vectors(
+        self,
+        items: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_time: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """History [B, n] with labels [B, n, A] -> [B, D], the output at the last action token."""
+        enc = self.encode_history(items, labels, timestamps, query_time)
+        if bool((enc.lengths == 0).any()):
+            raise ValueError("every history must contain at least one item")
+        rows = torch.arange(items.size(0), device=items.device)
+        return self.retrieval_vectors(enc.hidden[rows, 2 * enc.lengths - 1])
+
+    def item_vectors(self, ids=None, start: int = 0, end: int | None = None) -> torch.Tensor:
+        return self.backbone.item_vectors(ids, start, end)
+
+    def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
+        return self.backbone.score_items(user, start, end)
+
+    def score_candidates(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.backbone.score_candidates(user, candidates)
+
+    def topk(self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536):
+        return self.backbone.topk(user, k, exclude, chunk_size)
+
+    # ---- ranking: M-FALCON ----------------------------------------------------------------------
+    def candidates_after(self, enc: Interleaved, candidates: torch.Tensor, slots: torch.Tensor, visible: torch.Tensor, cand_time=None) -> torch.Tensor:
+        """Run candidate item tokens against a cached history. candidates [B, m]; slots [B, m]
+        token position of each; visible [B, m, Nh] which cached keys each may see (it also sees
+        itself, never another candidate); cand_time [B, m] its time -> ranking outputs [B, m, A]."""
+        B, m = candidates.shape
+        Nh = enc.hidden.size(1)
+        hist_pos = torch.arange(Nh, device=candidates.device).unsqueeze(0).expand(B, Nh)
+        mask = torch.cat([visible, torch.eye(m, dtype=torch.bool, device=candidates.device).expand(B, m, m)], dim=2)
+        q_time = k_time = None
+        if self.uses_timestamps:
+            q_time = cand_time
+            k_time = torch.cat([enc.token_times, cand_time], dim=1)
+        ctx = Context(mask, slots, torch.cat([hist_pos, slots], dim=1), q_time, k_time)
+        h, _ = self.backbone.transduce(self.backbone.embed_items(candidates), ctx, enc.cache)
+        return self.ranking_outputs(h)
+
+    def rank(
+        self,
+        items: torch.Tensor,
+        labels: torch.Tensor,
+        candidates: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_time: torch.Tensor | None = None,
+        micro_batch: int | None = None,
+    ) -> torch.Tensor:
+        """M-FALCON. History [B, n] (+ labels [B, n, A], timestamps), candidates [B, C] -> ranking
+        outputs [B, C, A]: each candidate as if it were the next item, independent of the others."""
+        enc = self.encode_history(items, labels, timestamps, query_time)
+        B, C = candidates.shape
+        Nh = enc.hidden.size(1)
+        slot = (2 * enc.lengths).unsqueeze(1)  # [B 1] the next item slot
+        visible_row = torch.arange(Nh, device=items.device).unsqueeze(0) < slot  # [B Nh]
+        qt = None
+        if self.uses_timestamps:
+            rows = torch.arange(B, device=items.device)
+            qt = timestamps[rows, (enc.lengths - 1).clamp(min=0)] if query_time is None else query_time
+        mb = micro_batch or self.head_config.micro_batch
+        out = []
+        for s in range(0, C, mb):
+            c = candidates[:, s : s + mb]
+            m = c.size(1)
+            ct = None if qt is None else qt.unsqueeze(1).expand(B, m)
+            out.append(self.candidates_after(enc, c, slot.expand(B, m), visible_row.unsqueeze(1).expand(B, m, Nh), ct))
+        return torch.cat(out, dim=1)
+
+    def rank_one_by_one(
+        self,
+        items: torch.Tensor,
+        labels: torch.Tensor,
+        candidates: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_time: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Reference for :meth:`rank`: one full causal pass per candidate (history + candidate)."""
+        return torch.stack([self.rank_pass(items, labels, candidates[:, c], timestamps, query_time) for c in range(candidates.size(1))], 1)
+
+    def rank_pass(
+        self, items: torch.Tensor, labels: torch.Tensor, candidate: torch.Tensor, timestamps=None, query_time=None
+    ) -> torch.Tensor:
+        """One causal pass over history + one candidate per row. candidate [B] -> outputs [B, A]."""
+        B, n = items.shape
+        lengths = (items != 0).sum(1)
+        rows = torch.arange(B, device=items.device)
+        x = F.pad(self.tokens(items, labels), (0, 0, 0, 1))  # [B 2n+1 D]
+        x[rows, 2 * lengths] = self.backbone.embed_items(candidate)
+        times = q_times = None
+        if self.uses_timestamps:
+            qt = timestamps[rows, (lengths - 1).clamp(min=0)] if query_time is None else query_time
+            times = F.pad(timestamps.repeat_interleave(2, dim=1), (0, 1))
+            times[rows, 2 * lengths] = qt
+            q_times = next_timestamps(times, 2 * lengths + 1, qt)
+        h, _ = self.backbone.transduce(x, Context.causal(2 * n + 1, items.device, q_times, times))
+        return self.ranking_outputs(h[rows, 2 * lengths])
+
+    def next_slot_outputs(self, enc: Interleaved, candidates: torch.Tensor, item_times: torch.Tensor | None) -> torch.Tensor:
+        """Training-time M-FALCON over positions: candidates [B, n-1, P] placed in item slot k+1
+        (seeing tokens < 2(k+1) and themselves) -> ranking outputs [B, n-1, P, A]. Used by the
+        ranking-driven enhancer to score retrieval negatives with the ranking head."""
+        B, n1, P = candidates.shape
+        Nh = enc.hidden.size(1)
+        slots = 2 * torch.arange(1, n1 + 1, device=candidates.device).unsqueeze(0).expand(B, n1)  # [B n-1]
+        keys = torch.arange(Nh, device=candidates.device)
+        visible = (keys.view(1, 1, Nh) < slots.unsqueeze(2)) & (keys.view(1, 1, Nh) < 2 * enc.lengths.view(B, 1, 1))
+        ct = None if item_times is None else item_times[:, 1 : n1 + 1]
+        outs = [self.candidates_after(enc, candidates[:, :, p], slots, visible, ct) for p in range(P)]
+        return torch.stack(outs, dim=2)
