@@ -3,6 +3,7 @@
     genrec train CONFIG [key=value ...] [--out DIR] [--resume]
     genrec eval CKPT [--split valid|test]
     genrec recommend CKPT --history 12,7,33 [-k 10]
+    genrec rank CKPT --history 12,7,33 --feedback 1,0,1 --candidates 5,9,40
     genrec prepare CONFIG [key=value ...]
     genrec datasets
 
@@ -31,6 +32,7 @@ def cmd_train(config: str | None, overrides: list[str], out: str | None, resume:
 
     if config and "=" in config:  # argparse hands the first override to CONFIG when CONFIG is left out
         config, overrides = None, [config, *overrides]
+    config_dir = Path(config).parent if config else Path(".")
     if resume:
         if config:
             raise GenrecError("with --resume the run's saved config.yaml is used; give overrides only")
@@ -46,7 +48,10 @@ def cmd_train(config: str | None, overrides: list[str], out: str | None, resume:
         cfg = load_config(config, overrides)
         out = out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"run folder: {out}", file=sys.stderr)
-    return train(cfg, out, resume=resume)
+    if cfg.task.kind == "cascade":  # stage configs are relative to the cascade config; save them absolute
+        cfg.task.retrieval_config = str((config_dir / cfg.task.retrieval_config).resolve())
+        cfg.task.ranking_config = str((config_dir / cfg.task.ranking_config).resolve())
+    return train(cfg, out, resume=resume, config_dir=config_dir)
 
 
 def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
@@ -72,17 +77,40 @@ def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
     return {"split": split, "protocol": result["protocol"], split: result["metrics"]}
 
 
+def _feedback(text: str | None) -> list[list[float]] | None:
+    return [[float(v) for v in f.split(":")] for f in text.split(",")] if text else None
+
+
 def cmd_recommend(
-    checkpoint: str, history: str, k: int, timestamps: str | None, query_time: int | None, keep_history: bool, ignore_unknown: bool
+    checkpoint: str, history: str, k: int, feedback: str | None, timestamps: str | None, query_time: int | None,
+    keep_history: bool, ignore_unknown: bool,
 ) -> dict:
-    """Top-k items for a history of raw item ids (comma-separated, oldest first)."""
+    """Top-k items for a history of raw item ids (comma-separated, oldest first). Unified models
+    also read the feedback of each history item (--feedback)."""
     from genrec.recommender import Recommender
 
     rec = Recommender.load(checkpoint)
     items = [h.strip() for h in history.split(",") if h.strip()]
     ts = [int(t) for t in timestamps.split(",")] if timestamps else None
-    top = rec.recommend(items, k, ts, query_time, exclude_history=not keep_history, ignore_unknown=ignore_unknown)
+    top = rec.recommend(items, k, ts, query_time, exclude_history=not keep_history, ignore_unknown=ignore_unknown, feedback=_feedback(feedback))
     return {"history": items, "k": k, "items": [{"item": i, "score": round(s, 6)} for i, s in top]}
+
+
+def cmd_rank(
+    checkpoint: str, history: str, feedback: str | None, candidates: str, timestamps: str | None, query_time: int | None, ignore_unknown: bool
+) -> dict:
+    """Score candidate items (raw ids) for a history with its feedback, through the ranking head
+    (M-FALCON: all candidates in one pass over the encoded history). Prints one score per
+    candidate and task (probabilities for binary tasks)."""
+    from genrec.recommender import Recommender
+
+    rec = Recommender.load(checkpoint)
+    items = [h.strip() for h in history.split(",") if h.strip()]
+    fb = _feedback(feedback)
+    cands = [c.strip() for c in candidates.split(",") if c.strip()]
+    ts = [int(t) for t in timestamps.split(",")] if timestamps else None
+    scores = rec.rank(items, cands, fb, ts, query_time, ignore_unknown=ignore_unknown)
+    return {"history": items, "tasks": rec.task_names, "candidates": [{"item": c, **s} for c, s in zip(cands, scores)]}
 
 
 def cmd_prepare(config: str, overrides: list[str]) -> dict:
@@ -130,10 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint")
     sp.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
     sp.add_argument("-k", type=int, default=10)
+    sp.add_argument("--feedback", help="unified models: one value per history item (tasks separated by ':'), e.g. 1,0,1")
     sp.add_argument("--timestamps", help="comma-separated unix seconds, one per history item (models with a time bias)")
     sp.add_argument("--query-time", type=int, help="request time in unix seconds (default: the last history time)")
     sp.add_argument("--keep-history", action="store_true", help="allow items of the history in the results")
     sp.add_argument("--ignore-unknown", action="store_true", help="drop unknown item ids instead of failing")
+
+    sp = add("rank", cmd_rank)
+    sp.add_argument("checkpoint")
+    sp.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
+    sp.add_argument("--feedback", help="one value per history item, comma-separated (tasks within an item separated by ':'), e.g. 1,0,1")
+    sp.add_argument("--candidates", required=True, help="comma-separated raw item ids to score")
+    sp.add_argument("--timestamps", help="comma-separated unix seconds, one per history item (models with a time bias)")
+    sp.add_argument("--query-time", type=int, help="request time in unix seconds (default: the last history time)")
+    sp.add_argument("--ignore-unknown", action="store_true", help="drop unknown history item ids instead of failing")
 
     sp = add("prepare", cmd_prepare)
     sp.add_argument("config")

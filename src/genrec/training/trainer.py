@@ -138,6 +138,7 @@ class Trainer:
             epoch = self.state["epoch"]
             record = self._train_epoch(epoch)
             self.state["epoch"] = epoch + 1
+            self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + record["seconds"]
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
                 start = time.perf_counter()
                 valid = self._evaluate("valid")["metrics"]
@@ -173,6 +174,7 @@ class Trainer:
             },
             "best_epoch": self.state["best_epoch"],
             "epochs_run": self.state["epoch"],
+            "train_seconds": round(self.state.get("train_seconds", 0.0), 2),
             "valid": valid["metrics"],
             "test": test["metrics"],
         }
@@ -233,7 +235,14 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     tmp.replace(path)
 
 
-def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, config_dir: str | Path = ".") -> dict:
     """Train an experiment into ``out_dir``; returns the metrics.json content. ``cfg`` is not
-    modified (data-dependent fields are filled in a copy)."""
+    modified (data-dependent fields are filled in a copy). A cascade trains its two stages;
+    their config paths are relative to ``config_dir``."""
+    if cfg.task.kind == "cascade":
+        from genrec.training.cascade import train_cascade
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return train_cascade(copy.deepcopy(cfg), out_dir, Path(config_dir), resume)
     return Trainer(copy.deepcopy(cfg), out_dir).fit(resume=resume)

@@ -1,0 +1,162 @@
+"""Enhancer and weighter unit behaviour, and ranking/unified/cascade runs end to end."""
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from genrec.cli import main
+from genrec.config import TaskConfig
+from genrec.models import HSTU, HSTUConfig
+from genrec.models.generative import GenerativeRecommender, HeadConfig
+from genrec.training.enhancer import enhance
+from genrec.training.losses import enhanced_sampled_softmax_loss
+from genrec.training.weighting import ConstantWeighter, DWAWeighter, GradNormWeighter
+
+
+class _Table:
+    """Stand-in model for the loss: fixed item vectors, identity normalisation."""
+
+    def __init__(self, vecs):
+        self.vecs = vecs
+        self.config = SimpleNamespace(num_items=vecs.size(0) - 1)
+
+    def item_vectors(self, ids=None, start=0, end=None):
+        return self.vecs[ids] if ids is not None else self.vecs[start:end]
+
+
+def test_potential_positives_are_removed_from_negatives_or_relabelled(monkeypatch):
+    torch.manual_seed(0)
+    vecs = torch.randn(6, 4)
+    m, q, pos = _Table(vecs), torch.randn(1, 4), torch.tensor([1])
+    monkeypatch.setattr(torch, "randint", lambda lo, hi, size, device=None: torch.tensor([[2, 3, 4]]))
+    logit = lambda i: float(q[0] @ vecs[i])  # noqa: E731
+    # remove: item 3 is a potential positive -> softmax over {1, 2, 4}
+    loss = enhanced_sampled_softmax_loss(q, pos, m, 3, 1.0, True, potential=torch.tensor([[3, 0]]), mode="remove")
+    expect = -logit(1) + math.log(sum(math.exp(logit(i)) for i in (1, 2, 4)))
+    assert loss.item() == pytest.approx(expect, abs=1e-5)
+    # relabel: item 3 counts as a positive: -log (e1 + e3) / (e1 + e3 + e2 + e4)
+    loss = enhanced_sampled_softmax_loss(q, pos, m, 3, 1.0, True, potential=torch.tensor([[3, 0]]), mode="relabel")
+    expect = -math.log(sum(math.exp(logit(i)) for i in (1, 3))) + math.log(sum(math.exp(logit(i)) for i in (1, 2, 3, 4)))
+    assert loss.item() == pytest.approx(expect, abs=1e-5)
+    # hard negatives join the denominator
+    loss = enhanced_sampled_softmax_loss(q, pos, m, 3, 1.0, True, hard=torch.tensor([[5]]))
+    expect = -logit(1) + math.log(sum(math.exp(logit(i)) for i in (1, 2, 3, 4, 5)))
+    assert loss.item() == pytest.approx(expect, abs=1e-5)
+
+
+def test_enhancer_picks_retrieved_high_ranked_low_and_flags_likely_positives(monkeypatch):
+    torch.manual_seed(0)
+    model = GenerativeRecommender(HSTU(HSTUConfig(num_items=8, max_seq_len=9, embedding_dim=8, time_bias=False)), HeadConfig())
+    items = torch.tensor([[1, 2, 3]])
+    labels = torch.ones(1, 3, 1)
+    enc = model.encode_history(items, labels)
+    q = model.retrieval_vectors(enc.hidden[:, 1::2][:, :-1])  # [1 2 D]
+    # ranking probabilities by item id: item i -> logit (i - 4.5): items 6, 7, 8 likely positives
+    monkeypatch.setattr(model, "next_slot_outputs", lambda enc, pool, t: (pool.float() - 4.5).unsqueeze(-1))
+    cfg = TaskConfig(kind="unified", hard_negatives=2, candidate_pool=5, potential_positive_alpha=0.9)
+    ex = enhance(model, enc, q, items, None, cfg, 0)
+    scores = q @ model.item_vectors(torch.arange(1, 9)).T  # [1 2 8]
+    for pos in range(2):
+        s = scores[0, pos].clone()
+        s[items[0, pos + 1] - 1] = -math.inf  # the target never enters the pool
+        pool = (s.topk(5).indices + 1).tolist()
+        assert sorted(ex.hard[pos].tolist()) == sorted(pool)[:2]  # lowest ranking probability = smallest ids
+        expect_pp = sorted(i for i in pool if torch.sigmoid(torch.tensor(i - 4.5)) > 0.9)
+        assert sorted(i for i in ex.potential[pos].tolist() if i) == expect_pp
+
+
+def test_dwa_gives_the_slower_task_more_weight():
+    w = DWAWeighter({"retrieval": 1.0, "ranking": 1.0}, temperature=2.0, window=2)
+    losses = [(8.0, 1.0), (8.0, 1.0), (4.0, 1.0), (4.0, 1.0)]  # retrieval halves, ranking flat
+    for r, k in losses:
+        _, weights = w.combine({"retrieval": torch.tensor(r), "ranking": torch.tensor(k)})
+        assert weights == {"retrieval": 1.0, "ranking": 1.0}  # base weights until two windows are full
+    _, weights = w.combine({"retrieval": torch.tensor(4.0), "ranking": torch.tensor(1.0)})
+    # r_retrieval = 8 / 16 = 0.5, r_ranking = 1; w_k = 2 exp(r_k / 2) / sum
+    z = math.exp(0.25) + math.exp(0.5)
+    assert weights["retrieval"] == pytest.approx(2 * math.exp(0.25) / z)
+    assert weights["ranking"] == pytest.approx(2 * math.exp(0.5) / z)
+
+
+def test_constant_and_gradnorm_weighters():
+    total, weights = ConstantWeighter({"a": 2.0, "b": 0.5}).combine({"a": torch.tensor(1.0), "b": torch.tensor(4.0)})
+    assert total.item() == 4.0 and weights == {"a": 2.0, "b": 0.5}
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    la, lb = (p * torch.tensor([3.0, 4.0])).sum(), (p * torch.tensor([0.6, 0.8])).sum()  # gradient norms 5 and 1
+    _, weights = GradNormWeighter({"a": 1.0, "b": 1.0}).combine({"a": la, "b": lb}, [p])
+    assert weights["a"] == pytest.approx(2 * (1 / 5) / (1 / 5 + 1)) and weights["b"] == pytest.approx(2 * 1 / (1 / 5 + 1))
+
+
+def _config(tmp_path, synthetic_csv, **task):
+    cfg = {
+        "data": {"dataset": "custom", "source": str(synthetic_csv), "format": "csv", "cache_dir": str(tmp_path / "cache"),
+                 "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "rating": "stars"}},
+        "model": {"name": "hstu", "max_seq_len": 15, "embedding_dim": 16, "num_layers": 1, "num_heads": 2},
+        "train": {"epochs": 3, "batch_size": 16, "num_negatives": 8, "lr": 0.01, "patience": 0},
+        "eval": {"ks": [1, 10], "holdout": 2, "select_metric": "ndcg@10+auc" if task.get("kind") == "unified" else "auc"},
+        "task": task,
+    }
+    return cfg
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_unified_train_recommend_rank_end_to_end(tmp_path, synthetic_csv, capsys):
+    cfg = _config(tmp_path, synthetic_csv, kind="unified", weighter="dwa", dwa_window=2, hard_negatives=2,
+                  candidate_pool=4, potential_positive_alpha=0.8, enhancer_warmup_epochs=1)
+    path = tmp_path / "unified.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    result = _run(capsys, "train", path, "--out", tmp_path / "run")
+    for split in ("valid", "test"):
+        for key in ("ndcg@10", "hr@10", "mrr", "auc", "gauc", "logloss"):
+            assert 0.0 <= result[split][key] <= 1.0 or key == "logloss"
+    assert result["protocol"]["enhancer"]["hard_negatives"] == 2 and "K=2" in result["protocol"]["ranking_split"]
+    steps = [json.loads(l) for l in (tmp_path / "run" / "steps.jsonl").read_text().splitlines()]
+    assert {"w_retrieval", "w_ranking", "retrieval_loss", "ranking_loss"} <= steps[0].keys()
+    assert any("enhancer_seconds" in s for s in steps) and not any("enhancer_seconds" in s for s in steps if s["epoch"] == 1)
+    assert any(s["w_retrieval"] != 1.0 for s in steps)  # DWA moved the weights once two windows were full
+    ckpt = tmp_path / "run" / "best"
+    rec = _run(capsys, "recommend", ckpt, "--history", "i1,i2,i3", "--feedback", "1,0,1", "--timestamps", "10,20,30", "-k", "5")
+    assert len(rec["items"]) == 5 and not {"i1", "i2", "i3"} & {r["item"] for r in rec["items"]}
+    ranked = _run(capsys, "rank", ckpt, "--history", "i1,i2,i3", "--feedback", "1,0,1", "--timestamps", "10,20,30", "--candidates", "i4,i9,i4")
+    scores = [c["like"] for c in ranked["candidates"]]
+    assert len(scores) == 3 and all(0 < s < 1 for s in scores) and scores[0] == scores[2]
+    assert main(["rank", str(ckpt), "--history", "i1,i2", "--timestamps", "10,20", "--candidates", "i4"]) == 2
+    assert "feedback" in capsys.readouterr().err
+    assert main(["rank", str(ckpt), "--history", "i1", "--feedback", "1", "--timestamps", "1", "--candidates", "nope"]) == 2
+
+
+def test_ranking_din_and_cascade_runs(tmp_path, synthetic_csv, capsys):
+    ranking = _config(tmp_path, synthetic_csv, kind="ranking")
+    (tmp_path / "ranking.yaml").write_text(yaml.safe_dump(ranking))
+    retrieval = _config(tmp_path, synthetic_csv, kind="retrieval")
+    retrieval["model"]["max_seq_len"] = 7  # the same 7-interaction history as the ranker's 15 tokens
+    retrieval["eval"]["select_metric"] = "ndcg@10"
+    (tmp_path / "retrieval.yaml").write_text(yaml.safe_dump(retrieval))
+    din = _config(tmp_path, synthetic_csv, kind="ranking")
+    din["model"] = {"name": "din", "max_seq_len": 7, "embedding_dim": 8}
+    (tmp_path / "din.yaml").write_text(yaml.safe_dump(din))
+    cascade = _config(tmp_path, synthetic_csv, kind="cascade", retrieval_config="retrieval.yaml", ranking_config="ranking.yaml", cascade_k=10)
+    (tmp_path / "cascade.yaml").write_text(yaml.safe_dump(cascade))
+
+    r = _run(capsys, "train", tmp_path / "ranking.yaml", "--out", tmp_path / "r")
+    assert set(r["test"]) >= {"auc", "gauc", "logloss"} and "ndcg@10" not in r["test"]
+    d = _run(capsys, "train", tmp_path / "din.yaml", "--out", tmp_path / "d")
+    assert 0 <= d["test"]["auc"] <= 1
+    assert _run(capsys, "rank", tmp_path / "d" / "best", "--history", "i1,i2", "--feedback", "1,0", "--candidates", "i3")["candidates"][0]["like"] > 0
+    c = _run(capsys, "train", tmp_path / "cascade.yaml", "--out", tmp_path / "c")
+    assert {"ndcg@10", "auc"} <= set(c["test"]) and c["protocol"]["task"] == "cascade"
+    stage = json.loads((tmp_path / "c" / "ranking" / "metrics.json").read_text())
+    assert c["test"]["auc"] == stage["test"]["auc"]
+    # the cascade only reorders the top-K: HR@K equals the retrieval stage's
+    assert c["test"]["hr@10"] == c["test_retrieval_stage_alone"]["hr@10"]
