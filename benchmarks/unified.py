@@ -30,10 +30,10 @@ ROWS = [
 ]
 
 
-def run(dataset: str, name: str, config: str, overrides: list[str], out: Path) -> dict:
+def run(dataset: str, name: str, config: str, overrides: list[str], out: Path, common: list[str]) -> dict:
     folder = out / dataset / name.split(" (")[0].replace(" ", "-").replace(",", "").replace("+", "plus")
     if not (folder / "metrics.json").exists():
-        cmd = [sys.executable, "-m", "genrec.cli", "train", f"configs/{dataset}/{config}.yaml", *overrides, "--out", str(folder)]
+        cmd = [sys.executable, "-m", "genrec.cli", "train", f"configs/{dataset}/{config}.yaml", *overrides, *common, "--out", str(folder)]
         print("+", " ".join(cmd), file=sys.stderr)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads((folder / "metrics.json").read_text())
@@ -66,11 +66,12 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/bench/unified")
     p.add_argument("--datasets", nargs="+", default=["ml-100k", "instruments"])
     p.add_argument("--rows", nargs="*", help="row names to run (default all)")
+    p.add_argument("--set", nargs="*", default=[], help="overrides for every row (e.g. train.epochs=20: the same budget)")
     args = p.parse_args()
     out = Path(args.out)
     parts = []
     for ds in args.datasets:
-        results = [(name, run(ds, name, cfg, ov, out)) for name, cfg, ov in ROWS if not args.rows or name in args.rows]
+        results = [(name, run(ds, name, cfg, ov, out, args.set)) for name, cfg, ov in ROWS if not args.rows or name in args.rows]
         parts.append(table(ds, results))
     text = "\n\n".join(parts)
     (out / "table.md").write_text(text + "\n")

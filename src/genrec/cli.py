@@ -62,8 +62,8 @@ def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
     """
     from genrec.config import ExperimentConfig, apply_overrides
     from genrec.data.prepare import load_prepared, prepare
-    from genrec.evaluation.evaluator import evaluate
     from genrec.training.checkpoint import load_model
+    from genrec.training.tasks import build_task
 
     model, _, experiment = load_model(checkpoint)
     bad = [o for o in overrides if not o.startswith(("data.", "eval."))]
@@ -73,7 +73,7 @@ def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
     data = load_prepared(prepare(cfg.data))
     if data.num_items != model.config.num_items:
         raise GenrecError(f"{checkpoint}: model has {model.config.num_items} items, the prepared data {data.num_items}")
-    result = evaluate(model, data, split, cfg.eval)
+    result = build_task(cfg, data).evaluate(model, split, "cpu")  # retrieval, ranking or both, as trained
     return {"split": split, "protocol": result["protocol"], split: result["metrics"]}
 
 

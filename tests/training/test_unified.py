@@ -126,6 +126,8 @@ def test_unified_train_recommend_rank_end_to_end(tmp_path, synthetic_csv, capsys
     assert any("enhancer_seconds" in s for s in steps) and not any("enhancer_seconds" in s for s in steps if s["epoch"] == 1)
     assert any(s["w_retrieval"] != 1.0 for s in steps)  # DWA moved the weights once two windows were full
     ckpt = tmp_path / "run" / "best"
+    again = _run(capsys, "eval", ckpt, "--split", "test")["test"]
+    assert again["ndcg@10"] == pytest.approx(result["test"]["ndcg@10"]) and again["auc"] == pytest.approx(result["test"]["auc"])
     rec = _run(capsys, "recommend", ckpt, "--history", "i1,i2,i3", "--feedback", "1,0,1", "--timestamps", "10,20,30", "-k", "5")
     assert len(rec["items"]) == 5 and not {"i1", "i2", "i3"} & {r["item"] for r in rec["items"]}
     ranked = _run(capsys, "rank", ckpt, "--history", "i1,i2,i3", "--feedback", "1,0,1", "--timestamps", "10,20,30", "--candidates", "i4,i9,i4")

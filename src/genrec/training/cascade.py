@@ -1,8 +1,9 @@
 """The classic two-stage baseline: a retrieval model's top-K reranked by a separate ranking model.
 
-``task.kind: cascade`` names two experiment configs (paths relative to the cascade config). Both
-stages are trained with the cascade config's ``data`` and ``eval`` sections (same split, same
-holdout), into ``OUT/retrieval`` and ``OUT/ranking``; then the cascade is evaluated:
+``task.kind: cascade`` names two experiment configs (paths relative to the cascade config). Each
+stage keeps its ``model`` and ``task`` (and its validation metric) and is trained with the cascade
+config's ``data``, ``eval`` and ``train`` sections (same split, holdout and budget), into
+``OUT/retrieval`` and ``OUT/ranking``; then the cascade is evaluated:
 
 - retrieval metrics of the cascade: each user's list is the retrieval model's top-K (history
   excluded) reordered by the ranker's probability of the first binary task, followed by the rest
@@ -28,16 +29,15 @@ from genrec.evaluation.metrics import metrics_from_ranks
 
 
 def stage_configs(cfg: ExperimentConfig, config_dir: Path) -> tuple[ExperimentConfig, ExperimentConfig]:
-    """The two stages' configs with the cascade's data and eval sections."""
+    """The two stages' configs with the cascade's data, eval and train sections."""
     stages = []
     for rel, kind in ((cfg.task.retrieval_config, "retrieval"), (cfg.task.ranking_config, "ranking")):
         sub = load_config(config_dir / rel)
         if sub.task.kind != kind:
             raise ConfigError(f"cascade: {rel} has task.kind={sub.task.kind}, expected {kind}")
         own_metric = sub.eval.select_metric  # each stage keeps its own selection metric
-        sub.data, sub.eval = copy.deepcopy(cfg.data), copy.deepcopy(cfg.eval)
+        sub.data, sub.eval, sub.train = copy.deepcopy(cfg.data), copy.deepcopy(cfg.eval), copy.deepcopy(cfg.train)
         sub.eval.select_metric = own_metric
-        sub.train.seed = cfg.train.seed
         if kind == "ranking":
             sub.task.labels, sub.task.positive_rating = cfg.task.labels, cfg.task.positive_rating
             sub.task.binary_actions, sub.task.regression_actions = list(cfg.task.binary_actions), list(cfg.task.regression_actions)
