@@ -26,7 +26,7 @@ this is the interleaved form the paper describes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +69,15 @@ class Interleaved:
     cache: KVCache
     lengths: torch.Tensor  # [B] interactions per row
     token_times: torch.Tensor | None  # [B 2n]
-    extra: dict = field(default_factory=dict)
+    request_time: torch.Tensor | None = None  # [B] the time a candidate after the history carries
+
+
+def request_time(timestamps: torch.Tensor, lengths: torch.Tensor, query_time: torch.Tensor | None) -> torch.Tensor:
+    """[B] the request time: ``query_time`` when given, else each row's last history time."""
+    if query_time is not None:
+        return query_time
+    rows = torch.arange(timestamps.size(0), device=timestamps.device)
+    return timestamps[rows, (lengths - 1).clamp(min=0)]
 
 
 class GenerativeRecommender(nn.Module):
@@ -112,17 +120,16 @@ class GenerativeRecommender(nn.Module):
         if labels is None:
             raise ValueError("this model reads feedback: pass the history's labels")
         lengths = (items != 0).sum(1)
-        times = q_times = None
+        times = q_times = qt = None
         if self.uses_timestamps:
             if timestamps is None:
                 raise ValueError("this model has a time bias: pass timestamps")
             times = timestamps.repeat_interleave(2, dim=1)  # [B 2n]
-            rows = torch.arange(items.size(0), device=items.device)
-            last = timestamps[rows, (lengths - 1).clamp(min=0)]
-            q_times = next_timestamps(times, (2 * lengths).clamp(min=1), last if query_time is None else query_time)
+            qt = request_time(timestamps, lengths, query_time)
+            q_times = next_timestamps(times, (2 * lengths).clamp(min=1), qt)
         ctx = Context.causal(2 * items.size(1), items.device, q_times, times)
         hidden, cache = self.backbone.transduce(self.tokens(items, labels), ctx)
-        return Interleaved(hidden, cache, lengths, times, {"query_time": query_time})
+        return Interleaved(hidden, cache, lengths, times, qt)
 
     def ranking_outputs(self, h: torch.Tensor) -> torch.Tensor:
         """Item-token outputs [..., D] -> per-task outputs [..., A] (logits for binary tasks)."""
@@ -192,10 +199,7 @@ class GenerativeRecommender(nn.Module):
         Nh = enc.hidden.size(1)
         slot = (2 * enc.lengths).unsqueeze(1)  # [B 1] the next item slot
         visible_row = torch.arange(Nh, device=items.device).unsqueeze(0) < slot  # [B Nh]
-        qt = None
-        if self.uses_timestamps:
-            rows = torch.arange(B, device=items.device)
-            qt = timestamps[rows, (enc.lengths - 1).clamp(min=0)] if query_time is None else query_time
+        qt = enc.request_time
         mb = micro_batch or self.head_config.micro_batch
         out = []
         for s in range(0, C, mb):
@@ -227,7 +231,7 @@ class GenerativeRecommender(nn.Module):
         x[rows, 2 * lengths] = self.backbone.embed_items(candidate)
         times = q_times = None
         if self.uses_timestamps:
-            qt = timestamps[rows, (lengths - 1).clamp(min=0)] if query_time is None else query_time
+            qt = request_time(timestamps, lengths, query_time)
             times = F.pad(timestamps.repeat_interleave(2, dim=1), (0, 1))
             times[rows, 2 * lengths] = qt
             q_times = next_timestamps(times, 2 * lengths + 1, qt)

@@ -48,7 +48,7 @@ def enhance(
     scores = (q.float() @ model.item_vectors(ids).float().T)  # [B n-1 S]
     scores = scores.masked_fill(ids.view(1, 1, -1) == targets.unsqueeze(-1), float("-inf"))
     pool = ids[scores.topk(min(P, ids.numel()), dim=-1).indices]  # [B n-1 P]
-    detached = Interleaved(enc.hidden.detach(), [(k.detach(), v.detach()) for k, v in enc.cache], enc.lengths, enc.token_times)
+    detached = Interleaved(enc.hidden.detach(), [(k.detach(), v.detach()) for k, v in enc.cache], enc.lengths, enc.token_times, enc.request_time)
     probs = torch.sigmoid(model.next_slot_outputs(detached, pool, item_times)[..., task_index].float())  # [B n-1 P]
     has = targets != 0
     pool, probs = pool[has], probs[has]  # [T P]
