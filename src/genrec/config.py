@@ -94,6 +94,12 @@ class TrainConfig:
     """Evaluate on validation every N epochs."""
     bucket_by_length: bool = False
     """Group users of similar history length into a batch, so less compute goes to padding."""
+    pack: bool = False
+    """Pack several users' windows into each row (block-diagonal causal attention, positions
+    restarting per user), so no compute goes to padding. Same users and targets per step as the
+    padded batch. Retrieval training only."""
+    compile: bool = False
+    """Run the model through ``torch.compile`` (falls back to eager, with a message, if compiling fails)."""
     grad_clip: float = 0.0
     """Clip the gradient norm to this value (0 = off)."""
     num_threads: int = 0

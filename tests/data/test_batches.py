@@ -1,6 +1,8 @@
 import numpy as np
 
-from genrec.data.batches import TrainBatches, eval_batches
+import torch
+
+from genrec.data.batches import TrainBatches, eval_batches, pack_rows, shard_rows
 from genrec.data.prepare import SequenceData
 
 
@@ -45,3 +47,44 @@ def test_eval_batches_valid_and_test():
     (t,) = list(eval_batches(d, "test", max_seq_len=3, batch_size=10, exclude_history="input", query_time="last"))
     assert t.targets.tolist() == [6, 6] and t.items.tolist() == [[2, 4, 0], [3, 4, 5]]
     assert t.exclude.tolist() == [[2, 4, 0], [3, 4, 5]] and t.query_time.tolist() == [6, 50]
+
+
+def test_pack_rows_first_fit_decreasing():
+    rows = pack_rows(np.array([3, 5, 2, 4, 1]), capacity=5)
+    assert sorted(sorted(r) for r in rows) == [[0, 2], [1], [3, 4]]
+    assert all(sum([3, 5, 2, 4, 1][i] for i in r) <= 5 for r in rows)
+
+
+def _ragged():
+    # lengths 6, 4, 5, 3 -> training windows of 3, 1, 2 and 0 inputs after holding out valid + test
+    lengths = [6, 4, 5, 3]
+    items = np.concatenate([np.arange(1, n + 1) + 10 * u for u, n in enumerate(lengths)])
+    ts = np.arange(len(items)) * 7
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return SequenceData(offsets, items, ts, np.array([str(i) for i in range(1, 40)], dtype=object), np.array(list("abcd"), dtype=object), {})
+
+
+def test_packed_batches_hold_the_same_windows_without_padding_waste():
+    data = _ragged()
+    padded = next(TrainBatches(data, max_seq_len=5, batch_size=10).epoch(seed=0, epoch=0))
+    packed = next(TrainBatches(data, max_seq_len=5, batch_size=10, pack=True).epoch(seed=0, epoch=0))
+    def windows(b):
+        segs = b.segments if b.segments is not None else (b.items != 0).long() * (torch.arange(b.items.size(0)) + 1).unsqueeze(1)
+        out = set()
+        for r in range(b.items.size(0)):
+            for s in segs[r].unique().tolist():
+                if s:
+                    sel = segs[r] == s
+                    out.add((tuple(b.items[r][sel].tolist()), tuple(b.targets[r][sel].tolist()), tuple(b.query_timestamps[r][sel].tolist())))
+        return out
+    assert windows(packed) == windows(padded)
+    assert packed.num_targets == padded.num_targets
+    assert padded.items.shape == (3, 3) and packed.items.shape == (2, 3)  # windows 3 | 2 + 1
+    assert packed.padding_fraction == 0.0 and padded.padding_fraction == 1 - 6 / 9
+    assert packed.segments.tolist() in ([[1, 1, 1], [1, 1, 2]], [[1, 1, 1], [1, 2, 2]])
+
+
+def test_shard_rows_splits_each_batch_and_drops_a_too_small_tail():
+    batches = [np.arange(5), np.arange(5, 9), np.array([9])]
+    r0, r1 = list(shard_rows(batches, 0, 2)), list(shard_rows(batches, 1, 2))
+    assert [b.tolist() for b in r0] == [[0, 2, 4], [5, 7]] and [b.tolist() for b in r1] == [[1, 3], [6, 8]]

@@ -90,3 +90,29 @@ def test_train_leaves_the_callers_config_alone(tmp_path, synthetic_csv):
     cfg = _cfg(synthetic_csv, tmp_path / "c", epochs=1)
     train(cfg, tmp_path / "run")
     assert cfg.model.num_items == 0
+
+
+def _losses(run):
+    return [json.loads(line)["loss"] for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_packed_training_follows_the_padded_loss_curve(tmp_path, synthetic_csv):
+    kw = dict(epochs=2, loss="full_softmax")
+    a, b = _cfg(synthetic_csv, tmp_path / "c", **kw), _cfg(synthetic_csv, tmp_path / "c", pack=True, **kw)
+    a.model.dropout = b.model.dropout = 0.0
+    train(a, tmp_path / "padded")
+    train(b, tmp_path / "packed")
+    assert _losses(tmp_path / "packed") == pytest.approx(_losses(tmp_path / "padded"), rel=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager(tmp_path, synthetic_csv, monkeypatch, capsys):
+    def broken_compile(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    plain = train(_cfg(synthetic_csv, tmp_path / "c", epochs=1), tmp_path / "eager")
+    fallen = train(_cfg(synthetic_csv, tmp_path / "c", epochs=1, compile=True), tmp_path / "compiled")
+    assert "torch.compile failed (RuntimeError: no compiler here); running eager" in capsys.readouterr().err
+    assert fallen["test"] == plain["test"]

@@ -11,7 +11,10 @@ history), the ranking impressions are all K. K = 1 is exactly the leave-one-out 
 
 Training windows take each user's last ``max_seq_len + 1`` training items: inputs are all but the
 last, targets all but the first (a loss at every position). Batches are right-padded with 0 to the
-longest row of the batch; the models' outputs do not depend on that padding.
+longest row of the batch; the models' outputs do not depend on that padding. With ``pack`` the
+same users' windows are instead packed into as few rows as fit (first-fit decreasing, row length =
+the batch's longest window) with a segment id per token, so compute follows real tokens: the step
+sees exactly the same users and targets as the padded batch.
 """
 
 from __future__ import annotations
@@ -31,10 +34,20 @@ class TrainBatch:
     targets: torch.Tensor  # [B N] next item per position, 0 = none
     timestamps: torch.Tensor | None  # [B N]
     query_timestamps: torch.Tensor | None  # [B N] time of the target at each position
+    segments: torch.Tensor | None = None  # [B N] packed rows: sequence id of each token (0 = padding)
 
     def to(self, device: torch.device) -> "TrainBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return TrainBatch(move(self.items), move(self.targets), move(self.timestamps), move(self.query_timestamps))
+        return TrainBatch(move(self.items), move(self.targets), move(self.timestamps), move(self.query_timestamps), move(self.segments))
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.targets != 0).sum())
+
+    @property
+    def padding_fraction(self) -> float:
+        """Share of the [B, N] token slots that hold no real input."""
+        return 1.0 - float((self.items != 0).sum()) / max(self.items.numel(), 1)
 
 
 @dataclass
@@ -69,6 +82,33 @@ def split_block(data: SequenceData, split: str, holdout: int = 1) -> tuple[np.nd
     return users, data.offsets[1:][users] - holdout * (2 if split == "valid" else 1)
 
 
+def shard_rows(batches: list[np.ndarray], rank: int, world: int) -> Iterator[np.ndarray]:
+    """Rank ``rank``'s rows of each global batch (every ``world``-th). A final batch with fewer
+    rows than ranks is dropped on every rank, so all ranks take the same number of steps."""
+    for rows in batches:
+        if world == 1:
+            yield rows
+        elif len(rows) >= world:
+            yield rows[rank::world]
+
+
+def pack_rows(lengths: np.ndarray, capacity: int) -> list[list[int]]:
+    """First-fit decreasing: group indices of ``lengths`` into rows whose lengths sum to <= capacity."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in np.argsort(-lengths, kind="stable"):
+        n = int(lengths[i])
+        for r, room in enumerate(free):
+            if n <= room:
+                rows[r].append(int(i))
+                free[r] -= n
+                break
+        else:
+            rows.append([int(i)])
+            free.append(capacity - n)
+    return rows
+
+
 def _pad_rows(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
     out = np.zeros((len(starts), width), dtype=np.int64)
     for r, (s, e) in enumerate(zip(starts, ends)):
@@ -89,13 +129,13 @@ class TrainBatches:
 
     def __init__(
         self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False,
-        include_valid: bool = False, holdout: int = 1,
+        include_valid: bool = False, holdout: int = 1, pack: bool = False,
     ):
         ends = train_end(data, include_valid, holdout)
         starts = np.maximum(data.offsets[:-1], ends - (max_seq_len + 1))
         keep = ends - starts >= 2  # need one input and one target
         self.starts, self.ends = starts[keep], ends[keep]
-        self.data, self.batch_size, self.bucket = data, batch_size, bucket_by_length
+        self.data, self.batch_size, self.bucket, self.pack = data, batch_size, bucket_by_length, pack
 
     @property
     def num_users(self) -> int:
@@ -109,7 +149,9 @@ class TrainBatches:
     def __len__(self) -> int:
         return -(-self.num_users // self.batch_size)
 
-    def epoch(self, seed: int, epoch: int) -> Iterator[TrainBatch]:
+    def epoch(self, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)) -> Iterator[TrainBatch]:
+        """Batches of one epoch; ``shard`` = (rank, world size) yields this rank's share of each
+        global batch (see :func:`shard_rows`)."""
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(self.num_users, generator=gen).numpy()
         batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
@@ -120,8 +162,29 @@ class TrainBatches:
             order = np.concatenate([c[np.argsort(lens[c], kind="stable")] for c in chunks])
             batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-        for rows in batches:
-            yield self._batch(rows)
+        for rows in shard_rows(batches, *shard):
+            yield self._packed(rows) if self.pack else self._batch(rows)
+
+    def _packed(self, rows: np.ndarray) -> TrainBatch:
+        """The same users as :meth:`_batch`, several per row."""
+        s, e = self.starts[rows], self.ends[rows]
+        n = e - s - 1  # inputs per window
+        groups = pack_rows(n, int(n.max()))
+        N = int(n.max())
+        items, targets, segments = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(3))
+        has_ts = self.data.timestamps is not None
+        ts, qts = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(2))
+        for r, group in enumerate(groups):
+            col = 0
+            for seg, i in enumerate(group, start=1):
+                a, b, k = s[i], e[i], n[i]
+                items[r, col : col + k], targets[r, col : col + k] = self.data.items[a : b - 1], self.data.items[a + 1 : b]
+                if has_ts:
+                    ts[r, col : col + k], qts[r, col : col + k] = self.data.timestamps[a : b - 1], self.data.timestamps[a + 1 : b]
+                segments[r, col : col + k] = seg
+                col += k
+        t = (torch.from_numpy(ts), torch.from_numpy(qts)) if has_ts else (None, None)
+        return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), *t, torch.from_numpy(segments))
 
     def _batch(self, rows: np.ndarray) -> TrainBatch:
         s, e = self.starts[rows], self.ends[rows]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genrec.data.batches import _pad_rows, evaluable, pad_rows_2d, split_block, train_end
+from genrec.data.batches import shard_rows, _pad_rows, evaluable, pad_rows_2d, split_block, train_end
 from genrec.data.prepare import SequenceData
 from genrec.errors import DataFormatError
 
@@ -73,6 +73,10 @@ class FeedbackBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return FeedbackBatch(move(self.items), move(self.labels), move(self.timestamps))
 
+    @property
+    def num_targets(self) -> int:
+        return int((self.items != 0).sum())
+
 
 @dataclass
 class ImpressionBatch:
@@ -108,11 +112,11 @@ class FeedbackBatches:
     def __len__(self) -> int:
         return -(-len(self.starts) // self.batch_size)
 
-    def epoch(self, seed: int, epoch: int) -> Iterator[FeedbackBatch]:
+    def epoch(self, seed: int, epoch: int, shard: tuple[int, int] = (0, 1)) -> Iterator[FeedbackBatch]:
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         order = torch.randperm(len(self.starts), generator=gen).numpy()
-        for i in range(0, len(order), self.batch_size):
-            rows = order[i : i + self.batch_size]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        for rows in shard_rows(batches, *shard):
             s, e = self.starts[rows], self.ends[rows]
             N = int((e - s).max())
             ts = None if self.data.timestamps is None else torch.from_numpy(_pad_rows(self.data.timestamps, s, e, N))

@@ -10,16 +10,20 @@ from genrec.errors import ConfigError
 from genrec.models.base import ModelConfig, SequentialRecommender
 from genrec.models.din import DIN, DINConfig
 from genrec.models.generative import GenerativeRecommender, HeadConfig
+from genrec.models.gpt import GPT, GPTConfig
 from genrec.models.hstu import HSTU, HSTUConfig
+from genrec.models.llama import Llama, LlamaConfig
 from genrec.models.presets import PRESETS
 from genrec.models.sasrec import SASRec, SASRecConfig
 
 MODELS: dict[str, tuple[type[ModelConfig], type]] = {
     "hstu": (HSTUConfig, HSTU),
     "sasrec": (SASRecConfig, SASRec),
+    "gpt": (GPTConfig, GPT),
+    "llama": (LlamaConfig, Llama),
     "din": (DINConfig, DIN),  # ranking only (no retrieval side)
 }
-BACKBONES = ("hstu", "sasrec")
+BACKBONES = ("hstu", "sasrec", "gpt", "llama")
 """Models that implement the full sequence contract (retrieval, and ranking/unified when wrapped
 in :class:`GenerativeRecommender`)."""
 
@@ -49,6 +53,7 @@ def preset(name: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "BACKBONES", "DIN", "DINConfig", "GenerativeRecommender", "HeadConfig", "HSTU", "HSTUConfig", "MODELS", "ModelConfig", "PRESETS", "SASRec", "SASRecConfig",
+    "BACKBONES", "DIN", "DINConfig", "GPT", "GPTConfig", "GenerativeRecommender", "HeadConfig", "HSTU", "HSTUConfig",
+    "Llama", "LlamaConfig", "MODELS", "ModelConfig", "PRESETS", "SASRec", "SASRecConfig",
     "SequentialRecommender", "build_model", "model_config_class", "model_config_from_dict", "preset",
 ]

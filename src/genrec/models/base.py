@@ -124,13 +124,19 @@ class SequentialRecommender(nn.Module):
         items: torch.Tensor,
         timestamps: torch.Tensor | None = None,
         query_timestamps: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only."""
+        """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only. With
+        ``segments`` [B, N] (packed rows, see :meth:`Context.packed`), each row holds several
+        sequences and a token sees only the earlier tokens of its own sequence."""
         if not self.uses_timestamps:
             timestamps = query_timestamps = None
         elif timestamps is None or query_timestamps is None:
             raise ValueError(f"this {self.config.name} has a time bias: pass timestamps and query_timestamps")
-        ctx = Context.causal(items.size(1), items.device, query_timestamps, timestamps)
+        if segments is None:
+            ctx = Context.causal(items.size(1), items.device, query_timestamps, timestamps)
+        else:
+            ctx = Context.packed(segments, query_timestamps, timestamps)
         h, _ = self.transduce(self.embed_items(items), ctx)
         return self._normalize(h)
 

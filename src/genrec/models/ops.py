@@ -43,6 +43,22 @@ class Context:
         pos = torch.arange(N, device=device).unsqueeze(0)
         return Context(causal_mask(N, device).unsqueeze(0), pos, pos, q_time, k_time, is_causal=True)
 
+    @staticmethod
+    def packed(segments: torch.Tensor, q_time: torch.Tensor | None = None, k_time: torch.Tensor | None = None) -> "Context":
+        """Several sequences packed into each row: segments [B, N] (1, 1, 1, 2, 2, 0 ...: which
+        sequence a token belongs to, 0 = padding). Causal within a sequence, nothing across;
+        positions restart at 0 for each sequence; padding tokens see only themselves (no empty rows)."""
+        B, N = segments.shape
+        same = segments.unsqueeze(2) == segments.unsqueeze(1)  # [B N N]
+        eye = torch.eye(N, dtype=torch.bool, device=segments.device)
+        mask = (same & causal_mask(N, segments.device) & (segments != 0).unsqueeze(2)) | eye
+        start = torch.ones_like(segments, dtype=torch.bool)
+        start[:, 1:] = segments[:, 1:] != segments[:, :-1]  # first token of each sequence
+        idx = torch.arange(N, device=segments.device).expand(B, N)
+        first = torch.where(start, idx, torch.zeros_like(idx)).cummax(dim=1).values  # [B N] index of the sequence start
+        pos = (idx - first) * (segments != 0)
+        return Context(mask, pos, pos, q_time, k_time)
+
 
 class RelativeBias(nn.Module):
     """Learned scalar bias per relative position (2L-1 values) and per log time bucket

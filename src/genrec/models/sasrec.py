@@ -8,6 +8,15 @@ the HSTU tables' baseline rows):
                 x = LN(x);  x = x + FFN(x)             (ReLU, dropout)
     out = LN(x)
 
+Scaling-study variants (PAPERS.md §3), each a config choice:
+
+- ``residual="pre_ln"``: x = x + MHA(LN(x), LN(x), LN(x)); x = x + FFN(LN(x)) — the residual stream
+  carries the raw input instead of the normalised one (the exact change of the study is not
+  published; this is the standard pre-LN fix);
+- ``position_bias`` / ``time_bias``: HSTU's relative attention bias (a learned scalar per relative
+  position and per log time-gap bucket, shared across heads, one per layer) added to the softmax
+  logits; absolute position embeddings stay.
+
 Deviations: right-padded sequences (positions count from the first item, as in the HSTU
 reference's SASRec); the user/item vectors are L2-normalised when ``l2_normalize`` is on, which the
 sampled-softmax loss with temperature expects. Causal softmax attention runs through
@@ -24,7 +33,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
-from genrec.models.ops import Context, softmax_attention
+from genrec.models.ops import Context, RelativeBias, softmax_attention
 
 
 @dataclass
@@ -32,9 +41,22 @@ class SASRecConfig(ModelConfig):
     name: str = "sasrec"
     ffn_dim: int = 0
     """Hidden width of the point-wise feed-forward network (0 = embedding_dim, as the reference)."""
+    residual: str = "original"
+    """``original``: attention added to the normalised input (Kang's SASRec); ``pre_ln``: added to
+    the raw residual stream, with keys and values from the normalised input too."""
+    position_bias: bool = False
+    """Add HSTU's learned relative-position bias to the attention logits."""
+    time_bias: bool = False
+    """Add HSTU's learned log time-gap bias to the attention logits (needs timestamps)."""
+    num_time_buckets: int = 128
+    """Largest time bucket index (as HSTU)."""
+    time_bucket_divisor: float = 0.301
+    """bucket = floor(ln(max(|Δt|, 1)) / divisor) (as HSTU)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.residual not in ("original", "pre_ln"):
+            raise ConfigError(f"model.residual={self.residual!r} is not one of ['original', 'pre_ln']")
         self.ffn_dim = self.ffn_dim or self.embedding_dim
         if self.embedding_dim % self.num_heads:
             raise ConfigError(f"model.embedding_dim={self.embedding_dim} is not divisible by num_heads={self.num_heads}")
@@ -52,26 +74,34 @@ class SASRecBlock(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(D, cfg.ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, D), nn.Dropout(cfg.dropout)
         )
+        self.rel_bias = None
+        if cfg.position_bias or cfg.time_bias:
+            self.rel_bias = RelativeBias(cfg.max_seq_len, cfg.position_bias, cfg.time_bias, cfg.num_time_buckets, cfg.time_bucket_divisor)
 
     def forward(
-        self, x: torch.Tensor, ctx: Context, past: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, x: torch.Tensor, ctx: Context, buckets: torch.Tensor | None = None, past: tuple[torch.Tensor, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """x [B, Nq, D] -> (x [B, Nq, D], (k, v) of past + these tokens)."""
+        """x [B, Nq, D]; buckets [B, Nq, Nk] time buckets (time bias only) -> (x [B, Nq, D], (k, v) of past + these tokens)."""
         B, N, D = x.shape
-        H = self.cfg.num_heads
+        H, pre_ln = self.cfg.num_heads, self.cfg.residual == "pre_ln"
         q_in = self.attn_norm(x)
+        kv_in = q_in if pre_ln else x  # original: keys and values from the raw stream (reference MHA(Q, x, x))
         wq, wk, wv = self.qkv.weight.split(D)
         bq, bk, bv = self.qkv.bias.split(D)
-        q = F.linear(q_in, wq, bq)  # queries from the normalised stream,
-        k = F.linear(x, wk, bk)  # keys and values from the raw stream (reference MHA(Q, x, x))
-        v = F.linear(x, wv, bv)
+        q = F.linear(q_in, wq, bq)
+        k = F.linear(kv_in, wk, bk)
+        v = F.linear(kv_in, wv, bv)
         q, k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B H Nq d]
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
+        bias = None if self.rel_bias is None else self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)  # [B|1 Nq Nk]
         mask = None if ctx.is_causal else ctx.mask
-        a = softmax_attention(q, k, v, mask, None, self.cfg.dropout, self.training).transpose(1, 2).reshape(B, N, D)
-        x = q_in + F.dropout(self.proj(a), p=self.cfg.dropout, training=self.training)
-        x = self.ffn_norm(x)
+        a = softmax_attention(q, k, v, mask, bias, self.cfg.dropout, self.training).transpose(1, 2).reshape(B, N, D)
+        a = F.dropout(self.proj(a), p=self.cfg.dropout, training=self.training)
+        if pre_ln:
+            x = x + a
+            return x + self.ffn(self.ffn_norm(x)), (k, v)
+        x = self.ffn_norm(q_in + a)
         return x + self.ffn(x), (k, v)
 
 
@@ -83,10 +113,19 @@ class SASRec(SequentialRecommender):
         self.blocks = nn.ModuleList(SASRecBlock(config) for _ in range(config.num_layers))
         self.final_norm = nn.LayerNorm(config.embedding_dim, eps=1e-8)
 
+    @property
+    def uses_timestamps(self) -> bool:
+        return self.config.time_bias
+
     def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
+        buckets = None
+        if self.uses_timestamps:
+            if ctx.q_time is None or ctx.k_time is None:
+                raise ValueError("this SASRec has time_bias on: pass timestamps and query timestamps")
+            buckets = self.blocks[0].rel_bias.buckets(ctx.k_time, ctx.q_time)  # same for every layer
         new_cache: KVCache = []
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, ctx, None if cache is None else cache[i])
+            x, kv = block(x, ctx, buckets, None if cache is None else cache[i])
             new_cache.append(kv)
         return self.final_norm(x), new_cache

@@ -14,7 +14,7 @@ from genrec.models.base import SequentialRecommender
 
 
 def _positions(model: SequentialRecommender, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    h = model.encode(batch.items, batch.timestamps, batch.query_timestamps)  # [B N D]
+    h = model.encode(batch.items, batch.timestamps, batch.query_timestamps, batch.segments)  # [B N D]
     valid = batch.targets != 0
     return h[valid], batch.targets[valid]  # [T D], [T]
 

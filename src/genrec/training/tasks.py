@@ -38,7 +38,9 @@ class RetrievalTask:
 
     def batches(self, include_valid: bool = False):
         t = self.cfg.train
-        return TrainBatches(self.data, self.cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout)
+        return TrainBatches(
+            self.data, self.cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout, t.pack
+        )
 
     def loss(self, model, batch, epoch: int) -> tuple[torch.Tensor, dict]:
         return retrieval_loss(model, batch, self.cfg.train), {}
@@ -55,6 +57,8 @@ class FeedbackTask:
 
     def __init__(self, cfg, data: SequenceData):
         self.cfg, self.data, self.kind = cfg, data, cfg.task.kind
+        if cfg.train.pack:
+            raise ConfigError("train.pack applies to retrieval training; interleaved ranking/unified batches are padded")
         self.labels, self.spec = make_labels(data, cfg.task)
         if not self.spec.binary and self.kind == "unified" and cfg.task.enhancer_on:
             raise ConfigError("the ranking-driven enhancer reads a binary task's probability; none is configured")

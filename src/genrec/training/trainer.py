@@ -13,6 +13,9 @@ Run folder layout (a stable contract):
 
 Reproducibility: the global RNG is re-seeded from (seed, epoch) at the start of every epoch and
 batches come from (seed, epoch) too, so a run resumed from ``last/`` retraces the uninterrupted one.
+
+Under ``torchrun`` the same recipe runs data-parallel (:mod:`genrec.training.distributed`): every
+rank trains on its share of each global batch, rank 0 alone evaluates and writes the run folder.
 """
 
 from __future__ import annotations
@@ -29,8 +32,10 @@ import yaml
 from tqdm import tqdm
 
 from genrec.config import ExperimentConfig
+from genrec.errors import ConfigError
 from genrec.data.prepare import SequenceData, load_prepared, prepare
 from genrec.training import checkpoint as ckpt
+from genrec.training import distributed
 from genrec.training.tasks import build_task, select_score
 
 
@@ -63,19 +68,27 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out_dir)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = resolve_device(cfg.train.device)
+        self.dist, self.device = distributed.setup(resolve_device(cfg.train.device))
+        if self.dist.enabled and (cfg.train.refit or cfg.task.kind == "cascade"):
+            raise ConfigError("train.refit and cascades run in one process; launch them without torchrun")
         self.data = data if data is not None else load_prepared(prepare(cfg.data))
         self.notes = fit_model_config(cfg, self.data)
         self.task = build_task(cfg, self.data)
         torch.manual_seed(cfg.train.seed)
         self.model = self.task.build_model().to(self.device)
         t = cfg.train
+        if t.compile:
+            compile_backbone(self.model)
+        self.step = distributed.wrap(self.model, self.task, self.dist, self.device)  # forward(batch, epoch) -> (loss, logs)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
         self.batches = self.task.batches(include_valid)
         self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
 
     # ---- checkpoints ------------------------------------------------------------------------
     def _save(self, name: str, with_state: bool) -> None:
+        if not self.dist.is_main:
+            return
+
         def fill(folder: Path) -> None:
             ckpt.fill_model(folder, self.model, list(self.data.item_ids), self.cfg.to_dict())
             if with_state:
@@ -93,30 +106,37 @@ class Trainer:
     # ---- loop -------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict:
         t = self.cfg.train
-        torch.manual_seed(t.seed * 100_003 + epoch)  # dropout + negatives, reproducible on resume
+        env = self.dist
+        torch.manual_seed(t.seed * 100_003 + epoch + 7919 * env.rank)  # dropout + negatives, reproducible on resume
         self.model.train()
         total, steps, start = 0.0, 0, time.perf_counter()
         step_logs: list[dict] = []
-        bar = tqdm(self.batches.epoch(t.seed, epoch), total=len(self.batches), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True, disable=None)
+        batches = self.batches.epoch(t.seed, epoch, (env.rank, env.world_size))
+        bar = tqdm(batches, total=len(self.batches), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True, disable=None if env.is_main else True)
         for batch in bar:
             batch = batch.to(self.device)
             with autocast(self.device, t.precision):
-                loss, logs = self.task.loss(self.model, batch, epoch)
+                loss, logs = self.step(batch, epoch)
             if logs:
                 step_logs.append({"epoch": epoch + 1, "step": steps + 1, **logs})
+            value = loss.item()
+            if env.enabled:  # weight by this rank's share of the batch's targets: DDP's gradient mean = global mean loss
+                n = batch.num_targets
+                n_all, loss_sum = distributed.all_sum([n, value * n], env, self.device)
+                loss, value = loss * (n * env.world_size / n_all), loss_sum / n_all
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
             self.optimizer.step()
-            total, steps = total + loss.item(), steps + 1
+            total, steps = total + value, steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
         for key in sorted({k for log in step_logs for k in log} - {"epoch", "step"}):
             vals = [log[key] for log in step_logs if key in log]
             record[key] = sum(vals) / len(vals) if key != "enhancer_seconds" else sum(vals)
-        if step_logs:
+        if step_logs and env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             with open(self.out / "steps.jsonl", "a") as f:
                 f.writelines(json.dumps(log) + "\n" for log in step_logs)
@@ -128,8 +148,10 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict:
         """Train (or resume), select on validation, test the best checkpoint; write metrics.json."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
+        main = self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         if resume:
             self._resume()
         t, metric = self.cfg.train, self.cfg.eval.select_metric
@@ -140,24 +162,33 @@ class Trainer:
             self.state["epoch"] = epoch + 1
             self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + record["seconds"]
             if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                start = time.perf_counter()
-                valid = self._evaluate("valid")["metrics"]
-                record["valid"], record["eval_seconds"] = valid, time.perf_counter() - start
-                score = select_score(valid, metric)
-                if score > self.state["best_score"]:
-                    self.state.update(best_score=score, best_epoch=epoch + 1, bad_evals=0)
-                    self._save("best", with_state=False)
-                else:
-                    self.state["bad_evals"] += 1
-                    if t.patience and self.state["bad_evals"] >= t.patience:
-                        self.state["stopped_early"] = True
+                if main:
+                    self._validate(epoch, record)
+                self.state = distributed.broadcast(self.state, self.dist)  # ranks follow rank 0's early stopping
             peak_rss = max(peak_rss, _peak_rss_mb())
             record["peak_rss_mb"] = peak_rss
             self._save("last", with_state=True)
-            with open(self.out / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            tqdm.write(_summary(record, metric), file=sys.stderr)
-        return self.finish()
+            if main:
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                tqdm.write(_summary(record, metric), file=sys.stderr)
+        result = self.finish() if main else None
+        return distributed.broadcast(result, self.dist)
+
+    def _validate(self, epoch: int, record: dict) -> None:
+        """Validation metrics into ``record``; keep the best checkpoint; count toward early stopping."""
+        t = self.cfg.train
+        start = time.perf_counter()
+        valid = self._evaluate("valid")["metrics"]
+        record["valid"], record["eval_seconds"] = valid, time.perf_counter() - start
+        score = select_score(valid, self.cfg.eval.select_metric)
+        if score > self.state["best_score"]:
+            self.state.update(best_score=score, best_epoch=epoch + 1, bad_evals=0)
+            self._save("best", with_state=False)
+        else:
+            self.state["bad_evals"] += 1
+            if t.patience and self.state["bad_evals"] >= t.patience:
+                self.state["stopped_early"] = True
 
     def finish(self) -> dict:
         ckpt.load_weights(self.out / "best", self.model)
@@ -203,6 +234,27 @@ class Trainer:
         return sub._evaluate("test")["metrics"]
 
 
+def compile_backbone(model: torch.nn.Module) -> None:
+    """Route the backbone's ``transduce`` through ``torch.compile`` (dynamic shapes: batches vary
+    in length). Compilation happens at the first call; if it fails (no C++ compiler, an op the
+    compiler does not support), say so once and run eager from then on."""
+    backbone = getattr(model, "backbone", model)
+    eager = backbone.transduce
+    current = {"fn": torch.compile(eager, dynamic=True)}
+
+    def transduce(*args, **kwargs):
+        if current["fn"] is eager:
+            return eager(*args, **kwargs)
+        try:
+            return current["fn"](*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure falls back; eager re-raises real errors
+            print(f"genrec: torch.compile failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); running eager", file=sys.stderr)
+            current["fn"] = eager
+            return eager(*args, **kwargs)
+
+    backbone.transduce = transduce
+
+
 def _loss_desc(cfg) -> str:
     t, kind = cfg.train, cfg.task.kind
     if kind == "ranking":
@@ -245,4 +297,9 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, conf
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return train_cascade(copy.deepcopy(cfg), out_dir, Path(config_dir), resume)
-    return Trainer(copy.deepcopy(cfg), out_dir).fit(resume=resume)
+    trainer = Trainer(copy.deepcopy(cfg), out_dir)
+    try:
+        return trainer.fit(resume=resume)
+    finally:
+        if trainer.dist.enabled and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -1,0 +1,94 @@
+"""Multi-process data-parallel training (``torchrun``; gloo on CPU, NCCL on GPU).
+
+``torchrun --nproc_per_node N -m genrec.cli train CONFIG`` starts N copies of the same run. Each
+builds the same global batches from (seed, epoch) and trains on its share of the rows (every N-th
+user of a batch); :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients. Each
+rank's loss is weighted by its share of the batch's targets, so the averaged gradient is the
+gradient of the global batch's mean loss: the loss curve matches one process with the same global
+batch (exactly for retrieval and ranking losses; the unified loss weights by item count).
+Rank 0 alone evaluates, writes checkpoints and logs; the others follow its early-stopping state.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: torch.device) -> tuple[DistEnv, torch.device]:
+    """Join the process group torchrun describes in the environment (no-op for one process);
+    returns the rank layout and this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv(), device
+    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return env, device
+
+
+class LossModule(nn.Module):
+    """The model and a task's loss as one module, so DDP's gradient hooks see the whole step."""
+
+    def __init__(self, model: nn.Module, task):
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, batch, epoch: int):
+        return self.task.loss(self.model, batch, epoch)
+
+
+def wrap(model: nn.Module, task, env: DistEnv, device: torch.device) -> nn.Module:
+    """A module whose forward(batch, epoch) returns (loss, logs); DDP-wrapped across ranks."""
+    module = LossModule(model, task)
+    if not env.enabled:
+        return module
+    ids = [device.index] if device.type == "cuda" else None
+    # retrieval uses every parameter each step; ranking-only steps leave the retrieval side idle
+    unused = getattr(task, "kind", "retrieval") != "retrieval"
+    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
+
+
+def all_sum(values: list[float], env: DistEnv, device: torch.device) -> list[float]:
+    """Element-wise sum over ranks (one all-reduce)."""
+    if not env.enabled:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast(obj, env: DistEnv):
+    """Rank 0's ``obj`` on every rank."""
+    if not env.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(env: DistEnv) -> None:
+    if env.enabled:
+        dist.barrier()
