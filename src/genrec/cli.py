@@ -4,6 +4,7 @@
     genrec eval CKPT [--split valid|test]
     genrec recommend CKPT --history 12,7,33 [-k 10]
     genrec rank CKPT --history 12,7,33 --feedback 1,0,1 --candidates 5,9,40
+    genrec scale SWEEP.yaml --out DIR [--only hstu,sasrec]
     genrec prepare CONFIG [key=value ...]
     genrec datasets
 
@@ -113,6 +114,18 @@ def cmd_rank(
     return {"history": items, "tasks": rec.task_names, "candidates": [{"item": c, **s} for c, s in zip(cands, scores)]}
 
 
+def cmd_scale(sweep: str, out: str, only: str | None) -> dict:
+    """Train a scaling grid (backbones x depth x width x data fraction) from a sweep file.
+
+    Writes OUT/results.csv (one row per point: backbone, layers, width, parameters, FLOPs, seconds,
+    valid/test metrics), OUT/fits.csv (power law per backbone, with R²) and OUT/*.png. Finished
+    points are never rerun; an interrupted point resumes from its last epoch. See configs/sweeps/.
+    """
+    from genrec.training.scaling import run_sweep
+
+    return run_sweep(sweep, out, [b.strip() for b in only.split(",")] if only else None)
+
+
 def cmd_prepare(config: str, overrides: list[str]) -> dict:
     """Read, filter and index a dataset into the canonical Parquet form; print where and its stats."""
     from genrec.config import load_config
@@ -172,6 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timestamps", help="comma-separated unix seconds, one per history item (models with a time bias)")
     sp.add_argument("--query-time", type=int, help="request time in unix seconds (default: the last history time)")
     sp.add_argument("--ignore-unknown", action="store_true", help="drop unknown history item ids instead of failing")
+
+    sp = add("scale", cmd_scale)
+    sp.add_argument("sweep", help="sweep YAML (e.g. configs/sweeps/ml-100k.yaml)")
+    sp.add_argument("--out", required=True, help="sweep folder (results.csv, fits.csv, plots, one run folder per point)")
+    sp.add_argument("--only", help="comma-separated backbone labels to run now (the tables use every finished point)")
 
     sp = add("prepare", cmd_prepare)
     sp.add_argument("config")

@@ -94,6 +94,9 @@ class TrainConfig:
     """Evaluate on validation every N epochs."""
     bucket_by_length: bool = False
     """Group users of similar history length into a batch, so less compute goes to padding."""
+    data_fraction: float = 1.0
+    """Train on this share of the training users (a fixed random subset drawn from ``seed``);
+    validation and test stay whole. For data-scaling sweeps. Retrieval training only."""
     pack: bool = False
     """Pack several users' windows into each row (block-diagonal causal attention, positions
     restarting per user), so no compute goes to padding. Same users and targets per step as the
@@ -120,6 +123,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if self.loss == "sampled_softmax" and self.num_negatives < 1:
             raise ConfigError(f"train.num_negatives={self.num_negatives} must be >= 1")
+        if not 0.0 < self.data_fraction <= 1.0:
+            raise ConfigError(f"train.data_fraction={self.data_fraction} must be in (0, 1]")
         if self.temperature <= 0:
             raise ConfigError(f"train.temperature={self.temperature} must be > 0")
         self.betas = tuple(self.betas)

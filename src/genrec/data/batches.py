@@ -129,11 +129,14 @@ class TrainBatches:
 
     def __init__(
         self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False,
-        include_valid: bool = False, holdout: int = 1, pack: bool = False,
+        include_valid: bool = False, holdout: int = 1, pack: bool = False, fraction: float = 1.0, seed: int = 0,
     ):
         ends = train_end(data, include_valid, holdout)
         starts = np.maximum(data.offsets[:-1], ends - (max_seq_len + 1))
         keep = ends - starts >= 2  # need one input and one target
+        if fraction < 1.0:  # a fixed subset of users, the same for every epoch and on resume
+            chosen = np.random.default_rng(seed).permutation(data.num_users)[: max(1, round(fraction * data.num_users))]
+            keep &= np.isin(np.arange(data.num_users), chosen)
         self.starts, self.ends = starts[keep], ends[keep]
         self.data, self.batch_size, self.bucket, self.pack = data, batch_size, bucket_by_length, pack
 

@@ -39,7 +39,8 @@ class RetrievalTask:
     def batches(self, include_valid: bool = False):
         t = self.cfg.train
         return TrainBatches(
-            self.data, self.cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout, t.pack
+            self.data, self.cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout, t.pack,
+            t.data_fraction, t.seed,
         )
 
     def loss(self, model, batch, epoch: int) -> tuple[torch.Tensor, dict]:
@@ -57,8 +58,8 @@ class FeedbackTask:
 
     def __init__(self, cfg, data: SequenceData):
         self.cfg, self.data, self.kind = cfg, data, cfg.task.kind
-        if cfg.train.pack:
-            raise ConfigError("train.pack applies to retrieval training; interleaved ranking/unified batches are padded")
+        if cfg.train.pack or cfg.train.data_fraction < 1.0:
+            raise ConfigError("train.pack and train.data_fraction apply to retrieval training only")
         self.labels, self.spec = make_labels(data, cfg.task)
         if not self.spec.binary and self.kind == "unified" and cfg.task.enhancer_on:
             raise ConfigError("the ranking-driven enhancer reads a binary task's probability; none is configured")

@@ -1,0 +1,89 @@
+"""Scaling sweeps: grid, resumability, CSV contract, power-law fit, plots, FLOPs estimate."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from genrec.cli import main
+from genrec.training.scaling import SweepConfig, count_parameters, power_law_fit, training_flops
+
+
+def test_power_law_fit_recovers_exact_law_and_r2():
+    x = np.array([1e3, 1e4, 1e5, 1e6])
+    fit = power_law_fit(x, 2.0 * x**0.25)
+    assert fit["a"] == pytest.approx(2.0) and fit["b"] == pytest.approx(0.25) and fit["r2"] == pytest.approx(1.0)
+    # hand-computed: log-log points (0, 0), (1, 1), (2, 0) -> slope 0, mean 1/3, R² = 0
+    noisy = power_law_fit(np.exp(np.array([0.0, 1.0, 2.0])), np.exp(np.array([0.0, 1.0, 0.0])))
+    assert noisy["b"] == pytest.approx(0.0, abs=1e-12) and noisy["r2"] == pytest.approx(0.0, abs=1e-12)
+    assert power_law_fit(np.array([5.0, 5.0]), np.array([1.0, 2.0])) is None
+
+
+@pytest.fixture
+def sweep_file(tmp_path, synthetic_csv):
+    base = {
+        "data": {"dataset": "custom", "source": str(synthetic_csv), "format": "csv", "cache_dir": str(tmp_path / "cache"),
+                 "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
+        "model": {"name": "hstu", "max_seq_len": 10, "num_heads": 2, "dropout": 0.1, "attention_dim": 3},
+        "train": {"epochs": 2, "batch_size": 16, "num_negatives": 8, "lr": 0.01},
+        "eval": {"ks": [1, 10]},
+    }
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    sweep = {"base": "base.yaml", "overrides": ["train.epochs=1"], "layers": [1, 2], "widths": [8, 16],
+             "backbones": {"hstu": {"name": "hstu"}, "sasrec-pre-ln": {"name": "sasrec", "residual": "pre_ln"}, "llama": {"name": "llama"}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def test_scale_writes_results_fits_plots_and_skips_finished_points(tmp_path, sweep_file, capsys):
+    out = tmp_path / "sweep"
+    assert main(["scale", str(sweep_file), "--out", str(out), "--only", "hstu,llama"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["points"] == 8 and first["ran"] == 8
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert {(r["backbone"], r["layers"], r["width"]) for r in rows} == {(b, l, w) for b in ("hstu", "llama") for l in "12" for w in ("8", "16")}
+    for r in rows:
+        assert int(r["params"]) > int(r["params_nonembedding"]) > 0 and float(r["flops"]) > 0 and float(r["seconds"]) > 0
+        assert 0 <= float(r["test_ndcg@10"]) <= 1 and "valid_ndcg@10" in r
+    wide, narrow = (next(r for r in rows if r["backbone"] == "hstu" and r["layers"] == "2" and r["width"] == w) for w in ("16", "8"))
+    assert int(wide["params_nonembedding"]) > int(narrow["params_nonembedding"])
+    assert (out / "ndcg_at_10_vs_params.png").stat().st_size > 1000 and (out / "ndcg_at_10_vs_flops.png").exists()
+    assert {f["group"] for f in first["fits"]} == {"hstu", "llama"}
+    stamp = (out / "points" / "hstu-L1-D8-f1" / "row.json").stat().st_mtime_ns
+    # second call: the finished points are reused, the remaining backbone runs
+    assert main(["scale", str(sweep_file), "--out", str(out)]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["points"] == 12 and (out / "points" / "hstu-L1-D8-f1" / "row.json").stat().st_mtime_ns == stamp
+
+
+def test_flops_estimate_by_hand(tmp_path, sweep_file):
+    from genrec.models import build_model
+
+    sweep, base_dir = SweepConfig.load(sweep_file)
+    from genrec.training.scaling import point_config
+
+    cfg = point_config(sweep, base_dir, {"backbone": "hstu", "layers": 1, "width": 8, "data_fraction": 1.0})
+    assert cfg.train.epochs == 1 and cfg.model.embedding_dim == 8 and cfg.model.num_heads == 2
+    cfg.model.num_items = 40
+    counts = count_parameters(build_model(cfg.model))
+    assert counts["params"] - counts["params_nonembedding"] == 41 * 8 + 10 * 8  # item table + positions
+
+    class Windows:  # two windows of 3 and 1 inputs
+        starts, ends = np.array([0, 10]), np.array([4, 12])
+
+    # tokens 4; c̄ = (3·4/2 + 1) / 4 = 1.75; per token 2·N + 4·1·8·1.75 + 2·8·9
+    per_token = 2 * counts["params_nonembedding"] + 4 * 8 * 1.75 + 2 * 8 * 9
+    assert training_flops(cfg, counts["params_nonembedding"], Windows, epochs=2) == pytest.approx(3 * per_token * 4 * 2)
+
+
+def test_sweep_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"base": "x.yaml", "layers": [1], "widths": [8], "backbones": {"a": {"residual": "pre_ln"}}}))
+    with pytest.raises(Exception, match="needs a model name"):
+        SweepConfig.load(bad)
+    bad.write_text(yaml.safe_dump({"base": "x.yaml", "layers": [1], "widths": [8], "backbones": {"a": {"name": "gpt"}}, "depth": 3}))
+    with pytest.raises(Exception, match="unknown sweep keys"):
+        SweepConfig.load(bad)
