@@ -113,7 +113,8 @@ class SequentialRecommender(nn.Module):
     def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [B, N, D] + learned absolute position (when the backbone has one) -> dropout.
         Rejects positions beyond ``max_seq_len``: callers truncate on purpose, never silently here."""
-        if positions.numel() and int(positions.max()) >= self.config.max_seq_len:
+        # (the check syncs on the max; under torch.compile the embedding lookup rejects bad positions)
+        if not torch.compiler.is_compiling() and positions.numel() and int(positions.max()) >= self.config.max_seq_len:
             raise ValueError(f"sequence length {int(positions.max()) + 1} exceeds model.max_seq_len={self.config.max_seq_len}")
         if self.absolute_positions:
             x = x + self.pos_embedding(positions)
