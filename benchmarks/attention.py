@@ -4,7 +4,8 @@ same width, forward + backward, causal, at lengths 50 ... 4096.
     python benchmarks/attention.py [--lengths 50 128 ... 4096] [--tokens 8192] [--dtypes fp32 bf16]
 
 Per length: batch = max(1, tokens // N) sequences of N tokens, 2 heads of 64 (width 128). HSTU
-runs with a relative position bias [1, N, N] as in the model (SDPA without one: its best case).
+runs with its learned relative position bias built inside the timed call exactly as the model
+does (``RelativeBias.causal_block``: rows built per block, Toeplitz gradient); SDPA without one (its best case).
 ``hstu`` is genrec's dispatcher (blocked causal kernel past 256 tokens); ``hstu dense`` is the
 pure-PyTorch reference that materialises the full N x N scores. Each cell: median of --reps
 timed runs after one warm-up, in ms. ``ratio`` = hstu / sdpa (< 1: HSTU is faster).
@@ -20,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from genrec.models.ops import hstu_attention, hstu_attention_reference
+from genrec.models.ops import RelativeBias, hstu_attention, hstu_attention_reference
 
 
 def _time(fn, reps: int) -> float:
@@ -37,12 +38,12 @@ def bench(N: int, tokens: int, dtype: torch.dtype, reps: int) -> dict:
     B, H, d = max(1, tokens // N), 2, 64
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, H, N, d, generator=g).to(dtype).requires_grad_() for _ in range(3))
-    offsets = torch.arange(N).unsqueeze(0) - torch.arange(N).unsqueeze(1) + N - 1
-    pos_w = (torch.randn(2 * N - 1, generator=g) * 0.02).to(dtype).requires_grad_()
+    rel = RelativeBias(N, position=True, time=False, num_buckets=128, divisor=0.301).to(dtype)
 
     def hstu(fn):
         def run():
-            out = fn(q, k, v, pos_w[offsets].unsqueeze(0), float(N))
+            bias = rel.causal_block if fn is hstu_attention else rel.causal_block(0, N)  # as HSTULayer passes it
+            out = fn(q, k, v, bias, float(N))
             out.sum().backward()
         return run
 

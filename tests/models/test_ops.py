@@ -50,7 +50,32 @@ def test_blocked_causal_hstu_attention_matches_reference_values_and_gradients():
         grads = torch.autograd.grad(out.square().sum(), (q, k, v, bias))
         for a, b in zip(grads, grads_ref):
             torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-        # the dispatcher takes the blocked path past block_size and agrees too
+        # the dispatcher takes the blocked path past block_size and agrees too, also with a bias callable
         torch.testing.assert_close(hstu_attention(q, k, v, bias, 50.0, block_size=block), ref, atol=1e-5, rtol=1e-5)
+        by_rows = lambda s, e: bias[:, s:e, :e]  # noqa: E731
+        torch.testing.assert_close(hstu_attention(q, k, v, by_rows, 50.0, block_size=block), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(hstu_attention(q, k, v, by_rows, 50.0, block_size=1000), ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(AssertionError):  # sanity: the comparison can fail
         torch.testing.assert_close(hstu_attention_causal_blocked(q, k, v, None, 50.0, 8), ref)
+
+
+def test_toeplitz_bias_matches_the_gather_in_values_and_gradient():
+    from genrec.models.ops import toeplitz_bias
+
+    L, N = 9, 6
+    w = torch.randn(2 * L - 1, dtype=torch.float64, requires_grad=True)
+    idx = torch.arange(N)
+    ref = w[idx.unsqueeze(0) - idx.unsqueeze(1) + L - 1]
+    out = toeplitz_bias(w, N, N, L)
+    torch.testing.assert_close(out, ref)
+    g = torch.randn(N, N, dtype=torch.float64)
+    (gw_ref,) = torch.autograd.grad((ref * g).sum(), w)
+    (gw,) = torch.autograd.grad((out * g).sum(), w)
+    torch.testing.assert_close(gw, gw_ref)
+    # by hand: the weight of offset j - i = 0 collects the diagonal, offset N - 1 the corner (0, N-1)
+    assert gw[L - 1].item() == torch.diagonal(g).sum().item() and gw[L - 1 + N - 1].item() == g[0, N - 1].item()
+    assert torch.autograd.gradcheck(lambda x: toeplitz_bias(x, N, N, L), (w,))
+    # a block of rows 2..4 over keys 0..4 is the same slice of the full matrix, gradient included
+    blk = toeplitz_bias(w, 3, 5, L, row0=2)
+    torch.testing.assert_close(blk, ref[2:5, :5])
+    assert torch.autograd.gradcheck(lambda x: toeplitz_bias(x, 3, 5, L, 2), (w,))

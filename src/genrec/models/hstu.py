@@ -20,6 +20,7 @@ depend on how a batch is padded; sequences are right-padded dense tensors rather
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +85,11 @@ class HSTULayer(nn.Module):
         v = v.view(B, N, H, dv).transpose(1, 2)  # [B H Nq dv]
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
-        bias = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)  # [B|1 Nq Nk] or None
-        mask = None if ctx.is_causal else ctx.mask
+        if ctx.is_causal:  # rows s..e-1 on demand: the blocked kernel never builds the N x N bias
+            bias = partial(self.rel_bias.causal_block, buckets=buckets)
+            mask = None
+        else:
+            bias, mask = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets), ctx.mask  # [B|1 Nq Nk] or None
         a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), mask, cfg.attn_dropout, self.training)
         a = a.transpose(1, 2).reshape(B, N, H * dv)
         y = u * F.layer_norm(a, (H * dv,), eps=1e-6)

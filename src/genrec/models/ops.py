@@ -80,14 +80,54 @@ class RelativeBias(nn.Module):
         """q_pos [B|1, Nq], k_pos [B|1, Nk] -> bias [B|1, Nq, Nk] with
         bias[i, j] = pos_w[k_pos[j] - q_pos[i]] + ts_w[buckets[i, j]], or None."""
         bias = None
+        L = self.max_seq_len
         if self.pos_w is not None:
-            L = self.max_seq_len
             offsets = (k_pos.unsqueeze(-2) - q_pos.unsqueeze(-1)).clamp(1 - L, L - 1) + L - 1  # [B|1 Nq Nk]
             bias = self.pos_w[offsets]
         if self.ts_w is not None and buckets is not None:
             tb = self.ts_w[buckets]  # [B N N]
             bias = tb if bias is None else bias + tb
         return bias
+
+    def causal_block(self, s: int, e: int, buckets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The bias of plain causal self-attention (positions 0..N-1, N <= max_seq_len) for query
+        rows s..e-1 and keys 0..e-1: [B|1, e - s, e], or None. The position part is Toeplitz
+        (:func:`toeplitz_bias`: fast gradient); buckets [B, N, N] as from :meth:`buckets`."""
+        bias = None
+        if self.pos_w is not None:
+            bias = toeplitz_bias(self.pos_w, e - s, e, self.max_seq_len, s).unsqueeze(0)
+        if self.ts_w is not None and buckets is not None:
+            tb = self.ts_w[buckets[:, s:e, :e]]
+            bias = tb if bias is None else bias + tb
+        return bias
+
+
+class _ToeplitzBias(torch.autograd.Function):
+    """out[i, j] = w[L - 1 + j - (i + row0)]; the backward sums the gradient along diagonals in a
+    few dense passes instead of a scatter-add over every entry (which dominates at long lengths)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, R: int, C: int, L: int, row0: int) -> torch.Tensor:
+        ctx.shape = (R, C, L, row0)
+        rows = torch.arange(row0, row0 + R, device=w.device)
+        return w[torch.arange(C, device=w.device).unsqueeze(0) - rows.unsqueeze(1) + L - 1]  # [R C]
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        R, C, L, row0 = ctx.shape
+        # row i of the column-flipped gradient, shifted right by i, puts j - i = C - 1 - c in column c
+        shifted = F.pad(g.flip(-1), (0, R)).flatten()[: R * (C + R - 1)].view(R, C + R - 1)
+        sums = shifted.sum(0).flip(0)  # [R + C - 1], index t + R - 1 for j - i = t
+        grad = g.new_zeros(2 * L - 1)
+        start = L - row0 - R  # w index of t = -(R - 1)
+        grad[start : start + R + C - 1] = sums
+        return grad, None, None, None, None
+
+
+def toeplitz_bias(w: torch.Tensor, rows: int, cols: int, L: int, row0: int = 0) -> torch.Tensor:
+    """w [2L-1] relative-position weights -> [rows, cols], entry (i, j) = w[L - 1 + j - (i + row0)]
+    (query positions row0.., key positions 0..; all offsets within ±(L - 1))."""
+    return _ToeplitzBias.apply(w, rows, cols, L, row0)
 
 
 def causal_mask(N: int, device: torch.device) -> torch.Tensor:
@@ -108,7 +148,9 @@ def hstu_attention(
 ) -> torch.Tensor:
     """Pointwise SiLU attention: A = SiLU(q k^T + bias) / norm, zero where masked; out = A v.
     No softmax and no 1/sqrt(d). q [B, H, Nq, dqk], k [B, H, Nk, dqk], v [B, H, Nk, dv],
-    bias and mask [B|1, Nq, Nk] (mask None = causal, Nq == Nk) -> [B, H, Nq, dv].
+    bias and mask [B|1, Nq, Nk] (mask None = causal, Nq == Nk) -> [B, H, Nq, dv]. In the causal
+    case ``bias`` may instead be a callable (s, e) -> [B|1, e - s, e], the bias of query rows s..e-1
+    over keys 0..e-1, so the blocked kernel never builds (or back-propagates through) the N x N bias.
     ``norm`` is a constant (the model's max length), so results do not depend on batch padding.
 
     Dispatcher: causal calls longer than ``block_size`` (and without attention dropout) take
@@ -116,6 +158,8 @@ def hstu_attention(
     :func:`hstu_attention_reference`. Tests compare the two."""
     if mask is None and q.size(2) > block_size and not (dropout > 0.0 and training):
         return hstu_attention_causal_blocked(q, k, v, bias, norm, block_size)
+    if callable(bias):
+        bias = bias(0, q.size(2))
     return hstu_attention_reference(q, k, v, bias, norm, mask, dropout, training)
 
 
@@ -145,21 +189,31 @@ def hstu_attention_reference(
 
 
 def hstu_attention_causal_blocked(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, norm: float, block_size: int = 256
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias, norm: float, block_size: int = 256
 ) -> torch.Tensor:
     """Causal :func:`hstu_attention` by query blocks: block [s, e) scores only keys [0, e), so the
-    upper triangle (half the work and memory at long lengths) is never computed. Because the
-    attention is pointwise (no softmax over the row), blocks need no running normaliser."""
+    upper triangle (half the work and memory at long lengths) is never computed. Keys [0, s) are
+    all visible to the block and need no mask; only the small diagonal tile [s, e) x [s, e) is
+    masked. Because the attention is pointwise (no softmax over the row), blocks need no running
+    normaliser, and 1/norm is folded into v once instead of scaling every score."""
     N = q.size(2)
+    v = v / norm
     outs = []
     for s in range(0, N, block_size):
         e = min(s + block_size, N)
-        scores = q[:, :, s:e] @ k[:, :, :e].transpose(-1, -2)  # [B H b e]
-        if bias is not None:
-            scores = scores + bias[:, s:e, :e].unsqueeze(1).to(scores.dtype)
-        keep = torch.ones(e - s, e, dtype=torch.bool, device=q.device).tril(s)  # key j <= query s + i
-        attn = (F.silu(scores) / norm).masked_fill(~keep, 0.0)
-        outs.append(attn @ v[:, :, :e])  # [B H b dv]
+        qb = q[:, :, s:e]  # [B H b d]
+        blk = bias(s, e) if callable(bias) else (None if bias is None else bias[:, s:e, :e])  # [B|1 b e]
+        diag = qb @ k[:, :, s:e].transpose(-1, -2)  # [B H b b]
+        if blk is not None:
+            diag = diag + blk[:, :, s:e].unsqueeze(1).to(diag.dtype)
+        keep = torch.ones(e - s, e - s, dtype=torch.bool, device=q.device).tril()
+        out = F.silu(diag).masked_fill(~keep, 0.0) @ v[:, :, s:e]  # [B H b dv]
+        if s > 0:
+            past = qb @ k[:, :, :s].transpose(-1, -2)  # [B H b s], all visible
+            if blk is not None:
+                past = past + blk[:, :, :s].unsqueeze(1).to(past.dtype)
+            out = out + F.silu(past) @ v[:, :, :s]
+        outs.append(out)
     return torch.cat(outs, dim=2)
 
 

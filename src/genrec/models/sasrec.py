@@ -94,7 +94,10 @@ class SASRecBlock(nn.Module):
         q, k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in (q, k, v))  # [B H Nq d]
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
-        bias = None if self.rel_bias is None else self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)  # [B|1 Nq Nk]
+        bias = None  # [B|1 Nq Nk]
+        if self.rel_bias is not None:
+            N_all = k.size(2)
+            bias = self.rel_bias.causal_block(0, N_all, buckets) if ctx.is_causal else self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)
         mask = None if ctx.is_causal else ctx.mask
         a = softmax_attention(q, k, v, mask, bias, self.cfg.dropout, self.training).transpose(1, 2).reshape(B, N, D)
         a = F.dropout(self.proj(a), p=self.cfg.dropout, training=self.training)
