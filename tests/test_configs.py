@@ -9,7 +9,8 @@ from genrec.errors import ConfigError
 from genrec.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(ROOT.rglob("*.yaml"))
+CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "sweeps")
+SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
@@ -19,6 +20,19 @@ def test_config_builds(path):
     cfg.model.num_items = 10
     model = build_model(cfg.model)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_sweep_points_build(path):
+    from genrec.training.scaling import SweepConfig, point_config
+
+    assert path.read_text().startswith(f"# genrec scale configs/sweeps/{path.name}")
+    sweep, base_dir = SweepConfig.load(path)
+    for p in sweep.points():
+        cfg = point_config(sweep, base_dir, p)
+        cfg.model.num_items = 10
+        assert cfg.model.num_layers == p["layers"] and cfg.model.embedding_dim == p["width"]
+        assert sum(t.numel() for t in build_model(cfg.model).parameters()) > 0
 
 
 def test_reference_presets():
