@@ -29,11 +29,17 @@ def _config(tmp_path, csv):
     return path
 
 
+RENDEZVOUS_ERRORS = ("EADDRINUSE", "Address already in use", "DistNetworkError", "RendezvousTimeoutError")
+
+
 def _torchrun(*argv):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genrec.cli", *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    for attempt in range(2):  # a port taken between torchrun's pick and its bind is the machine's, not genrec's
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        if proc.returncode == 0 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
+            break
+    assert proc.returncode == 0, f"torchrun {' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return proc
 
 
