@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -34,9 +33,9 @@ import torch
 from genrec.config import load_config
 from genrec.data.prepare import load_prepared, prepare
 from genrec.training.losses import retrieval_loss
-from genrec.training.scaling import count_parameters
+from genrec.training.scaling import count_parameters, step_flops
 from genrec.training.tasks import RetrievalTask
-from genrec.training.trainer import Trainer, autocast, compile_backbone, fit_model_config, train
+from genrec.training.trainer import autocast, compile_backbone, fit_model_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = {"padded": [], "bucketed": ["train.bucket_by_length=true"], "packed": ["train.pack=true"]}
@@ -92,10 +91,7 @@ def throughput(cfg, data, steps: int, warmup: int, compiled: bool) -> dict:
     timed = batches[warmup:]
     T = sum(b.num_targets for b in timed)
     K = sum(attended_pairs(b) for b in timed)
-    m, t = cfg.model, cfg.train
-    n_ne = count_parameters(model)["params_nonembedding"]
-    scored = m.num_items if t.loss == "full_softmax" else 1 + t.num_negatives
-    flops = 3 * (2 * n_ne * T + 4 * m.num_layers * m.embedding_dim * K + 2 * m.embedding_dim * scored * T)
+    flops = step_flops(cfg, count_parameters(model)["params_nonembedding"], T, K)
     return {"tokens_per_s": T / seconds, "flops_per_s": flops / seconds, "padding": pad}
 
 

@@ -106,6 +106,15 @@ class SequentialRecommender(nn.Module):
         raise NotImplementedError
 
     # ---- input --------------------------------------------------------------------------------
+    def time_buckets(self, ctx: Context, rel_bias) -> torch.Tensor | None:
+        """Time-bucket indices [B, Nq, Nk] for a relative time bias (computed once per call and
+        shared by every layer), or None when the model has no time bias."""
+        if not self.uses_timestamps:
+            return None
+        if ctx.q_time is None or ctx.k_time is None:
+            raise ValueError(f"this {self.config.name} has time_bias on: pass timestamps and query timestamps")
+        return rel_bias.buckets(ctx.k_time, ctx.q_time)
+
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
         """items [...] -> item embedding × √D [..., D] (the input scale of the HSTU reference)."""
         return self.item_embedding(items) * math.sqrt(self.config.embedding_dim)

@@ -28,6 +28,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
+from genrec.models.layers import run_blocks
 from genrec.models.ops import Context, RelativeBias, hstu_attention
 
 
@@ -112,13 +113,5 @@ class HSTU(SequentialRecommender):
 
     def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
-        buckets = None
-        if self.uses_timestamps:
-            if ctx.q_time is None or ctx.k_time is None:
-                raise ValueError("this HSTU has time_bias on: pass timestamps and query timestamps")
-            buckets = self.layers[0].rel_bias.buckets(ctx.k_time, ctx.q_time)  # same for every layer
-        new_cache: KVCache = []
-        for i, layer in enumerate(self.layers):
-            x, kv = layer(x, ctx, buckets, None if cache is None else cache[i])
-            new_cache.append(kv)
-        return x, new_cache
+        buckets = self.time_buckets(ctx, self.layers[0].rel_bias)
+        return run_blocks(self.layers, x, ctx, cache, buckets=buckets)

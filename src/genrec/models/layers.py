@@ -92,10 +92,11 @@ class PreNormBlock(nn.Module):
         return x + F.dropout(self.mlp(self.mlp_norm(x)), p=self.dropout, training=self.training), kv
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, ctx: Context, cache: list | None) -> tuple[torch.Tensor, list]:
-    """Apply blocks in order, each with its slice of the KV cache; return (x, new cache)."""
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, ctx: Context, cache: list | None, **extra) -> tuple[torch.Tensor, list]:
+    """Apply blocks in order, each with its slice of the KV cache (and ``extra`` keyword inputs,
+    e.g. the time buckets shared by every layer); return (x, new cache)."""
     new_cache = []
     for i, block in enumerate(blocks):
-        x, kv = block(x, ctx, None if cache is None else cache[i])
+        x, kv = block(x, ctx, past=None if cache is None else cache[i], **extra)
         new_cache.append(kv)
     return x, new_cache

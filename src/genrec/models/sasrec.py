@@ -33,6 +33,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
+from genrec.models.layers import run_blocks
 from genrec.models.ops import Context, RelativeBias, softmax_attention
 
 
@@ -96,8 +97,7 @@ class SASRecBlock(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
         bias = None  # [B|1 Nq Nk]
         if self.rel_bias is not None:
-            N_all = k.size(2)
-            bias = self.rel_bias.causal_block(0, N_all, buckets) if ctx.is_causal else self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)
+            bias = self.rel_bias.causal_block(0, k.size(2), buckets) if ctx.is_causal else self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)
         mask = None if ctx.is_causal else ctx.mask
         a = softmax_attention(q, k, v, mask, bias, self.cfg.dropout, self.training).transpose(1, 2).reshape(B, N, D)
         a = F.dropout(self.proj(a), p=self.cfg.dropout, training=self.training)
@@ -122,13 +122,6 @@ class SASRec(SequentialRecommender):
 
     def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
-        buckets = None
-        if self.uses_timestamps:
-            if ctx.q_time is None or ctx.k_time is None:
-                raise ValueError("this SASRec has time_bias on: pass timestamps and query timestamps")
-            buckets = self.blocks[0].rel_bias.buckets(ctx.k_time, ctx.q_time)  # same for every layer
-        new_cache: KVCache = []
-        for i, block in enumerate(self.blocks):
-            x, kv = block(x, ctx, buckets, None if cache is None else cache[i])
-            new_cache.append(kv)
+        buckets = self.time_buckets(ctx, self.blocks[0].rel_bias)
+        x, new_cache = run_blocks(self.blocks, x, ctx, cache, buckets=buckets)
         return self.final_norm(x), new_cache

@@ -114,16 +114,19 @@ def count_parameters(model) -> dict[str, int]:
     return {"params": total, "params_nonembedding": total - emb}
 
 
+def step_flops(cfg: ExperimentConfig, params_nonembedding: int, tokens: float, pairs: float) -> float:
+    """Model FLOPs of training on ``tokens`` targets whose sequences hold ``pairs`` attended
+    (query, key) pairs (Σ n(n+1)/2 = tokens · c̄): 3 × (2·N_ne·T + 4·L·D·pairs + 2·D·S·T)."""
+    t, m = cfg.train, cfg.model
+    scored = m.num_items if t.loss == "full_softmax" else (1 + t.num_negatives)
+    return 3.0 * (2 * params_nonembedding * tokens + 4 * m.num_layers * m.embedding_dim * pairs + 2 * m.embedding_dim * scored * tokens)
+
+
 def training_flops(cfg: ExperimentConfig, params_nonembedding: int, batches, epochs: int) -> float:
     """Estimated training FLOPs (module docstring) for ``epochs`` over ``batches``' windows."""
     n = (batches.ends - batches.starts - 1).astype(np.float64)  # inputs per window
-    tokens = float(n.sum())
-    keys = float((n * (n + 1) / 2).sum()) / max(tokens, 1.0)  # c̄: causal, a token sees itself and all before
-    t = cfg.train
-    scored = cfg.model.num_items if t.loss == "full_softmax" else (1 + t.num_negatives)
-    D, L = cfg.model.embedding_dim, cfg.model.num_layers
-    per_token = 2 * params_nonembedding + 4 * L * D * keys + 2 * D * scored
-    return 3.0 * per_token * tokens * epochs
+    pairs = float((n * (n + 1) / 2).sum())  # causal: a token sees itself and all before
+    return step_flops(cfg, params_nonembedding, float(n.sum()), pairs) * epochs
 
 
 def run_point(sweep: SweepConfig, base_dir: Path, p: dict, out: Path) -> dict:
@@ -138,9 +141,10 @@ def run_point(sweep: SweepConfig, base_dir: Path, p: dict, out: Path) -> dict:
     trainer = Trainer(cfg, folder)
     resume = (folder / "last" / "state.json").exists()
     result = trainer.fit(resume=resume) if not (folder / "metrics.json").exists() else json.loads((folder / "metrics.json").read_text())
+    counts = count_parameters(trainer.model)
     row = {
-        **p, "model": cfg.model.name, **count_parameters(trainer.model),
-        "flops": training_flops(cfg, count_parameters(trainer.model)["params_nonembedding"], trainer.batches, result["epochs_run"]),
+        **p, "model": cfg.model.name, **counts,
+        "flops": training_flops(cfg, counts["params_nonembedding"], trainer.batches, result["epochs_run"]),
         "seconds": result["train_seconds"], "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
         **{f"valid_{k}": v for k, v in result["valid"].items()}, **{f"test_{k}": v for k, v in result["test"].items()},
     }
