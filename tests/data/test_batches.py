@@ -88,3 +88,23 @@ def test_shard_rows_splits_each_batch_and_drops_a_too_small_tail():
     batches = [np.arange(5), np.arange(5, 9), np.array([9])]
     r0, r1 = list(shard_rows(batches, 0, 2)), list(shard_rows(batches, 1, 2))
     assert [b.tolist() for b in r0] == [[0, 2, 4], [5, 7]] and [b.tolist() for b in r1] == [[1, 3], [6, 8]]
+
+
+def test_data_fraction_keeps_a_fixed_subset_of_users():
+    data = _ragged()
+    full = TrainBatches(data, max_seq_len=5, batch_size=10)
+    half = TrainBatches(data, max_seq_len=5, batch_size=10, fraction=0.5, seed=3)
+    again = TrainBatches(data, max_seq_len=5, batch_size=10, fraction=0.5, seed=3)
+    assert half.num_users < full.num_users and set(half.starts) <= set(full.starts)
+    assert half.starts.tolist() == again.starts.tolist()  # same subset every time (resume, every epoch)
+
+
+def test_data_fraction_out_of_range_is_a_clear_error():
+    import pytest
+
+    from genrec.config import ExperimentConfig
+    from genrec.errors import ConfigError
+
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="train.data_fraction"):
+            ExperimentConfig.from_dict({"train": {"data_fraction": bad}})

@@ -162,3 +162,11 @@ def test_ranking_din_and_cascade_runs(tmp_path, synthetic_csv, capsys):
     assert c["test"]["auc"] == stage["test"]["auc"]
     # the cascade only reorders the top-K: HR@K equals the retrieval stage's
     assert c["test"]["hr@10"] == c["test_retrieval_stage_alone"]["hr@10"]
+
+
+@pytest.mark.parametrize("option", ["train.pack=true", "train.data_fraction=0.5"])
+def test_retrieval_only_options_are_refused_for_feedback_tasks(tmp_path, synthetic_csv, capsys, option):
+    path = tmp_path / "ranking.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, synthetic_csv, kind="ranking")))
+    assert main(["train", str(path), option, "--out", str(tmp_path / "run")]) == 2
+    assert "apply to retrieval training only" in capsys.readouterr().err
