@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +41,24 @@ def synthetic_csv(tmp_path: Path) -> Path:
     lines = ["user_id,item_id,ts,stars"] + [f"{u},{i},{t},{r}" for u, i, t, r in synthetic_log()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+RENDEZVOUS_ERRORS = ("EADDRINUSE", "Address already in use", "DistNetworkError", "RendezvousTimeoutError")
+
+
+@pytest.fixture
+def torchrun():
+    """run(nproc, *args): ``python -m torch.distributed.run --standalone --nproc_per_node nproc
+    *args`` on CPU, one thread per process; fails the test with both streams on error."""
+
+    def run(nproc: int, *argv: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *argv]
+        for _ in range(2):  # a port taken between torchrun's pick and its bind is the machine's, not genrec's
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+            if proc.returncode == 0 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
+                break
+        assert proc.returncode == 0, f"torchrun {' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        return proc
+
+    return run

@@ -112,8 +112,22 @@ class TrainConfig:
     number of epochs and test that model (reported as ``test_refit``; ``test`` is unchanged)."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu`` or ``cuda``."""
+    item_table: str = "local"
+    """``local``: every process holds the whole item table. ``rowwise``: under ``torchrun``, the
+    table's rows are split across the processes through TorchRec (optional install, README
+    "Sharded item tables"), for catalogues too large for one device. Retrieval training only."""
+    table_optimizer: str = "rowwise_adagrad"
+    """With ``item_table: rowwise``: FBGEMM's fused optimizer that updates the table inside the
+    backward pass, ``rowwise_adagrad`` or ``sgd`` (FBGEMM has no CPU Adam). The rest of the model
+    trains with AdamW."""
+    table_lr: float = 0.0
+    """Learning rate of the table optimizer (0 = ``lr``)."""
 
     def __post_init__(self) -> None:
+        _check_choice("train.item_table", self.item_table, ("local", "rowwise"))
+        _check_choice("train.table_optimizer", self.table_optimizer, ("rowwise_adagrad", "sgd"))
+        if self.table_lr < 0:
+            raise ConfigError(f"train.table_lr={self.table_lr} must be >= 0")
         _check_choice("train.loss", self.loss, ("sampled_softmax", "in_batch", "full_softmax"))
         _check_choice("train.negative_sharing", self.negative_sharing, ("position", "batch"))
         _check_choice("train.precision", self.precision, ("fp32", "bf16"))

@@ -2,9 +2,6 @@
 global batch, write the run folder from rank 0 only, and resume like a single process."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch.distributed as dist
@@ -29,31 +26,17 @@ def _config(tmp_path, csv):
     return path
 
 
-RENDEZVOUS_ERRORS = ("EADDRINUSE", "Address already in use", "DistNetworkError", "RendezvousTimeoutError")
-
-
-def _torchrun(*argv):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genrec.cli", *argv]
-    for attempt in range(2):  # a port taken between torchrun's pick and its bind is the machine's, not genrec's
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        if proc.returncode == 0 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
-            break
-    assert proc.returncode == 0, f"torchrun {' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc
-
-
 def _log(run):
     return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one_and_resume(tmp_path, synthetic_csv, capsys):
+def test_two_processes_match_one_and_resume(tmp_path, synthetic_csv, capsys, torchrun):
     cfg = _config(tmp_path, synthetic_csv)
     assert main(["train", str(cfg), "--out", str(tmp_path / "single")]) == 0
     capsys.readouterr()
     # interrupted after epoch 1, resumed to 2 epochs, both under torchrun
-    _torchrun("train", str(cfg), "train.epochs=1", "--out", str(tmp_path / "ddp"))
-    _torchrun("train", "train.epochs=2", "--out", str(tmp_path / "ddp"), "--resume")
+    torchrun(2, "-m", "genrec.cli", "train", str(cfg), "train.epochs=1", "--out", str(tmp_path / "ddp"))
+    torchrun(2, "-m", "genrec.cli", "train", "train.epochs=2", "--out", str(tmp_path / "ddp"), "--resume")
     single, ddp = _log(tmp_path / "single"), _log(tmp_path / "ddp")
     assert [r["epoch"] for r in ddp] == [1, 2]  # rank 0 alone logs: one line per epoch
     assert [r["loss"] for r in ddp] == pytest.approx([r["loss"] for r in single], rel=1e-4)

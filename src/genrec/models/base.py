@@ -156,8 +156,7 @@ class SequentialRecommender(nn.Module):
 
     def item_vectors(self, ids: torch.Tensor | None = None, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Output-side item vectors: for ``ids`` (any shape) -> [..., D], else rows start..end-1."""
-        table = self.item_embedding.weight
-        vecs = table[ids] if ids is not None else table[start:end]
+        vecs = self.item_embedding(ids) if ids is not None else self.item_embedding.weight[start:end]
         return self._normalize(vecs)
 
     def user_vectors(

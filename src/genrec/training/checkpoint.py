@@ -61,14 +61,24 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str))
 
 
-def fill_model(folder: Path, model: SequentialRecommender, item_ids: list[str], experiment: dict) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / "model.safetensors"))
+def fill_model(folder: Path, model: SequentialRecommender, item_ids: list[str], experiment: dict,
+               state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the model (``state``: its weights when they are not ``model.state_dict()``, e.g. a
+    sharded table gathered whole)."""
+    save_tensors(folder / "model.safetensors", model.state_dict() if state is None else state)
     _write_json(folder / "model.json", model.config.__dict__)
     if isinstance(model, GenerativeRecommender):
         _write_json(folder / "head.json", model.head_config.__dict__)
     _write_json(folder / "items.json", list(item_ids))
     _write_json(folder / "experiment.json", experiment)
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
 
 
 def fill_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:

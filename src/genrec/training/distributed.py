@@ -18,6 +18,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from genrec.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -34,12 +36,18 @@ class DistEnv:
         return self.world_size > 1
 
 
-def setup(device: torch.device) -> tuple[DistEnv, torch.device]:
-    """Join the process group torchrun describes in the environment (no-op for one process);
-    returns the rank layout and this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
+def setup(device: torch.device, need_group: bool = False) -> tuple[DistEnv, torch.device]:
+    """Join the process group torchrun describes in the environment (no-op for one process
+    unless ``need_group``: sharded tables need a group even on one rank); returns the rank
+    layout and this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not need_group:
         return DistEnv(), device
+    if "RANK" not in os.environ:
+        raise ConfigError(
+            "train.item_table=rowwise runs under torchrun, even on one process: "
+            "torchrun --nproc_per_node N -m genrec.cli train CONFIG ..."
+        )
     env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
@@ -60,14 +68,21 @@ class LossModule(nn.Module):
         return self.task.loss(self.model, batch, epoch)
 
 
-def wrap(model: nn.Module, task, env: DistEnv, device: torch.device) -> nn.Module:
-    """A module whose forward(batch, epoch) returns (loss, logs); DDP-wrapped across ranks."""
+def wrap(model: nn.Module, task, env: DistEnv, device: torch.device, table=None, train_cfg=None) -> nn.Module:
+    """A module whose forward(batch, epoch) returns (loss, logs); DDP-wrapped across ranks.
+    With ``table`` (a :class:`~genrec.training.sharded_table.ShardedItemTable` installed as the
+    model's ``item_embedding``), TorchRec shards it row-wise and wraps the rest data-parallel."""
     module = LossModule(model, task)
+    # retrieval uses every parameter each step; ranking-only steps leave the retrieval side idle
+    unused = getattr(task, "kind", "retrieval") != "retrieval"
+    if table is not None:
+        from genrec.training import sharded_table
+
+        lr = train_cfg.table_lr or train_cfg.lr
+        return sharded_table.shard(module, table, "model.item_embedding.ec", env.world_size, device, train_cfg.table_optimizer, lr, unused)
     if not env.enabled:
         return module
     ids = [device.index] if device.type == "cuda" else None
-    # retrieval uses every parameter each step; ranking-only steps leave the retrieval side idle
-    unused = getattr(task, "kind", "retrieval") != "retrieval"
     return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 
 

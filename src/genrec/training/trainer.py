@@ -36,6 +36,7 @@ from genrec.errors import ConfigError
 from genrec.data.prepare import SequenceData, load_prepared, prepare
 from genrec.training import checkpoint as ckpt
 from genrec.training import distributed
+from genrec.training.sharded_table import TABLE
 from genrec.training.tasks import build_task, select_score
 
 
@@ -68,7 +69,10 @@ class Trainer:
         self.cfg, self.out = cfg, Path(out_dir)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.dist, self.device = distributed.setup(resolve_device(cfg.train.device))
+        rowwise = cfg.train.item_table == "rowwise"
+        if rowwise and (cfg.task.kind != "retrieval" or cfg.train.refit):
+            raise ConfigError("train.item_table=rowwise is for retrieval training without train.refit")
+        self.dist, self.device = distributed.setup(resolve_device(cfg.train.device), need_group=rowwise)
         if self.dist.enabled and (cfg.train.refit or cfg.task.kind == "cascade"):
             raise ConfigError("train.refit and cascades run in one process; launch them without torchrun")
         self.data = data if data is not None else load_prepared(prepare(cfg.data))
@@ -76,32 +80,91 @@ class Trainer:
         self.task = build_task(cfg, self.data)
         torch.manual_seed(cfg.train.seed)
         self.model = self.task.build_model().to(self.device)
+        self.table = None  # the row-wise sharded item table (train.item_table=rowwise)
+        if rowwise:
+            from genrec.training import sharded_table
+
+            self.table = sharded_table.install(self.model)
         t = cfg.train
         if t.compile:
             compile_backbone(self.model)
-        self.step = distributed.wrap(self.model, self.task, self.dist, self.device)  # forward(batch, epoch) -> (loss, logs)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        # forward(batch, epoch) -> (loss, logs)
+        self.step = distributed.wrap(self.model, self.task, self.dist, self.device, self.table, t)
+        dense = [p for n, p in self.model.named_parameters() if self.table is None or not n.startswith("item_embedding.")]
+        self.optimizer = torch.optim.AdamW(dense, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self._table_state: dict[str, torch.Tensor] = {}  # rank 0: the gathered table + its optimizer state
         self.batches = self.task.batches(include_valid)
         self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
 
     # ---- checkpoints ------------------------------------------------------------------------
+    def _model_state(self) -> dict[str, torch.Tensor] | None:
+        """The state dict to save (None = the model's own); a sharded table is saved whole,
+        under the name an unsharded model uses, so every checkpoint has one format."""
+        if self.table is None:
+            return None
+        state = {k: v for k, v in self.model.state_dict().items() if not k.startswith("item_embedding.")}
+        state["item_embedding.weight"] = self._table_state[f"{TABLE}.weight"]
+        return state
+
     def _save(self, name: str, with_state: bool) -> None:
         if not self.dist.is_main:
             return
 
         def fill(folder: Path) -> None:
-            ckpt.fill_model(folder, self.model, list(self.data.item_ids), self.cfg.to_dict())
+            ckpt.fill_model(folder, self.model, list(self.data.item_ids), self.cfg.to_dict(), self._model_state())
             if with_state:
                 ckpt.fill_optimizer(folder, self.optimizer)
+                if self.table is not None:
+                    ckpt.save_tensors(folder / "table_optimizer.safetensors", {k: v for k, v in self._table_state.items() if k != f"{TABLE}.weight"})
                 (folder / "state.json").write_text(json.dumps(self.state))
 
         ckpt.write_atomic_dir(self.out / name, fill)
 
     def _resume(self) -> None:
         folder = ckpt.resolve(self.out / "last")
-        ckpt.load_weights(folder, self.model)
+        if self.table is None:
+            ckpt.load_weights(folder, self.model)
+        else:  # every rank reads the whole table and keeps its rows
+            tensors = ckpt.load_tensors(folder / "model.safetensors")
+            table = {f"{TABLE}.weight": tensors.pop("item_embedding.weight")}
+            table.update(ckpt.load_tensors(folder / "table_optimizer.safetensors"))
+            modules = self.model._modules
+            kept = dict(modules)
+            del modules["item_embedding"]  # the sharded table takes its rows below; the rest loads strictly
+            try:
+                self.model.load_state_dict(tensors)
+            finally:
+                modules.clear()
+                modules.update(kept)
+            self.table.load(table, self.step.fused_optimizer)
         ckpt.load_optimizer(folder, self.optimizer)
         self.state = json.loads((folder / "state.json").read_text())
+
+    @contextlib.contextmanager
+    def _assembled(self):
+        """Sharded table: gather it (and its optimizer state) on rank 0 for evaluation and
+        checkpoints, then go back to sharded lookups. A no-op otherwise. Every rank enters."""
+        if self.table is None:
+            yield
+            return
+        self._table_state = self.table.gather(self.dist.rank, self.step.fused_optimizer)
+        try:
+            yield
+        finally:
+            self.table.release()
+            self._table_state = {}
+
+    def _unshard(self) -> None:
+        """After training: rank 0 gets a plain item table again (for the final evaluation)."""
+        if self.table is None:
+            return
+        state = self.table.gather(self.dist.rank, self.step.fused_optimizer)
+        if self.dist.is_main:
+            plain = torch.nn.Embedding(self.table.num_embeddings, self.table.embedding_dim, padding_idx=0)
+            with torch.no_grad():
+                plain.weight.copy_(state[f"{TABLE}.weight"])
+            self.model.item_embedding = plain.to(self.device)
+        self.table = None
 
     # ---- loop -------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict:
@@ -161,17 +224,19 @@ class Trainer:
             record = self._train_epoch(epoch)
             self.state["epoch"] = epoch + 1
             self.state["train_seconds"] = self.state.get("train_seconds", 0.0) + record["seconds"]
-            if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
-                if main:
-                    self._validate(epoch, record)
-                self.state = distributed.broadcast(self.state, self.dist)  # ranks follow rank 0's early stopping
-            peak_rss = max(peak_rss, _peak_rss_mb())
-            record["peak_rss_mb"] = peak_rss
-            self._save("last", with_state=True)
+            with self._assembled():
+                if (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs:
+                    if main:
+                        self._validate(epoch, record)
+                    self.state = distributed.broadcast(self.state, self.dist)  # ranks follow rank 0's early stopping
+                peak_rss = max(peak_rss, _peak_rss_mb())
+                record["peak_rss_mb"] = peak_rss
+                self._save("last", with_state=True)
             if main:
                 with open(self.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 tqdm.write(_summary(record, metric), file=sys.stderr)
+        self._unshard()
         result = self.finish() if main else None
         return distributed.broadcast(result, self.dist)
 
@@ -301,5 +366,5 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, conf
     try:
         return trainer.fit(resume=resume)
     finally:
-        if trainer.dist.enabled and torch.distributed.is_initialized():
+        if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
