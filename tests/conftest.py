@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -62,3 +63,19 @@ def torchrun():
         return proc
 
     return run
+
+
+def tiny_run_config(tmp_path: Path, csv: Path, **train) -> Path:
+    """A small deterministic HSTU retrieval config over ``csv`` (full softmax, no dropout), written
+    to tmp_path; ``train`` overrides train.* keys. For multi-process runs that must match one process."""
+    cfg = {
+        "data": {"dataset": "custom", "source": str(csv), "format": "csv", "cache_dir": str(tmp_path / "cache"),
+                 "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
+        "model": {"name": "hstu", "max_seq_len": 10, "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0},
+        "train": {"epochs": 2, "batch_size": 16, "loss": "full_softmax", "lr": 0.01, "patience": 0, "num_threads": 1,
+                  "device": "cpu", **train},
+        "eval": {"ks": [1, 10]},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

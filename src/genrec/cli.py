@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,8 @@ def cmd_train(config: str | None, overrides: list[str], out: str | None, resume:
             raise GenrecError("train needs a CONFIG file")
         cfg = load_config(config, overrides)
         out = out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    print(f"run folder: {out}", file=sys.stderr)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 owns the run folder
+        print(f"run folder: {out}", file=sys.stderr)
     if cfg.task.kind == "cascade":  # stage configs are relative to the cascade config; save them absolute
         cfg.task.retrieval_config = str((config_dir / cfg.task.retrieval_config).resolve())
         cfg.task.ranking_config = str((config_dir / cfg.task.ranking_config).resolve())

@@ -5,25 +5,11 @@ import json
 
 import pytest
 import torch.distributed as dist
-import yaml
+from conftest import tiny_run_config
 
 from genrec.cli import main
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch.distributed with gloo is not available")
-
-
-def _config(tmp_path, csv):
-    cfg = {
-        "data": {"dataset": "custom", "source": str(csv), "format": "csv", "cache_dir": str(tmp_path / "cache"),
-                 "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
-        "model": {"name": "hstu", "max_seq_len": 10, "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0},
-        # full softmax + no dropout: the step is deterministic, so both layouts must agree closely
-        "train": {"epochs": 2, "batch_size": 16, "loss": "full_softmax", "lr": 0.01, "patience": 0, "num_threads": 1, "device": "cpu"},
-        "eval": {"ks": [1, 10]},
-    }
-    path = tmp_path / "ddp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def _log(run):
@@ -31,7 +17,7 @@ def _log(run):
 
 
 def test_two_processes_match_one_and_resume(tmp_path, synthetic_csv, capsys, torchrun):
-    cfg = _config(tmp_path, synthetic_csv)
+    cfg = tiny_run_config(tmp_path, synthetic_csv)  # full softmax, no dropout: deterministic steps
     assert main(["train", str(cfg), "--out", str(tmp_path / "single")]) == 0
     capsys.readouterr()
     # interrupted after epoch 1, resumed to 2 epochs, both under torchrun

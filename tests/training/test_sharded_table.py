@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 import yaml
+from conftest import tiny_run_config
 
 from genrec.cli import main
 from genrec.config import ExperimentConfig
@@ -22,19 +23,8 @@ needs_torchrec = pytest.mark.skipif(
 CHECK = Path(__file__).with_name("sharded_check.py")
 
 
-def _config(tmp_path, csv, **train):
-    cfg = {
-        "data": {"dataset": "custom", "source": str(csv), "format": "csv", "cache_dir": str(tmp_path / "cache"),
-                 "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
-        "model": {"name": "hstu", "max_seq_len": 10, "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0},
-        # full softmax + no dropout: deterministic steps, so 1 and 2 processes must agree closely
-        "train": {"epochs": 3, "batch_size": 16, "loss": "full_softmax", "lr": 0.01, "patience": 0, "num_threads": 1,
-                  "device": "cpu", "item_table": "rowwise", "table_lr": 0.05, **train},
-        "eval": {"ks": [1, 10]},
-    }
-    path = tmp_path / "rowwise.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+def _config(tmp_path, csv):
+    return tiny_run_config(tmp_path, csv, epochs=3, item_table="rowwise", table_lr=0.05)
 
 
 def _log(run):

@@ -26,6 +26,8 @@ class DistEnv:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    owns_group: bool = False
+    """Whether :func:`setup` created the process group (and :func:`teardown` should end it)."""
 
     @property
     def is_main(self) -> bool:
@@ -48,13 +50,19 @@ def setup(device: torch.device, need_group: bool = False) -> tuple[DistEnv, torc
             "train.item_table=rowwise runs under torchrun, even on one process: "
             "torchrun --nproc_per_node N -m genrec.cli train CONFIG ..."
         )
-    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    env = DistEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")), owns_group=not dist.is_initialized())
     if device.type == "cuda":
         device = torch.device("cuda", env.local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
+    if env.owns_group:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return env, device
+
+
+def teardown(env: DistEnv) -> None:
+    """End the process group if :func:`setup` started it (a caller's own group is left alone)."""
+    if env.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 class LossModule(nn.Module):

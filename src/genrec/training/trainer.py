@@ -366,5 +366,4 @@ def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, conf
     try:
         return trainer.fit(resume=resume)
     finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        distributed.teardown(trainer.dist)
