@@ -3,6 +3,7 @@ eager vs torch.compile, for HSTU and SASRec on real data; and the end-to-end che
 
     GENREC_SOURCE=../shared/data python benchmarks/train_speed.py --datasets beauty ml-100k
     GENREC_SOURCE=../shared/data python benchmarks/train_speed.py --quality ml-100k --set train.epochs=20
+    GENREC_SOURCE=../shared/data python benchmarks/train_speed.py --epoch-pairs beauty --rounds 3
 
 Throughput mode: per case, the first --warmup + --steps training steps of epoch 1 with the
 dataset's frozen config (configs/<dataset>/<model>.yaml, precision and layout overridden); the
@@ -16,6 +17,10 @@ The padding fraction is measured over a whole epoch of each layout.
 
 Quality mode: full training runs (best validation epoch, leave-one-out, full catalogue) of HSTU
 in the fp32 padded baseline and in bf16 packed, side by side: training seconds and test metrics.
+
+Epoch-pairs mode: whole training epochs (the trainer's own epoch loop, no evaluation) of the fp32
+padded baseline and of bf16 packed, alternating A, B, A, B, ... for --rounds rounds so that a
+drift in the shared machine's load hits both alike; prints every epoch and the ratio of medians.
 Run alone on an idle machine; compare within one run.
 """
 
@@ -128,6 +133,28 @@ def quality(dataset: str, extra: list[str]) -> None:
               f"| {r['valid']['ndcg@10']:.4f} | {r['test']['ndcg@10']:.4f} | {r['test']['hr@10']:.4f} |", flush=True)
 
 
+def epoch_pairs(dataset: str, rounds: int, extra: list[str]) -> None:
+    import statistics
+
+    from genrec.training.trainer import Trainer
+
+    layouts = (("fp32 padded", ["train.precision=fp32", "train.bucket_by_length=false"]),
+               ("bf16 packed", ["train.precision=bf16", "train.bucket_by_length=false", "train.pack=true"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = [Trainer(load_config(ROOT / "configs" / dataset / "hstu.yaml", [*extra, *sets]), Path(tmp) / label.replace(" ", "-"))
+                    for label, sets in layouts]
+        seconds: dict[str, list[float]] = {label: [] for label, _ in layouts}
+        print(f"| {dataset} HSTU | round | epoch seconds | tokens/s |\n|---|---|---|---|")
+        for r in range(rounds):
+            for (label, _), trainer in zip(layouts, trainers):
+                rec = trainer._train_epoch(r)
+                seconds[label].append(rec["seconds"])
+                print(f"| {label} | {r + 1} | {rec['seconds']:.2f} | {rec['tokens_per_s']:.0f} |", flush=True)
+    med = {label: statistics.median(v) for label, v in seconds.items()}
+    print(f"median epoch: " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items())
+          + f"; speed-up {med['fp32 padded'] / med['bf16 packed']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", nargs="+", default=["beauty", "ml-100k"])
@@ -135,10 +162,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quality", help="dataset for the end-to-end fp32-padded vs bf16-packed training comparison")
+    ap.add_argument("--epoch-pairs", help="dataset for alternating whole epochs, fp32 padded vs bf16 packed")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every case")
     args = ap.parse_args()
     if args.quality:
         quality(args.quality, args.set)
+    elif args.epoch_pairs:
+        epoch_pairs(args.epoch_pairs, args.rounds, args.set)
     else:
         throughput_table(args.datasets, args.models, args.steps, args.warmup, args.set)
 
