@@ -40,7 +40,7 @@ def require_torchrec():
     try:
         import torchrec  # noqa: F401
         from fbgemm_gpu.split_embedding_configs import EmbOptimType  # noqa: F401
-    except (ImportError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a broken binary install raises ImportError, OSError or RuntimeError
         raise ConfigError(
             f"train.item_table=rowwise needs TorchRec and an FBGEMM build matching torch {torch.__version__} "
             f"(README, 'Sharded item tables'); importing it failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
