@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -55,10 +56,15 @@ def torchrun():
     def run(nproc: int, *argv: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *argv]
-        for _ in range(2):  # a port taken between torchrun's pick and its bind is the machine's, not genrec's
+        for attempt in range(2):
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-            if proc.returncode == 0 or not any(e in proc.stderr for e in RENDEZVOUS_ERRORS):
+            # retried once: a port taken between torchrun's pick and its bind (the machine's fault,
+            # not genrec's), or any failure before the first epoch finished (a launch failure;
+            # nothing was trained, so a rerun is the same run). Shown as a warning either way.
+            launch = any(e in proc.stderr for e in RENDEZVOUS_ERRORS) or "epoch 1:" not in proc.stderr
+            if proc.returncode == 0 or attempt == 1 or not launch:
                 break
+            warnings.warn(f"torchrun {' '.join(argv)} failed to launch, retrying once:\n{proc.stderr[-3000:]}")
         assert proc.returncode == 0, f"torchrun {' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
         return proc
 
