@@ -30,6 +30,10 @@ from genrec.errors import ConfigError
 
 TABLE = "item_table"
 """The TorchRec table name (``items`` would clash with ModuleDict.items)."""
+WEIGHT = f"{TABLE}.weight"
+"""Key of the rows in what :meth:`ShardedItemTable.gather` returns (beside the optimizer state)."""
+MODEL_KEY = "item_embedding.weight"
+"""Where the whole table sits in a checkpoint: the unsharded model's name for it."""
 
 OPTIMIZERS = ("rowwise_adagrad", "sgd")
 """Fused table optimizers offered: FBGEMM's CPU kernels support these two (Adam is CUDA-only there)."""
@@ -70,7 +74,6 @@ class ShardedItemTable(nn.Module):
         from torchrec import EmbeddingCollection, EmbeddingConfig
 
         self.num_embeddings, self.embedding_dim = table.num_embeddings, table.embedding_dim
-        self.padding_idx = 0
         config = EmbeddingConfig(name=TABLE, embedding_dim=self.embedding_dim, num_embeddings=self.num_embeddings, feature_names=["item"])
         self.ec = EmbeddingCollection(tables=[config], device=torch.device("meta"))
         self.initial = table.weight.detach().cpu().clone()  # copied into the shards by shard(), then dropped
@@ -101,7 +104,7 @@ class ShardedItemTable(nn.Module):
 
     # ---- rows and optimizer state -----------------------------------------------------------
     def _weight_shards(self):
-        return {f"{TABLE}.weight": self.ec.state_dict()[f"embeddings.{TABLE}.weight"]}
+        return {WEIGHT: self.ec.state_dict()[f"embeddings.{TABLE}.weight"]}
 
     def _optimizer_shards(self, fused_optimizer) -> dict:
         """name -> ShardedTensor of the fused optimizer's per-row state (empty for SGD)."""
@@ -136,7 +139,7 @@ class ShardedItemTable(nn.Module):
         result = {name: self._gather(st, rank) for name, st in sorted(shards.items())}
         if rank != 0:
             return {}
-        self.full = result[f"{TABLE}.weight"].to(self.device)
+        self.full = result[WEIGHT].to(self.device)
         return result
 
     def release(self) -> None:
@@ -145,12 +148,49 @@ class ShardedItemTable(nn.Module):
 
     def load(self, tensors: dict[str, torch.Tensor], fused_optimizer=None) -> None:
         """Every rank: copy its rows of the table (and, when given, of the optimizer state)."""
-        self._scatter(self._weight_shards()[f"{TABLE}.weight"], tensors[f"{TABLE}.weight"])
+        self._scatter(self._weight_shards()[WEIGHT], tensors[WEIGHT])
         if fused_optimizer is not None:
             for name, st in self._optimizer_shards(fused_optimizer).items():
                 if name not in tensors:
                     raise ValueError(f"checkpoint has no table optimizer state {name!r} (was it written with another table_optimizer?)")
                 self._scatter(st, tensors[name])
+
+
+def checkpoint_state(model: nn.Module, gathered: dict[str, torch.Tensor]) -> tuple[dict, dict]:
+    """Rank 0, after :meth:`ShardedItemTable.gather`: (the model's weights with the whole table
+    under its unsharded name, the table optimizer's state), so every checkpoint has one format."""
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("item_embedding.")}
+    state[MODEL_KEY] = gathered[WEIGHT]
+    return state, {k: v for k, v in gathered.items() if k != WEIGHT}
+
+
+def restore(model: nn.Module, weights: dict[str, torch.Tensor], optimizer_state: dict[str, torch.Tensor], fused_optimizer) -> None:
+    """Every rank: load a checkpoint written from :func:`checkpoint_state`. The rest of the model
+    loads strictly; the table keeps this rank's rows (and optimizer state) of the whole table."""
+    weights = dict(weights)
+    table = model.item_embedding
+    modules = model._modules
+    kept = dict(modules)
+    del modules["item_embedding"]  # TorchRec's sharded module rejects a state dict without its ShardedTensor
+    try:
+        model.load_state_dict({k: v for k, v in weights.items() if k != MODEL_KEY})
+    finally:
+        modules.clear()
+        modules.update(kept)  # same order as before
+    table.load({WEIGHT: weights[MODEL_KEY], **optimizer_state}, fused_optimizer)
+
+
+def unshard(model: nn.Module, rank: int, fused_optimizer) -> None:
+    """Collective, after training: rank 0's model gets a plain ``nn.Embedding`` holding the whole
+    table again (for the final evaluation); the other ranks keep their shards."""
+    table = model.item_embedding
+    gathered = table.gather(rank, fused_optimizer)
+    table.release()
+    if rank == 0:
+        plain = nn.Embedding(table.num_embeddings, table.embedding_dim, padding_idx=0)
+        with torch.no_grad():
+            plain.weight.copy_(gathered[WEIGHT])
+        model.item_embedding = plain.to(table.device)
 
 
 def fused_params(optimizer: str, lr: float) -> dict:
@@ -198,6 +238,6 @@ def shard(root: nn.Module, table: ShardedItemTable, path: str, world_size: int, 
         data_parallel_wrapper=DefaultDataParallelWrapper(find_unused_parameters=find_unused_parameters),
     )
     table.device = device
-    table.load({f"{TABLE}.weight": table.initial})
+    table.load({WEIGHT: table.initial})
     table.initial = None
     return wrapped

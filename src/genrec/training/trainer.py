@@ -36,8 +36,12 @@ from genrec.errors import ConfigError
 from genrec.data.prepare import SequenceData, load_prepared, prepare
 from genrec.training import checkpoint as ckpt
 from genrec.training import distributed
-from genrec.training.sharded_table import TABLE
+from genrec.training import sharded_table
 from genrec.training.tasks import build_task, select_score
+
+
+TABLE_OPTIMIZER = "table_optimizer.safetensors"
+"""In ``last/`` of a run with a sharded item table: the table optimizer's per-row state."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,8 +86,6 @@ class Trainer:
         self.model = self.task.build_model().to(self.device)
         self.table = None  # the row-wise sharded item table (train.item_table=rowwise)
         if rowwise:
-            from genrec.training import sharded_table
-
             self.table = sharded_table.install(self.model)
         t = cfg.train
         if t.compile:
@@ -97,25 +99,19 @@ class Trainer:
         self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def _model_state(self) -> dict[str, torch.Tensor] | None:
-        """The state dict to save (None = the model's own); a sharded table is saved whole,
-        under the name an unsharded model uses, so every checkpoint has one format."""
-        if self.table is None:
-            return None
-        state = {k: v for k, v in self.model.state_dict().items() if not k.startswith("item_embedding.")}
-        state["item_embedding.weight"] = self._table_state[f"{TABLE}.weight"]
-        return state
-
     def _save(self, name: str, with_state: bool) -> None:
         if not self.dist.is_main:
             return
+        weights, table_optimizer = None, None
+        if self.table is not None:  # gathered on entering _assembled()
+            weights, table_optimizer = sharded_table.checkpoint_state(self.model, self._table_state)
 
         def fill(folder: Path) -> None:
-            ckpt.fill_model(folder, self.model, list(self.data.item_ids), self.cfg.to_dict(), self._model_state())
+            ckpt.fill_model(folder, self.model, list(self.data.item_ids), self.cfg.to_dict(), weights)
             if with_state:
                 ckpt.fill_optimizer(folder, self.optimizer)
-                if self.table is not None:
-                    ckpt.save_tensors(folder / "table_optimizer.safetensors", {k: v for k, v in self._table_state.items() if k != f"{TABLE}.weight"})
+                if table_optimizer is not None:
+                    ckpt.save_tensors(folder / TABLE_OPTIMIZER, table_optimizer)
                 (folder / "state.json").write_text(json.dumps(self.state))
 
         ckpt.write_atomic_dir(self.out / name, fill)
@@ -125,18 +121,8 @@ class Trainer:
         if self.table is None:
             ckpt.load_weights(folder, self.model)
         else:  # every rank reads the whole table and keeps its rows
-            tensors = ckpt.load_tensors(folder / "model.safetensors")
-            table = {f"{TABLE}.weight": tensors.pop("item_embedding.weight")}
-            table.update(ckpt.load_tensors(folder / "table_optimizer.safetensors"))
-            modules = self.model._modules
-            kept = dict(modules)
-            del modules["item_embedding"]  # the sharded table takes its rows below; the rest loads strictly
-            try:
-                self.model.load_state_dict(tensors)
-            finally:
-                modules.clear()
-                modules.update(kept)
-            self.table.load(table, self.step.fused_optimizer)
+            weights = ckpt.load_tensors(folder / "model.safetensors")
+            sharded_table.restore(self.model, weights, ckpt.load_tensors(folder / TABLE_OPTIMIZER), self.step.fused_optimizer)
         ckpt.load_optimizer(folder, self.optimizer)
         self.state = json.loads((folder / "state.json").read_text())
 
@@ -153,18 +139,6 @@ class Trainer:
         finally:
             self.table.release()
             self._table_state = {}
-
-    def _unshard(self) -> None:
-        """After training: rank 0 gets a plain item table again (for the final evaluation)."""
-        if self.table is None:
-            return
-        state = self.table.gather(self.dist.rank, self.step.fused_optimizer)
-        if self.dist.is_main:
-            plain = torch.nn.Embedding(self.table.num_embeddings, self.table.embedding_dim, padding_idx=0)
-            with torch.no_grad():
-                plain.weight.copy_(state[f"{TABLE}.weight"])
-            self.model.item_embedding = plain.to(self.device)
-        self.table = None
 
     # ---- loop -------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict:
@@ -236,7 +210,9 @@ class Trainer:
                 with open(self.out / "log.jsonl", "a") as f:
                     f.write(json.dumps(record) + "\n")
                 tqdm.write(_summary(record, metric), file=sys.stderr)
-        self._unshard()
+        if self.table is not None:
+            sharded_table.unshard(self.model, self.dist.rank, self.step.fused_optimizer)
+            self.table = None
         result = self.finish() if main else None
         return distributed.broadcast(result, self.dist)
 
