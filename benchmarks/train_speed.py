@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -40,7 +41,7 @@ from genrec.data.prepare import load_prepared, prepare
 from genrec.training.losses import retrieval_loss
 from genrec.training.scaling import count_parameters, step_flops
 from genrec.training.tasks import RetrievalTask
-from genrec.training.trainer import autocast, compile_backbone, fit_model_config, train
+from genrec.training.trainer import Trainer, autocast, compile_backbone, fit_model_config, train
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = {"padded": [], "bucketed": ["train.bucket_by_length=true"], "packed": ["train.pack=true"]}
@@ -134,10 +135,6 @@ def quality(dataset: str, extra: list[str]) -> None:
 
 
 def epoch_pairs(dataset: str, rounds: int, extra: list[str]) -> None:
-    import statistics
-
-    from genrec.training.trainer import Trainer
-
     layouts = (("fp32 padded", ["train.precision=fp32", "train.bucket_by_length=false"]),
                ("bf16 packed", ["train.precision=bf16", "train.bucket_by_length=false", "train.pack=true"]))
     with tempfile.TemporaryDirectory() as tmp:
@@ -151,7 +148,7 @@ def epoch_pairs(dataset: str, rounds: int, extra: list[str]) -> None:
                 seconds[label].append(rec["seconds"])
                 print(f"| {label} | {r + 1} | {rec['seconds']:.2f} | {rec['tokens_per_s']:.0f} |", flush=True)
     med = {label: statistics.median(v) for label, v in seconds.items()}
-    print(f"median epoch: " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items())
+    print("median epoch: " + ", ".join(f"{k} {v:.2f} s" for k, v in med.items())
           + f"; speed-up {med['fp32 padded'] / med['bf16 packed']:.2f}x")
 
 
