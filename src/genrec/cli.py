@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from genrec import jsonio
 from genrec.errors import GenrecError
 
 
@@ -65,7 +66,7 @@ def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
     """
     from genrec.config import ExperimentConfig, apply_overrides
     from genrec.data.prepare import load_prepared, prepare
-    from genrec.training.checkpoint import load_model
+    from genrec.checkpoint import load_model
     from genrec.training.tasks import build_task
 
     model, _, experiment = load_model(checkpoint)
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     except (GenrecError, FileNotFoundError, ValueError) as exc:
         print(f"genrec: error: {exc}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2))
+    print(jsonio.dumps(result, indent=2))
     return 0
 
 

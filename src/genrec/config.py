@@ -122,9 +122,14 @@ class TrainConfig:
     trains with AdamW."""
     table_lr: float = 0.0
     """Learning rate of the table optimizer (0 = ``lr``)."""
+    nonfinite_loss: str = "stop"
+    """What a NaN/inf training loss does: ``stop`` the run with a clear error (``last/`` keeps the
+    previous epoch), or ``skip`` the step (no update; counted as ``skipped_nonfinite_steps`` in
+    ``log.jsonl``)."""
 
     def __post_init__(self) -> None:
         _check_choice("train.item_table", self.item_table, ("local", "rowwise"))
+        _check_choice("train.nonfinite_loss", self.nonfinite_loss, ("stop", "skip"))
         _check_choice("train.table_optimizer", self.table_optimizer, ("rowwise_adagrad", "sgd"))
         if self.table_lr < 0:
             raise ConfigError(f"train.table_lr={self.table_lr} must be >= 0")

@@ -27,3 +27,11 @@ class UnknownItemError(GenrecError, KeyError):
 
 class ChecksumError(GenrecError):
     """A downloaded or supplied file does not match its published size or checksum."""
+
+
+class CheckpointError(GenrecError, FileNotFoundError):
+    """A checkpoint folder is missing, incomplete, corrupted (digest mismatch) or does not fit the model."""
+
+
+class TrainingDiverged(GenrecError):
+    """Training produced a non-finite loss (see ``train.nonfinite_loss``)."""

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from genrec.errors import UnknownItemError
-from genrec.training.checkpoint import load_model
+from genrec.errors import GenrecError, UnknownItemError
+from genrec.checkpoint import load_model
 
 
 class Recommender:
@@ -98,7 +98,9 @@ class Recommender:
             raise ValueError(f"this {self.model.config.name} model ranks only; it has no retrieval side")
         items, ts, qt, labels, idx = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
         with torch.no_grad():
-            return self.model.user_vectors(items, ts, qt, labels), idx
+            user = self.model.user_vectors(items, ts, qt, labels)
+        _check_finite(user, "query vector")
+        return user, idx
 
     def recommend(
         self,
@@ -156,6 +158,12 @@ class Recommender:
         items, ts, qt, labels, _ = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
         with torch.no_grad():
             out = self.model.rank(items, labels, self._candidates(candidates), ts, qt)[0].float()  # [C A]
+        _check_finite(out, "ranking outputs")
         head = getattr(self.model, "head_config", None) or self.model.config
         probs = torch.where(torch.tensor([k == "binary" for k in head.task_kinds]), torch.sigmoid(out), out)
         return [{name: round(float(v), 6) for name, v in zip(head.task_names, row)} for row in probs]
+
+
+def _check_finite(t: torch.Tensor, what: str) -> None:
+    if not bool(torch.isfinite(t).all()):
+        raise GenrecError(f"the model produced non-finite {what} (NaN/inf): its weights are corrupted or training diverged")

@@ -3,11 +3,17 @@
 Rank of a target = number of other, non-excluded items scoring at least as high (ties count
 against the model). A target that lies in the user's excluded set can never be ranked and counts
 as a miss; how many did is reported.
+
+Non-finite scores (NaN, ±inf: a corrupted checkpoint or a diverged model) rank last: such an item
+is never ahead of a finite target, and a target with a non-finite score ranks behind every other
+non-excluded item. How many scores and targets were non-finite is reported
+(``nonfinite_scores``, ``nonfinite_targets``), and a warning is printed when any were.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 
@@ -18,20 +24,42 @@ from genrec.models.base import SequentialRecommender, mask_items
 
 
 @torch.no_grad()
-def target_ranks(model: SequentialRecommender, batch: EvalBatch, item_chunk_size: int = 65536) -> torch.Tensor:
-    """[B] 0-based pessimistic rank of each target over the whole catalogue (inf if excluded)."""
+def target_ranks(
+    model: SequentialRecommender, batch: EvalBatch, item_chunk_size: int = 65536, nonfinite: dict | None = None
+) -> torch.Tensor:
+    """[B] 0-based pessimistic rank of each target over the whole catalogue (inf if excluded).
+    ``nonfinite``: a dict whose ``scores``/``targets`` counters are increased by the number of
+    non-finite item scores and target scores met (they rank last, see the module docstring)."""
     user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels).float()  # [B D]
     targets = batch.targets
     tgt = model.score_candidates(user, targets.unsqueeze(1)).float()  # [B 1]
+    bad_tgt = ~torch.isfinite(tgt)
+    tgt = tgt.masked_fill(bad_tgt, float("-inf"))  # a non-finite target: every other item is ahead
     ahead = torch.zeros(user.size(0), dtype=torch.long, device=user.device)
+    bad_scores = 0
     for start in range(1, model.config.num_items + 1, item_chunk_size):
         end = min(start + item_chunk_size, model.config.num_items + 1)
-        s = mask_items(model.score_items(user, start, end).float(), batch.exclude, start, end)  # [B C]
+        s = model.score_items(user, start, end).float()  # [B C]
+        bad = ~torch.isfinite(s)
+        bad_scores += int(bad.sum())
+        s = s.masked_fill(bad, float("-inf"))  # never ahead of a finite target
+        excluded = torch.isinf(mask_items(torch.zeros_like(s), batch.exclude, start, end))  # [B C]
         ids = torch.arange(start, end, device=user.device)
-        ahead += ((s >= tgt) & (ids.unsqueeze(0) != targets.unsqueeze(1))).sum(1)
+        ahead += ((s >= tgt) & ~excluded & (ids.unsqueeze(0) != targets.unsqueeze(1))).sum(1)
+    if nonfinite is not None:
+        nonfinite["scores"] = nonfinite.get("scores", 0) + bad_scores
+        nonfinite["targets"] = nonfinite.get("targets", 0) + int(bad_tgt.sum())
     ranks = ahead.double()
     ranks[(batch.exclude == targets.unsqueeze(1)).any(1)] = math.inf
     return ranks
+
+
+def warn_nonfinite(nonfinite: dict, split: str) -> None:
+    """Say on stderr that the model produced non-finite scores (they were ranked last)."""
+    if nonfinite.get("scores") or nonfinite.get("targets"):
+        print(f"genrec: warning: {split}: the model gave {nonfinite.get('scores', 0)} non-finite item scores and "
+              f"{nonfinite.get('targets', 0)} non-finite target scores (NaN/inf: corrupted or diverged weights?); "
+              "they were ranked last", file=sys.stderr)
 
 
 def split_desc(split: str, holdout: int) -> str:
@@ -53,6 +81,7 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
         "ranking": f"full catalogue ({data.num_items} items), not sampled",
         "excluded_from_ranking": excluded + "; a target inside that set counts as a miss",
         "ties": "pessimistic (equal scores rank ahead of the target)",
+        "nonfinite_scores": "NaN/inf scores rank last (counted in nonfinite_scores / nonfinite_targets)",
         "max_history": max_seq_len,
         "users": num_users,
         "time_bias_query_time": eval_cfg.query_time if data.timestamps is not None else "n/a (no timestamps)",
@@ -62,18 +91,20 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
 
 @torch.no_grad()
 def split_ranks(
-    model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu", labels=None
+    model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu", labels=None,
+    nonfinite: dict | None = None,
 ) -> torch.Tensor:
     """[users] rank of every evaluated user's ``split`` target (see :func:`target_ranks`).
     ``labels`` [T, A]: per-interaction feedback, for models that read it (interleaved sequences)."""
     was_training = model.training
     model.eval()
     all_ranks = []
+    nonfinite = {} if nonfinite is None else nonfinite
     for batch in eval_batches(
         data, split, model.max_history, eval_cfg.batch_size, eval_cfg.exclude_history, eval_cfg.query_time, eval_cfg.holdout, labels
     ):
         batch = EvalBatch(*(None if t is None else t.to(device) for t in vars(batch).values()))
-        all_ranks.append(target_ranks(model, batch, eval_cfg.item_chunk_size).cpu())
+        all_ranks.append(target_ranks(model, batch, eval_cfg.item_chunk_size, nonfinite).cpu())
     model.train(was_training)
     return torch.cat(all_ranks)
 
@@ -82,7 +113,11 @@ def evaluate(
     model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu", labels=None
 ) -> dict:
     """Metrics for ``split`` ("valid"/"test") with their protocol: {"metrics", "protocol"}."""
-    ranks = split_ranks(model, data, split, eval_cfg, device, labels)
+    nonfinite: dict = {}
+    ranks = split_ranks(model, data, split, eval_cfg, device, labels, nonfinite)
     metrics = metrics_from_ranks(ranks, eval_cfg.ks)
     metrics["targets_in_excluded_history"] = int(torch.isinf(ranks).sum())
+    metrics["nonfinite_scores"] = nonfinite.get("scores", 0)
+    metrics["nonfinite_targets"] = nonfinite.get("targets", 0)
+    warn_nonfinite(nonfinite, split)
     return {"metrics": metrics, "protocol": protocol(data, split, eval_cfg, model.max_history, len(ranks))}

@@ -197,7 +197,8 @@ class SequentialRecommender(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k items over the catalogue. exclude [B, E] item ids never returned (0 = none).
         Returns (scores [B, k'], item ids [B, k']) with k' = min(k, num_items), best first;
-        excluded items may fill the tail only when fewer than k items remain (score -inf)."""
+        excluded items may fill the tail only when fewer than k items remain (score -inf).
+        Non-finite scores (NaN/inf) count as -inf: they rank last."""
         B, num_items = user.size(0), self.config.num_items
         k = min(k, num_items)
         best_s = user.new_full((B, 0), float("-inf"))
@@ -205,6 +206,7 @@ class SequentialRecommender(nn.Module):
         for start in range(1, num_items + 1, chunk_size):
             end = min(start + chunk_size, num_items + 1)
             s = self.score_items(user, start, end).float()  # [B C]
+            s = s.masked_fill(~torch.isfinite(s), float("-inf"))  # non-finite scores rank last
             if exclude is not None:
                 s = mask_items(s, exclude, start, end)
             s_top, i_top = s.topk(min(k, end - start), dim=1)

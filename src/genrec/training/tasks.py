@@ -185,16 +185,18 @@ def ranking_metrics(users: torch.Tensor, outputs: torch.Tensor, labels: torch.Te
     per_task = {}
     for a, (name, kind) in enumerate(zip(spec.names, spec.kinds)):
         out, y = outputs[..., a], labels[..., a]
+        bad = ~torch.isfinite(out)
         if kind == "regression":
-            per_task[name] = {"mse": float((out - y).pow(2).mean())}
+            per_task[name] = {"mse": float((out - y).pow(2).mean()), "nonfinite_outputs": int(bad.sum())}
             continue
-        p = torch.sigmoid(out)
+        p = torch.sigmoid(out.masked_fill(bad, float("-inf")))  # non-finite outputs: probability 0, rank last
         g, skipped = gauc(users.flatten(), p.flatten(), y.flatten())
         nd, nd_skipped = list_ndcg(p, y, 10)
         per_task[name] = {
             "auc": auc(p, y), "gauc": g, "gauc_users_skipped_one_class": skipped, "logloss": logloss(p.flatten(), y.flatten()),
             "list_ndcg@10": nd, "list_ndcg_users_skipped_no_positive": nd_skipped,
             "positive_rate": float(y.mean()), "impressions": int(y.numel()),
+            "nonfinite_outputs": int(bad.sum()),
         }
     head = per_task[spec.names[spec.binary[0]]] if spec.binary else {}
     metrics = {k: head[k] for k in ("auc", "gauc", "logloss", "list_ndcg@10") if k in head}

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -32,9 +33,10 @@ import yaml
 from tqdm import tqdm
 
 from genrec.config import ExperimentConfig
-from genrec.errors import ConfigError
+from genrec import jsonio
+from genrec.errors import ConfigError, TrainingDiverged
 from genrec.data.prepare import SequenceData, load_prepared, prepare
-from genrec.training import checkpoint as ckpt
+from genrec import checkpoint as ckpt
 from genrec.training import distributed
 from genrec.training import sharded_table
 from genrec.training.tasks import build_task, select_score
@@ -112,7 +114,7 @@ class Trainer:
                 ckpt.fill_optimizer(folder, self.optimizer)
                 if table_optimizer is not None:
                     ckpt.save_tensors(folder / TABLE_OPTIMIZER, table_optimizer)
-                (folder / "state.json").write_text(json.dumps(self.state))
+                (folder / "state.json").write_text(jsonio.dumps(self.state))
 
         ckpt.write_atomic_dir(self.out / name, fill)
 
@@ -125,6 +127,8 @@ class Trainer:
             sharded_table.restore(self.model, weights, ckpt.load_tensors(folder / TABLE_OPTIMIZER), self.step.fused_optimizer)
         ckpt.load_optimizer(folder, self.optimizer)
         self.state = json.loads((folder / "state.json").read_text())
+        if self.state.get("best_score") is None:  # -inf (nothing validated yet) is written as null
+            self.state["best_score"] = float("-inf")
 
     @contextlib.contextmanager
     def _assembled(self):
@@ -146,7 +150,7 @@ class Trainer:
         env = self.dist
         torch.manual_seed(t.seed * 100_003 + epoch + 7919 * env.rank)  # dropout + negatives, reproducible on resume
         self.model.train()
-        total, steps, start = 0.0, 0, time.perf_counter()
+        total, steps, skipped, start = 0.0, 0, 0, time.perf_counter()
         step_logs: list[dict] = []
         batches = self.batches.epoch(t.seed, epoch, (env.rank, env.world_size))
         bar = tqdm(batches, total=len(self.batches), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True, disable=None if env.is_main else True)
@@ -161,6 +165,15 @@ class Trainer:
                 n = batch.num_targets
                 n_all, loss_sum = distributed.all_sum([n, value * n], env, self.device)
                 loss, value = loss * (n * env.world_size / n_all), loss_sum / n_all
+            if not math.isfinite(value):  # every rank sees the same global value, so all take the same branch
+                if t.nonfinite_loss == "stop":
+                    raise TrainingDiverged(
+                        f"epoch {epoch + 1}, step {steps + skipped + 1}: the training loss is {value}; the run stops "
+                        "(last/ holds the previous epoch). Lower train.lr, set train.grad_clip, or set "
+                        "train.nonfinite_loss=skip to skip such steps")
+                skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if t.grad_clip > 0:
@@ -170,13 +183,14 @@ class Trainer:
             bar.set_postfix(loss=f"{total / steps:.4f}")
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
+        if skipped:
+            record["skipped_nonfinite_steps"] = skipped
         for key in sorted({k for log in step_logs for k in log} - {"epoch", "step"}):
             vals = [log[key] for log in step_logs if key in log]
             record[key] = sum(vals) / len(vals) if key != "enhancer_seconds" else sum(vals)
         if step_logs and env.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            with open(self.out / "steps.jsonl", "a") as f:
-                f.writelines(json.dumps(log) + "\n" for log in step_logs)
+            jsonio.append_lines(self.out / "steps.jsonl", step_logs)
         return record
 
     def _evaluate(self, split: str) -> dict:
@@ -207,8 +221,7 @@ class Trainer:
                 record["peak_rss_mb"] = peak_rss
                 self._save("last", with_state=True)
             if main:
-                with open(self.out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                jsonio.append_lines(self.out / "log.jsonl", [record])
                 tqdm.write(_summary(record, metric), file=sys.stderr)
         if self.table is not None:
             sharded_table.unshard(self.model, self.dist.rank, self.step.fused_optimizer)
@@ -322,10 +335,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+write_json_atomic = jsonio.write_json
 
 
 def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, config_dir: str | Path = ".") -> dict:

@@ -7,10 +7,18 @@ A training-state folder adds ``optimizer.safetensors`` + ``optimizer.json`` and 
 
 Folders are written under a temporary name and swapped in with renames; if a crash lands between
 the two renames, :func:`resolve` finds the previous copy at ``<name>.old``.
+
+Integrity: ``digests.json`` records the SHA-256 of every ``*.safetensors`` file of the folder, and
+every read checks it, so a corrupted or truncated file gives one clear :class:`CheckpointError`
+line instead of silently wrong weights (a flipped byte in a float loads fine as safetensors).
+Checkpoints written before digests existed load without the check.
+
+Training and inference both import this module (it sits above ``models``, below ``training``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from genrec import jsonio
+from genrec.errors import CheckpointError
 from genrec.models import GenerativeRecommender, HeadConfig, SequentialRecommender, build_model, model_config_from_dict
 
 
@@ -33,6 +44,7 @@ def write_atomic_dir(dest: Path, fill: Callable[[Path], None]) -> None:
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     try:
         fill(tmp)
+        _write_json(tmp / DIGESTS, {f.name: file_digest(f) for f in sorted(tmp.glob("*.safetensors"))})
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
@@ -46,6 +58,18 @@ def write_atomic_dir(dest: Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+DIGESTS = "digests.json"
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def resolve(path: str | Path) -> Path:
     """The checkpoint folder at ``path``, or its ``.old`` twin left by an interrupted swap."""
     path = Path(path)
@@ -54,11 +78,11 @@ def resolve(path: str | Path) -> Path:
     old = path.with_name(path.name + ".old")
     if (old / "model.safetensors").exists():
         return old
-    raise FileNotFoundError(f"{path}: no checkpoint here (expected model.safetensors)")
+    raise CheckpointError(f"{path}: no checkpoint here (expected model.safetensors)")
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str))
+    path.write_text(jsonio.dumps(obj, indent=2))
 
 
 def fill_model(folder: Path, model: SequentialRecommender, item_ids: list[str], experiment: dict,
@@ -78,7 +102,28 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(path))
+    """Read a safetensors file, checked against its folder's ``digests.json`` when there is one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (incomplete checkpoint)")
+    digests = path.parent / DIGESTS
+    if digests.exists():
+        expected = json.loads(digests.read_text()).get(path.name)
+        if expected is not None and file_digest(path) != expected:
+            raise CheckpointError(f"{path}: SHA-256 does not match {DIGESTS} (the file is corrupted or truncated)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: missing (incomplete checkpoint)") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from exc
 
 
 def fill_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
@@ -95,9 +140,9 @@ def fill_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
 
 
 def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
-    meta = json.loads((folder / "optimizer.json").read_text())
+    meta = _read_json(folder / "optimizer.json")
     state: dict[int, dict[str, Any]] = {}
-    for name, val in list(load_file(str(folder / "optimizer.safetensors")).items()) + list(meta["scalars"].items()):
+    for name, val in list(load_tensors(folder / "optimizer.safetensors").items()) + list(meta["scalars"].items()):
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = val
     groups = meta["param_groups"]
@@ -110,17 +155,17 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[SequentialRecommender, list[str], dict]:
     """Load (model, raw item ids, experiment dict) from a checkpoint folder; the model is in eval mode."""
     folder = resolve(path)
-    model = build_model(model_config_from_dict(json.loads((folder / "model.json").read_text())))
+    model = build_model(model_config_from_dict(_read_json(folder / "model.json")))
     if (folder / "head.json").exists():
-        model = GenerativeRecommender(model, HeadConfig(**json.loads((folder / "head.json").read_text())))
-    missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+        model = GenerativeRecommender(model, HeadConfig(**_read_json(folder / "head.json")))
+    missing, unexpected = model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()
-    items = json.loads((folder / "items.json").read_text())
-    experiment = json.loads((folder / "experiment.json").read_text())
+    items = _read_json(folder / "items.json")
+    experiment = _read_json(folder / "experiment.json")
     return model, items, experiment
 
 
 def load_weights(folder: Path, model: nn.Module) -> None:
-    model.load_state_dict(load_file(str(resolve(folder) / "model.safetensors")))
+    model.load_state_dict(load_tensors(resolve(folder) / "model.safetensors"))
