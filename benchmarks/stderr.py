@@ -15,7 +15,7 @@ from genrec.config import ExperimentConfig
 from genrec.data.prepare import load_prepared, prepare
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import per_user
-from genrec.training.checkpoint import load_model
+from genrec.checkpoint import load_model
 
 
 def main() -> None:
