@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from genrec.config import load_config
-from genrec.training.trainer import Trainer, train, write_json_atomic
+from genrec import jsonio
+from genrec.experiments.run import add_refit as refit_into, make_trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,8 +41,8 @@ def add_refit(run_dir: Path) -> None:
     metrics = json.loads((run_dir / "metrics.json").read_text())
     if "test_refit" in metrics:
         return
-    trainer = Trainer(load_config(run_dir / "config.yaml"), run_dir)
-    write_json_atomic(run_dir / "metrics.json", trainer.add_refit(metrics))
+    trainer = make_trainer(load_config(run_dir / "config.yaml"), run_dir)
+    jsonio.write_json(run_dir / "metrics.json", refit_into(trainer, metrics))
 
 
 def row_stats(run_dir: Path) -> tuple[float, float]:

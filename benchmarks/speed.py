@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time
 from genrec.config import load_config
-from genrec.training.trainer import Trainer
+from genrec.experiments.run import make_trainer
 cfg = load_config(sys.argv[1], sys.argv[3:])
-tr = Trainer(cfg, sys.argv[2])
-secs = [tr._train_epoch(e)["seconds"] for e in range(3)]
+tr = make_trainer(cfg, sys.argv[2])
+secs = [tr.train_epoch(e)["seconds"] for e in range(3)]
 start = time.perf_counter()
-tr._evaluate("valid")
+tr.evaluate("valid")
 print(json.dumps({"epoch_s": sorted(secs[1:])[0], "tokens": tr.batches.num_tokens, "eval_s": time.perf_counter() - start,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """

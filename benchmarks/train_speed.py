@@ -38,10 +38,9 @@ import torch
 
 from genrec.config import load_config
 from genrec.data.prepare import load_prepared, prepare
-from genrec.training.losses import retrieval_loss
-from genrec.training.scaling import count_parameters, step_flops
-from genrec.training.tasks import RetrievalTask
-from genrec.training.trainer import Trainer, autocast, compile_backbone, fit_model_config, train
+from genrec.experiments.run import make_trainer, train
+from genrec.experiments.scaling.flops import count_parameters, step_flops
+from genrec.training.trainer import train_step
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYOUTS = {"padded": [], "bucketed": ["train.bucket_by_length=true"], "packed": ["train.pack=true"]}
@@ -74,25 +73,19 @@ def padding_fraction(batches) -> float:
 
 
 def throughput(cfg, data, steps: int, warmup: int, compiled: bool) -> dict:
-    fit_model_config(cfg, data)
-    task = RetrievalTask(cfg, data)
-    torch.manual_seed(0)
-    model = task.build_model().train()
-    if compiled:
-        compile_backbone(model)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
-    epoch_batches = task.batches()
+    """The trainer's own step (:func:`genrec.training.trainer.train_step`) on the first batches of epoch 1."""
+    cfg = copy.deepcopy(cfg)
+    cfg.train.compile, cfg.train.device = compiled, "cpu"
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = make_trainer(cfg, tmp, data)  # nothing is written before fit()
+    model = trainer.model.train()
+    epoch_batches = trainer.batches
     pad = padding_fraction(epoch_batches.epoch(cfg.train.seed, 0))
     batches = list(itertools.islice(epoch_batches.epoch(cfg.train.seed, 0), warmup + steps))
-    dev = torch.device("cpu")
     for i, b in enumerate(batches):
         if i == warmup:
             start = time.perf_counter()
-        with autocast(dev, cfg.train.precision):
-            loss = retrieval_loss(model, b, cfg.train)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(trainer.step_module, trainer.optimizer, b, 0, cfg.train, trainer.strategy, trainer.clip_parameters)
     seconds = time.perf_counter() - start
     timed = batches[warmup:]
     T = sum(b.num_targets for b in timed)
@@ -138,13 +131,13 @@ def epoch_pairs(dataset: str, rounds: int, extra: list[str]) -> None:
     layouts = (("fp32 padded", ["train.precision=fp32", "train.bucket_by_length=false"]),
                ("bf16 packed", ["train.precision=bf16", "train.bucket_by_length=false", "train.pack=true"]))
     with tempfile.TemporaryDirectory() as tmp:
-        trainers = [Trainer(load_config(ROOT / "configs" / dataset / "hstu.yaml", [*extra, *sets]), Path(tmp) / label.replace(" ", "-"))
+        trainers = [make_trainer(load_config(ROOT / "configs" / dataset / "hstu.yaml", [*extra, *sets]), Path(tmp) / label.replace(" ", "-"))
                     for label, sets in layouts]
         seconds: dict[str, list[float]] = {label: [] for label, _ in layouts}
         print(f"| {dataset} HSTU | round | epoch seconds | tokens/s |\n|---|---|---|---|")
         for r in range(rounds):
             for (label, _), trainer in zip(layouts, trainers):
-                rec = trainer._train_epoch(r)
+                rec = trainer.train_epoch(r)
                 seconds[label].append(rec["seconds"])
                 print(f"| {label} | {r + 1} | {rec['seconds']:.2f} | {rec['tokens_per_s']:.0f} |", flush=True)
     med = {label: statistics.median(v) for label, v in seconds.items()}

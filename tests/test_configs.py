@@ -24,7 +24,7 @@ def test_config_builds(path):
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
 def test_sweep_points_build(path):
-    from genrec.training.scaling import SweepConfig, point_config
+    from genrec.experiments.scaling import SweepConfig, point_config
 
     assert path.read_text().startswith(f"# genrec scale configs/sweeps/{path.name}")
     sweep, base_dir = SweepConfig.load(path)

@@ -34,7 +34,7 @@ from torch import nn
 
 from genrec import jsonio
 from genrec.errors import CheckpointError
-from genrec.models import GenerativeRecommender, HeadConfig, SequentialRecommender, build_model, model_config_from_dict
+from genrec.models import HeadConfig, InterleavedRanker, Model, build_model, model_config_from_dict, wrap_interleaved
 
 
 def write_atomic_dir(dest: Path, fill: Callable[[Path], None]) -> None:
@@ -85,13 +85,13 @@ def _write_json(path: Path, obj: Any) -> None:
     path.write_text(jsonio.dumps(obj, indent=2))
 
 
-def fill_model(folder: Path, model: SequentialRecommender, item_ids: list[str], experiment: dict,
+def fill_model(folder: Path, model: Model, item_ids: list[str], experiment: dict,
                state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the model (``state``: its weights when they are not ``model.state_dict()``, e.g. a
     sharded table gathered whole)."""
     save_tensors(folder / "model.safetensors", model.state_dict() if state is None else state)
     _write_json(folder / "model.json", model.config.__dict__)
-    if isinstance(model, GenerativeRecommender):
+    if isinstance(model, InterleavedRanker):
         _write_json(folder / "head.json", model.head_config.__dict__)
     _write_json(folder / "items.json", list(item_ids))
     _write_json(folder / "experiment.json", experiment)
@@ -152,18 +152,21 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[SequentialRecommender, list[str], dict]:
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, list[str], dict]:
     """Load (model, raw item ids, experiment dict) from a checkpoint folder; the model is in eval mode."""
     folder = resolve(path)
     model = build_model(model_config_from_dict(_read_json(folder / "model.json")))
+    experiment = _read_json(folder / "experiment.json")
     if (folder / "head.json").exists():
-        model = GenerativeRecommender(model, HeadConfig(**_read_json(folder / "head.json")))
+        head = _read_json(folder / "head.json")
+        if "retrieval" not in head:  # written before head.json said it: ranking-only runs never trained retrieval
+            head["retrieval"] = (experiment.get("task") or {}).get("kind") != "ranking"
+        model = wrap_interleaved(model, HeadConfig(**head))
     missing, unexpected = model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()
     items = _read_json(folder / "items.json")
-    experiment = _read_json(folder / "experiment.json")
     return model, items, experiment
 
 

@@ -31,11 +31,10 @@ def cmd_train(config: str | None, overrides: list[str], out: str | None, resume:
     With --resume, continues the run in --out from its last finished epoch (its saved config is used).
     """
     from genrec.config import load_config
-    from genrec.training.trainer import train
+    from genrec.experiments.run import train
 
     if config and "=" in config:  # argparse hands the first override to CONFIG when CONFIG is left out
         config, overrides = None, [config, *overrides]
-    config_dir = Path(config).parent if config else Path(".")
     if resume:
         if config:
             raise GenrecError("with --resume the run's saved config.yaml is used; give overrides only")
@@ -52,10 +51,7 @@ def cmd_train(config: str | None, overrides: list[str], out: str | None, resume:
         out = out or f"runs/{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 owns the run folder
         print(f"run folder: {out}", file=sys.stderr)
-    if cfg.task.kind == "cascade":  # stage configs are relative to the cascade config; save them absolute
-        cfg.task.retrieval_config = str((config_dir / cfg.task.retrieval_config).resolve())
-        cfg.task.ranking_config = str((config_dir / cfg.task.ranking_config).resolve())
-    return train(cfg, out, resume=resume, config_dir=config_dir)
+    return train(cfg, out, resume=resume)
 
 
 def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
@@ -64,19 +60,19 @@ def cmd_eval(checkpoint: str, overrides: list[str], split: str) -> dict:
     Overrides apply to the saved experiment's data and eval sections, e.g. data.source=PATH
     when the data has moved, or eval.exclude_history=none for another protocol.
     """
-    from genrec.config import ExperimentConfig, apply_overrides
-    from genrec.data.prepare import load_prepared, prepare
     from genrec.checkpoint import load_model
+    from genrec.config import experiment_from_dict
+    from genrec.data.prepare import load_prepared, prepare
     from genrec.training.tasks import build_task
 
     model, _, experiment = load_model(checkpoint)
     bad = [o for o in overrides if not o.startswith(("data.", "eval."))]
     if bad:
         raise GenrecError(f"eval takes data.* and eval.* overrides only, got {bad}")
-    cfg = ExperimentConfig.from_dict(apply_overrides(experiment, overrides))
+    cfg = experiment_from_dict(experiment, overrides)
     data = load_prepared(prepare(cfg.data))
-    if data.num_items != model.config.num_items:
-        raise GenrecError(f"{checkpoint}: model has {model.config.num_items} items, the prepared data {data.num_items}")
+    if data.num_items != model.num_items:
+        raise GenrecError(f"{checkpoint}: model has {model.num_items} items, the prepared data {data.num_items}")
     result = build_task(cfg, data).evaluate(model, split, "cpu")  # retrieval, ranking or both, as trained
     return {"split": split, "protocol": result["protocol"], split: result["metrics"]}
 
@@ -124,7 +120,7 @@ def cmd_scale(sweep: str, out: str, only: str | None) -> dict:
     valid/test metrics), OUT/fits.csv (power law per backbone, with R²) and OUT/*.png. Finished
     points are never rerun; an interrupted point resumes from its last epoch. See configs/sweeps/.
     """
-    from genrec.training.scaling import run_sweep
+    from genrec.experiments.scaling import run_sweep
 
     return run_sweep(sweep, out, [b.strip() for b in only.split(",")] if only else None)
 

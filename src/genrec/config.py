@@ -1,5 +1,8 @@
 """Typed experiment configuration: YAML files plus dotted ``key=value`` overrides.
 
+(Over 350 lines on purpose: the whole schema — every section and every field with its
+documentation and validation — lives in this one file, so a user reads every key in one place.)
+
 An experiment is ``data`` + ``model`` + ``train`` + ``eval``. The model section is resolved by
 its ``name`` to the model's own config dataclass (``HSTUConfig``, ``SASRecConfig``), registered in
 :mod:`genrec.models`. Every field is documented where it is declared and validated in
@@ -77,7 +80,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     """AdamW betas."""
     loss: str = "sampled_softmax"
-    """``sampled_softmax`` (uniform negatives), ``in_batch`` (other targets as negatives) or ``full_softmax``."""
+    """A registered retrieval loss (``genrec.training.losses.LOSSES``): ``sampled_softmax`` (uniform
+    negatives), ``in_batch`` (other targets as negatives) or ``full_softmax``."""
     num_negatives: int = 128
     """Uniform negatives per position (sampled_softmax)."""
     negative_sharing: str = "position"
@@ -133,7 +137,9 @@ class TrainConfig:
         _check_choice("train.table_optimizer", self.table_optimizer, ("rowwise_adagrad", "sgd"))
         if self.table_lr < 0:
             raise ConfigError(f"train.table_lr={self.table_lr} must be >= 0")
-        _check_choice("train.loss", self.loss, ("sampled_softmax", "in_batch", "full_softmax"))
+        from genrec.training.losses import LOSSES  # here: genrec.config loads before genrec.training
+
+        _check_choice("train.loss", self.loss, tuple(LOSSES))
         _check_choice("train.negative_sharing", self.negative_sharing, ("position", "batch"))
         _check_choice("train.precision", self.precision, ("fp32", "bf16"))
         _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
@@ -237,7 +243,8 @@ class TaskConfig:
     enhancer_task: str = ""
     """Binary task whose probability the enhancer reads ("" = the first binary task)."""
     retrieval_config: str = ""
-    """Cascade: the retrieval experiment config (path relative to this config's folder)."""
+    """Cascade: the retrieval experiment config (path relative to this config's folder; made
+    absolute when the config is loaded)."""
     ranking_config: str = ""
     """Cascade: the ranking experiment config (path relative to this config's folder)."""
     cascade_k: int = 100
@@ -273,6 +280,10 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+
+    def __post_init__(self) -> None:  # checks that span sections
+        if self.train.item_table == "rowwise" and (self.task.kind != "retrieval" or self.train.refit):
+            raise ConfigError("train.item_table=rowwise is for retrieval training (task.kind=retrieval) without train.refit")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -368,12 +379,28 @@ def _deep_copy(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment config, apply dotted overrides and validate it."""
+    """Read a YAML experiment config, apply dotted overrides and validate it: the one way an
+    experiment is loaded (``genrec train``, sweeps, cascade stages, ``--resume``). A cascade's
+    stage configs are resolved relative to this file, so the loaded config is self-contained."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)  # PyYAML's position of the error, when it knows it
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     raw.setdefault("name", path.stem if path.parent.name in ("", ".") else f"{path.parent.name}-{path.stem}")
+    cfg = experiment_from_dict(raw, overrides)
+    if cfg.task.kind == "cascade":
+        cfg.task.retrieval_config = str((path.parent / cfg.task.retrieval_config).resolve())
+        cfg.task.ranking_config = str((path.parent / cfg.task.ranking_config).resolve())
+    return cfg
+
+
+def experiment_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment from a raw dict (a checkpoint's ``experiment.json``) plus dotted overrides."""
     return ExperimentConfig.from_dict(apply_overrides(raw, overrides or []))

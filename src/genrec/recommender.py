@@ -1,62 +1,126 @@
 """Python API over a trained checkpoint: ``Recommender.load(path).recommend(history, k)`` (top-k
-over the catalogue) and ``.rank(history, candidates, feedback)`` (ranking-head scores).
+over the catalogue) and ``.rank(history, candidates, feedback)`` (ranking-head outputs).
 
-Histories are raw item ids (as in the source data), oldest first. Histories longer than the
-model's history limit keep their most recent items; items already in the history are not
-recommended unless ``exclude_history=False``. Models over interleaved sequences (ranking,
-unified) and DIN also read the feedback of each history item: one value per task per item.
+The layer a server calls: one :class:`Recommender` per checkpoint, shared by every request thread.
+What a checkpoint can answer is what its model declares (:mod:`genrec.models.contracts`):
+``recommend`` / ``score`` / ``user_vector`` / ``item_vectors`` need a
+:class:`~genrec.models.contracts.Retriever`, ``rank`` a :class:`~genrec.models.contracts.Ranker`;
+a unified checkpoint is both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
+from typing import NamedTuple
 
 import torch
 
-from genrec.errors import GenrecError, UnknownItemError
 from genrec.checkpoint import load_model
+from genrec.errors import GenrecError, UnknownItemError
+from genrec.models.contracts import Model, Ranker, Retriever
+
+
+class _Inputs(NamedTuple):
+    """One request's model inputs (built per call, never stored)."""
+
+    items: torch.Tensor  # [1, n] item idx of the newest n <= max_history known history items
+    timestamps: torch.Tensor | None  # [1, n] when the model has a time bias
+    query_time: torch.Tensor | None  # [1] the request time, when given
+    labels: torch.Tensor | None  # [1, n, A] feedback of those items, when the model reads it
+    known: list[int]  # item idx of the whole known history (excluded from top-k)
 
 
 class Recommender:
-    def __init__(self, model, item_ids: Sequence[str], experiment: dict | None = None):
+    """A trained model behind raw item ids: top-k, candidate scores, ranking outputs, vectors.
+
+    Holds only the model (put in eval mode once, here, and never toggled) and read-only maps:
+    ``item_ids`` (raw id of item idx 1..I), ``index`` (raw id -> idx) and ``experiment`` (the
+    training config). Nothing about a request is stored on the object, and every forward pass runs
+    under ``torch.inference_mode()``, so one instance is safe to share across threads (a server's
+    workers call it concurrently; do not train or edit the model while it serves).
+
+    Requests:
+
+    - histories are raw item ids (as in the source data, compared as strings), oldest first, with
+      one timestamp (unix seconds) per item when the model has a time bias, and one feedback value
+      per ranking task per item (a scalar, or a list for several tasks) when it reads feedback
+      (ranking, unified and DIN checkpoints); ``query_time`` is the request time (default: the last
+      history item's);
+    - histories longer than the model's limit (``model.max_seq_len`` interactions) keep their
+      newest items; ``recommend`` still excludes every known history item, not only those kept;
+    - unknown ids raise :class:`~genrec.errors.UnknownItemError` naming them, or are dropped (with
+      their timestamps and feedback) when ``ignore_unknown=True``; unknown candidates always raise;
+    - an empty history (or one with no known item left) raises ``ValueError``: a cold-start user
+      needs a fallback (e.g. popular items) outside the model;
+    - asking a ranking-only checkpoint (DIN, ``task.kind: ranking``) for retrieval, or a
+      retrieval-only one for ``rank``, raises :class:`~genrec.errors.GenrecError` saying which
+      method it does answer.
+    """
+
+    def __init__(self, model: Model, item_ids: Sequence[str], experiment: dict | None = None):
+        if not isinstance(model, Model):
+            raise TypeError(f"Recommender needs a genrec model (Retriever and/or Ranker), got {type(model).__name__}")
+        if len(item_ids) != model.num_items:
+            raise GenrecError(f"{len(item_ids)} item ids for a model over {model.num_items} items")
         self.model = model.eval()
-        self.item_ids = list(item_ids)
-        self.index = {raw: i + 1 for i, raw in enumerate(self.item_ids)}
-        self.experiment = experiment or {}
+        self.item_ids: tuple[str, ...] = tuple(str(i) for i in item_ids)
+        self.index = MappingProxyType({raw: i + 1 for i, raw in enumerate(self.item_ids)})
+        if len(self.index) != len(self.item_ids):
+            raise GenrecError("the item id list repeats an id: raw ids must be unique")
+        self.experiment = dict(experiment or {})
 
     @classmethod
-    def load(cls, path: str | Path, device: str = "cpu") -> "Recommender":
+    def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Recommender":
+        """Load a checkpoint folder, e.g. ``runs/<run>/best`` (or ``last``), onto ``device``
+        (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...).
+
+        Checked on the way in (:func:`genrec.checkpoint.load_model`): every ``*.safetensors`` file
+        against the SHA-256 in ``digests.json``, every JSON file parses, the weights match the model
+        that ``model.json`` (+ ``head.json``) describes key for key, and ``items.json`` holds one
+        unique raw id per catalogue item. Any failure is one :class:`~genrec.errors.CheckpointError`
+        or :class:`~genrec.errors.GenrecError` line; no pickle is ever loaded. A folder left
+        half-swapped by a crash is read from its ``.old`` copy.
+        """
         model, items, experiment = load_model(path, device)
         return cls(model, items, experiment)
 
+    # ---- what the checkpoint is ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
     def reads_feedback(self) -> bool:
-        return hasattr(self.model, "rank")
+        """Whether requests must give the feedback of each history item."""
+        return self.model.reads_feedback
 
     @property
     def task_names(self) -> list[str]:
-        head = getattr(self.model, "head_config", None) or self.model.config
-        return list(getattr(head, "task_names", ()))
+        """Ranking tasks (keys of :meth:`rank`'s dicts, feedback order); empty for retrieval-only."""
+        return list(self.model.task_names) if isinstance(self.model, Ranker) else []
 
-    def _feedback(self, feedback, kept: list[int]) -> torch.Tensor | None:
-        """Per-history-item feedback (scalars or per-task lists) -> [1, n, A] for the kept items."""
-        if not self.reads_feedback:
-            return None
-        A = len(self.task_names)
-        if feedback is None:
-            raise ValueError(f"this model reads feedback: give one value per history item for tasks {self.task_names}")
-        rows = [[float(v)] if not isinstance(v, (list, tuple)) else [float(x) for x in v] for v in feedback]
-        if len(rows) != self._history_len or any(len(r) != A for r in rows):
-            raise ValueError(f"feedback needs {self._history_len} entries (one per history item) of {A} value(s) each")
-        return torch.tensor([[rows[p] for p in kept]], dtype=torch.float32, device=self.device)
+    def _retriever(self) -> Retriever:
+        if not isinstance(self.model, Retriever):
+            raise GenrecError(
+                f"this checkpoint is a ranking-only model ({type(self.model).__name__}): it has no trained retrieval "
+                "side, so recommend/score/user_vector/item_vectors are not available; use rank(history, candidates, "
+                "feedback) on candidates from a retrieval model"
+            )
+        return self.model
 
+    def _ranker(self) -> Ranker:
+        if not isinstance(self.model, Ranker):
+            raise GenrecError(
+                f"this checkpoint is a retrieval-only model ({type(self.model).__name__}) with no ranking head; "
+                "use score() for candidate scores, or a ranking/unified checkpoint for rank()"
+            )
+        return self.model
+
+    # ---- request -> tensors (pure functions of their arguments) ----------------------------------
     def _encode_ids(self, history: Sequence, ignore_unknown: bool) -> tuple[list[int], list[int]]:
-        """Raw ids -> (idx list, positions kept); raises on unknown ids unless told to drop them."""
+        """Raw ids -> (item idx of the known ids, their positions in ``history``)."""
         if len(history) == 0:
             raise ValueError("the history is empty: give at least one item id")
         idx, kept, unknown = [], [], []
@@ -73,12 +137,22 @@ class Recommender:
             raise ValueError(f"none of the history's item ids is in the catalogue ({len(unknown)} unknown)")
         return idx, kept
 
-    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback):
-        """-> (items [1, n], timestamps, query time, labels, item idx of the whole known history)."""
-        self._history_len = len(history)
+    def _labels(self, feedback: Sequence | None, history_len: int, kept: list[int]) -> torch.Tensor | None:
+        """Per-history-item feedback (scalars or per-task lists) -> [1, n, A] for the kept items."""
+        if not self.reads_feedback:
+            return None
+        names = self.task_names
+        if feedback is None:
+            raise ValueError(f"this model reads feedback: give one value per history item for tasks {names}")
+        rows = [[float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)] for v in feedback]
+        if len(rows) != history_len or any(len(r) != len(names) for r in rows):
+            raise ValueError(f"feedback needs {history_len} entries (one per history item) of {len(names)} value(s) each")
+        return torch.tensor([[rows[p] for p in kept]], dtype=torch.float32, device=self.device)
+
+    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback) -> _Inputs:
         idx, kept = self._encode_ids(history, ignore_unknown)
         L = self.model.max_history
-        labels = self._feedback(feedback, kept)
+        labels = self._labels(feedback, len(history), kept)
         labels = None if labels is None else labels[:, -L:]
         ts = None
         if self.model.uses_timestamps:
@@ -87,20 +161,35 @@ class Recommender:
             ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=self.device)
         items = torch.tensor([idx[-L:]], device=self.device)
         qt = None if query_time is None else torch.tensor([int(query_time)], device=self.device)
-        return items, ts, qt, labels, idx
+        return _Inputs(items, ts, qt, labels, idx)
 
+    def _candidates(self, candidates: Sequence) -> torch.Tensor:
+        """Raw candidate ids -> [1, C] item idx; unknown candidates always raise."""
+        if len(candidates) == 0:
+            raise ValueError("no candidates given")
+        cand_idx = [self.index.get(str(c)) for c in candidates]
+        unknown = [str(c) for c, i in zip(candidates, cand_idx) if i is None]
+        if unknown:
+            raise UnknownItemError(unknown)
+        return torch.tensor([cand_idx], device=self.device)
+
+    def _query(self, model: Retriever, x: _Inputs) -> torch.Tensor:
+        """[1, D] next-item query vector of one request."""
+        with torch.inference_mode():
+            user = model.user_vectors(x.items, x.timestamps, x.query_time, x.labels)
+        _check_finite(user, "query vector")
+        return user
+
+    # ---- retrieval --------------------------------------------------------------------------------
     def user_vector(
         self, history: Sequence, timestamps: Sequence[int] | None = None, query_time: int | None = None,
         ignore_unknown: bool = False, feedback: Sequence | None = None,
     ) -> tuple[torch.Tensor, list[int]]:
-        """-> ([1, D] query vector, item idx of the whole known history)."""
-        if not hasattr(self.model, "user_vectors"):
-            raise ValueError(f"this {self.model.config.name} model ranks only; it has no retrieval side")
-        items, ts, qt, labels, idx = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
-        with torch.no_grad():
-            user = self.model.user_vectors(items, ts, qt, labels)
-        _check_finite(user, "query vector")
-        return user, idx
+        """-> ([1, D] query vector, item idx of the whole known history). The vector is scored by
+        dot product against :meth:`item_vectors` (an inference tensor: no autograd)."""
+        model = self._retriever()
+        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
+        return self._query(model, x), x.known
 
     def recommend(
         self,
@@ -112,12 +201,16 @@ class Recommender:
         ignore_unknown: bool = False,
         feedback: Sequence | None = None,
     ) -> list[tuple[str, float]]:
-        """Top-k (raw item id, score) over the whole catalogue, best first."""
+        """Top-k (raw item id, score) over the whole catalogue, best first. Fewer than k when the
+        catalogue minus the excluded history is smaller."""
+        model = self._retriever()
         if k < 1:
             raise ValueError(f"k={k} must be >= 1")
-        user, idx = self.user_vector(history, timestamps, query_time, ignore_unknown, feedback)
-        exclude = torch.tensor([idx], device=self.device) if exclude_history else None
-        scores, ids = self.model.topk(user, k, exclude)
+        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
+        user = self._query(model, x)
+        exclude = torch.tensor([x.known], device=self.device) if exclude_history else None
+        with torch.inference_mode():
+            scores, ids = model.topk(user, k, exclude)  # [1 k'] each
         return [(self.item_ids[i - 1], s) for s, i in zip(scores[0].tolist(), ids[0].tolist()) if s != float("-inf")]
 
     def score(
@@ -127,21 +220,23 @@ class Recommender:
         timestamps: Sequence[int] | None = None,
         query_time: int | None = None,
         ignore_unknown: bool = False,
+        feedback: Sequence | None = None,
     ) -> list[float]:
         """Retrieval scores (similarity to the next-item query) of the given candidates, in order."""
-        user, _ = self.user_vector(history, timestamps, query_time, ignore_unknown)
-        with torch.no_grad():
-            return self.model.score_candidates(user, self._candidates(candidates))[0].tolist()
+        model = self._retriever()
+        user = self._query(model, self._inputs(history, timestamps, query_time, ignore_unknown, feedback))
+        cands = self._candidates(candidates)
+        with torch.inference_mode():
+            return model.score_candidates(user, cands)[0].tolist()
 
-    def _candidates(self, candidates: Sequence) -> torch.Tensor:
-        if len(candidates) == 0:
-            raise ValueError("no candidates given")
-        cand_idx = [self.index.get(str(c)) for c in candidates]
-        unknown = [str(c) for c, i in zip(candidates, cand_idx) if i is None]
-        if unknown:
-            raise UnknownItemError(unknown)
-        return torch.tensor([cand_idx], device=self.device)
+    def item_vectors(self) -> torch.Tensor:
+        """[num_items, D] output-side item vectors; row r is item ``item_ids[r]`` (idx r + 1). What
+        an ANN index is built from: a query vector's score for an item is their dot product."""
+        model = self._retriever()
+        with torch.inference_mode():
+            return model.item_vectors(start=1, end=model.num_items + 1)
 
+    # ---- ranking ----------------------------------------------------------------------------------
     def rank(
         self,
         history: Sequence,
@@ -153,15 +248,15 @@ class Recommender:
     ) -> list[dict[str, float]]:
         """Ranking-head outputs per candidate (raw ids), in the order given: {task: probability
         for binary tasks, predicted value for regression tasks}. All candidates in one M-FALCON pass."""
-        if not self.reads_feedback:
-            raise ValueError("this checkpoint is a retrieval model with no ranking head; use score() or a ranking/unified checkpoint")
-        items, ts, qt, labels, _ = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
-        with torch.no_grad():
-            out = self.model.rank(items, labels, self._candidates(candidates), ts, qt)[0].float()  # [C A]
+        model = self._ranker()
+        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
+        cands = self._candidates(candidates)
+        with torch.inference_mode():
+            out = model.rank(x.items, x.labels, cands, x.timestamps, x.query_time)[0].float().cpu()  # [C A]
         _check_finite(out, "ranking outputs")
-        head = getattr(self.model, "head_config", None) or self.model.config
-        probs = torch.where(torch.tensor([k == "binary" for k in head.task_kinds]), torch.sigmoid(out), out)
-        return [{name: round(float(v), 6) for name, v in zip(head.task_names, row)} for row in probs]
+        binary = torch.tensor([kind == "binary" for kind in model.task_kinds])  # [A]
+        probs = torch.where(binary, torch.sigmoid(out), out)
+        return [{name: round(float(v), 6) for name, v in zip(model.task_names, row)} for row in probs]
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:

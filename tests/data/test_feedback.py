@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from genrec.config import TaskConfig
-from genrec.data.feedback import FeedbackBatches, impression_batches, make_labels
+from genrec.data.batches import TrainBatches, eval_batches
+from genrec.data.feedback import make_labels
 from genrec.data.prepare import SequenceData, build_sequences, load_prepared, prepare
 from genrec.errors import ConfigError, DataFormatError
 from genrec.config import DataConfig
@@ -56,7 +57,7 @@ def test_action_columns_binary_and_regression():
 def test_windows_stop_before_the_held_out_blocks_and_keep_negative_only_users():
     d = _data([1.0] * 4 + [5.0] * 6)  # user a: only negatives
     labels, _ = make_labels(d, TaskConfig(kind="ranking"))
-    fb = FeedbackBatches(d, labels, window=10, batch_size=8, holdout=2)
+    fb = TrainBatches(d, max_seq_len=10, batch_size=8, holdout=2, labels=labels)
     # holdout 2: a (4 items) is too short to evaluate (needs 5) and trains on all 4; b trains on 6 - 4 = 2
     (batch,) = list(fb.epoch(seed=0, epoch=0))
     rows = sorted(batch.items.tolist(), key=lambda r: r[0])
@@ -67,8 +68,8 @@ def test_windows_stop_before_the_held_out_blocks_and_keep_negative_only_users():
 def test_impression_blocks_hold_the_last_k_and_history_before_them():
     d = _data([5, 4, 3, 2, 1, 5, 4, 3, 2, 1], lengths=(4, 6))
     labels, _ = make_labels(d, TaskConfig(kind="ranking"))
-    (test,) = list(impression_batches(d, labels, "test", max_history=3, batch_size=8, holdout=2))
-    (valid,) = list(impression_batches(d, labels, "valid", max_history=3, batch_size=8, holdout=2))
+    (test,) = list(eval_batches(d, "test", max_seq_len=3, batch_size=8, holdout=2, labels=labels))
+    (valid,) = list(eval_batches(d, "valid", max_seq_len=3, batch_size=8, holdout=2, labels=labels))
     # only user b (6 items: 5..10) has >= 5; test = items 9, 10; valid = 7, 8; histories truncated to 3
     assert test.users.tolist() == [1] and test.candidates.tolist() == [[9, 10]] and test.items.tolist() == [[6, 7, 8]]
     assert valid.candidates.tolist() == [[7, 8]] and valid.items.tolist() == [[5, 6]]

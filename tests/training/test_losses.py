@@ -5,9 +5,10 @@ import torch
 import torch.nn.functional as F
 
 from genrec.config import TrainConfig
+from genrec.errors import ConfigError
 from genrec.data.batches import TrainBatch
 from genrec.models import HSTUConfig, build_model
-from genrec.training.losses import full_softmax_loss, in_batch_loss, retrieval_loss, sampled_softmax_loss
+from genrec.training.losses import LOSSES, RetrievalLoss, full_softmax_loss, in_batch_loss, retrieval_loss, sampled_softmax_loss
 
 
 def _setup():
@@ -65,3 +66,21 @@ def test_retrieval_loss_ignores_padding_positions(loss):
     torch.manual_seed(0)
     l2 = retrieval_loss(model, b2, cfg)
     torch.testing.assert_close(l1, l2)
+
+
+def test_a_new_loss_is_one_function_and_one_registry_line():
+    model, _, _ = _setup()
+    batch = TrainBatch(torch.tensor([[1, 2, 0]]), torch.tensor([[2, 3, 0]]), None, None)
+
+    def hinge(q, pos, model, train_cfg):  # toy: positive score above a margin
+        return (1.0 - (q * model.item_vectors(pos)).sum(-1)).clamp(min=0).mean()
+
+    with pytest.raises(ConfigError, match="train.loss='hinge'"):
+        TrainConfig(loss="hinge")
+    LOSSES["hinge"] = RetrievalLoss(hinge, lambda t: "hinge", lambda t, num_items, tokens: tokens)
+    try:
+        cfg = TrainConfig(loss="hinge")
+        q = model.encode(batch.items)[batch.targets != 0]
+        torch.testing.assert_close(retrieval_loss(model, batch, cfg), hinge(q, torch.tensor([2, 3]), model, cfg))
+    finally:
+        del LOSSES["hinge"]

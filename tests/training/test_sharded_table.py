@@ -63,18 +63,18 @@ def test_rowwise_needs_torchrun(tmp_path, synthetic_csv, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ConfigError, match="runs under torchrun"):
-        from genrec.training.trainer import train
+        from genrec.experiments.run import train
 
         train(ExperimentConfig.from_dict(yaml.safe_load(_config(tmp_path, synthetic_csv).read_text())), tmp_path / "run")
 
 
 def test_rowwise_refuses_ranking_and_refit(tmp_path, synthetic_csv):
-    from genrec.training.trainer import Trainer
+    from genrec.experiments.run import make_trainer
 
     raw = yaml.safe_load(_config(tmp_path, synthetic_csv).read_text())
     for change in ({"train": {**raw["train"], "refit": True}}, {"task": {"kind": "ranking"}}):
-        with pytest.raises(ConfigError, match="rowwise is for retrieval"):
-            Trainer(ExperimentConfig.from_dict({**raw, **change}), tmp_path / "run")
+        with pytest.raises(ConfigError, match="rowwise is for retrieval training"):
+            make_trainer(ExperimentConfig.from_dict({**raw, **change}), tmp_path / "run")
 
 
 def test_table_options_are_checked():

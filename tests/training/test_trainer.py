@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrec.config import ExperimentConfig
-from genrec.training.trainer import train
+from genrec.experiments.run import train
 
 
 def _cfg(csv, cache, **train_kw):

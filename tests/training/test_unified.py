@@ -14,7 +14,7 @@ from genrec.config import TaskConfig
 from genrec.models import HSTU, HSTUConfig
 from genrec.models.generative import GenerativeRecommender, HeadConfig
 from genrec.training.enhancer import enhance
-from genrec.training.losses import enhanced_sampled_softmax_loss
+from genrec.training.losses import sampled_softmax_loss
 from genrec.training.weighting import ConstantWeighter, DWAWeighter, GradNormWeighter
 
 
@@ -36,15 +36,15 @@ def test_potential_positives_are_removed_from_negatives_or_relabelled(monkeypatc
     monkeypatch.setattr(torch, "randint", lambda lo, hi, size, device=None: torch.tensor([[2, 3, 4]]))
     logit = lambda i: float(q[0] @ vecs[i])  # noqa: E731
     # remove: item 3 is a potential positive -> softmax over {1, 2, 4}
-    loss = enhanced_sampled_softmax_loss(q, pos, m, 3, 1.0, True, potential=torch.tensor([[3, 0]]), mode="remove")
+    loss = sampled_softmax_loss(q, pos, m, 3, 1.0, True, potential=torch.tensor([[3, 0]]), mode="remove")
     expect = -logit(1) + math.log(sum(math.exp(logit(i)) for i in (1, 2, 4)))
     assert loss.item() == pytest.approx(expect, abs=1e-5)
     # relabel: item 3 counts as a positive: -log (e1 + e3) / (e1 + e3 + e2 + e4)
-    loss = enhanced_sampled_softmax_loss(q, pos, m, 3, 1.0, True, potential=torch.tensor([[3, 0]]), mode="relabel")
+    loss = sampled_softmax_loss(q, pos, m, 3, 1.0, True, potential=torch.tensor([[3, 0]]), mode="relabel")
     expect = -math.log(sum(math.exp(logit(i)) for i in (1, 3))) + math.log(sum(math.exp(logit(i)) for i in (1, 2, 3, 4)))
     assert loss.item() == pytest.approx(expect, abs=1e-5)
     # hard negatives join the denominator
-    loss = enhanced_sampled_softmax_loss(q, pos, m, 3, 1.0, True, hard=torch.tensor([[5]]))
+    loss = sampled_softmax_loss(q, pos, m, 3, 1.0, True, hard=torch.tensor([[5]]))
     expect = -logit(1) + math.log(sum(math.exp(logit(i)) for i in (1, 2, 3, 4, 5)))
     assert loss.item() == pytest.approx(expect, abs=1e-5)
 
@@ -96,7 +96,7 @@ def _config(tmp_path, synthetic_csv, **task):
     cfg = {
         "data": {"dataset": "custom", "source": str(synthetic_csv), "format": "csv", "cache_dir": str(tmp_path / "cache"),
                  "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "rating": "stars"}},
-        "model": {"name": "hstu", "max_seq_len": 15, "embedding_dim": 16, "num_layers": 1, "num_heads": 2},
+        "model": {"name": "hstu", "max_seq_len": 7, "embedding_dim": 16, "num_layers": 1, "num_heads": 2},
         "train": {"epochs": 3, "batch_size": 16, "num_negatives": 8, "lr": 0.01, "patience": 0},
         "eval": {"ks": [1, 10], "holdout": 2, "select_metric": "ndcg@10+auc" if task.get("kind") == "unified" else "auc"},
         "task": task,
@@ -142,7 +142,6 @@ def test_ranking_din_and_cascade_runs(tmp_path, synthetic_csv, capsys):
     ranking = _config(tmp_path, synthetic_csv, kind="ranking")
     (tmp_path / "ranking.yaml").write_text(yaml.safe_dump(ranking))
     retrieval = _config(tmp_path, synthetic_csv, kind="retrieval")
-    retrieval["model"]["max_seq_len"] = 7  # the same 7-interaction history as the ranker's 15 tokens
     retrieval["eval"]["select_metric"] = "ndcg@10"
     (tmp_path / "retrieval.yaml").write_text(yaml.safe_dump(retrieval))
     din = _config(tmp_path, synthetic_csv, kind="ranking")
@@ -157,6 +156,8 @@ def test_ranking_din_and_cascade_runs(tmp_path, synthetic_csv, capsys):
     assert 0 <= d["test"]["auc"] <= 1
     assert _run(capsys, "rank", tmp_path / "d" / "best", "--history", "i1,i2", "--feedback", "1,0", "--candidates", "i3")["candidates"][0]["like"] > 0
     c = _run(capsys, "train", tmp_path / "cascade.yaml", "--out", tmp_path / "c")
+    assert main(["recommend", str(tmp_path / "r" / "best"), "--history", "i1,i2", "--feedback", "1,0"]) == 2  # ranking only
+    assert "rank" in capsys.readouterr().err
     assert {"ndcg@10", "auc"} <= set(c["test"]) and c["protocol"]["task"] == "cascade"
     stage = json.loads((tmp_path / "c" / "ranking" / "metrics.json").read_text())
     assert c["test"]["auc"] == stage["test"]["auc"]

@@ -1,4 +1,4 @@
-"""Leave-one-out splits and padded batches.
+"""Leave-one-out splits and padded batches: the one batching path of every task.
 
 Per user with n >= 3 interactions: items 0..n-3 train, item n-2 is the validation target (history
 0..n-3), item n-1 the test target (history 0..n-2). Users with fewer than 3 interactions only
@@ -9,8 +9,13 @@ impressions for GAUC): users with n >= 2K + 1 interactions hold out their last K
 before for validation; the retrieval target of a block is its first item (the next item after the
 history), the ranking impressions are all K. K = 1 is exactly the leave-one-out split above.
 
-Training windows take each user's last ``max_seq_len + 1`` training items: inputs are all but the
-last, targets all but the first (a loss at every position). Batches are right-padded with 0 to the
+Training windows (:class:`TrainBatches`) take each user's last ``max_seq_len + 1`` training items:
+inputs are all but the last, targets all but the first (a loss at every position). With ``labels``
+(ranking and unified tasks) a window is the user's last ``max_seq_len`` interactions with their
+feedback instead (:class:`FeedbackBatch`; the model interleaves item and action tokens).
+Evaluation batches (:func:`eval_batches`) carry each evaluated user's history, the split's
+retrieval target, the excluded items, and the whole held-out block with its feedback (the
+ranking impressions). Batches are right-padded with 0 to the
 longest row of the batch; the models' outputs do not depend on that padding. With ``pack`` the
 same users' windows are instead packed into as few rows as fit (first-fit decreasing, row length =
 the batch's longest window) with a segment id per token, so compute follows real tokens: the step
@@ -51,14 +56,36 @@ class TrainBatch:
 
 
 @dataclass
+class FeedbackBatch:
+    """Training batch of interaction windows with their feedback (right-padded)."""
+
+    items: torch.Tensor  # [B N] item ids, 0 = padding
+    labels: torch.Tensor  # [B N A] feedback of each item
+    timestamps: torch.Tensor | None  # [B N]
+
+    def to(self, device: torch.device) -> "FeedbackBatch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return FeedbackBatch(move(self.items), move(self.labels), move(self.timestamps))
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.items != 0).sum())
+
+
+@dataclass
 class EvalBatch:
     users: torch.Tensor  # [B] user idx
     items: torch.Tensor  # [B N] history (last max_seq_len items)
     timestamps: torch.Tensor | None  # [B N]
     query_time: torch.Tensor | None  # [B] time used as the last position's "next" time
-    targets: torch.Tensor  # [B]
+    targets: torch.Tensor  # [B] retrieval target: the first item of the held-out block
     exclude: torch.Tensor  # [B E] item ids not ranked (0 = padding)
     labels: torch.Tensor | None = None  # [B N A] feedback of the history items (interleaved models)
+    candidates: torch.Tensor | None = None  # [B K] the held-out block (ranking impressions)
+    candidate_labels: torch.Tensor | None = None  # [B K A] their feedback
+
+    def to(self, device: torch.device | str) -> "EvalBatch":
+        return EvalBatch(*(None if t is None else t.to(device) for t in vars(self).values()))
 
 
 def evaluable(data: SequenceData, holdout: int = 1) -> np.ndarray:
@@ -125,20 +152,28 @@ def pad_rows_2d(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: i
 
 
 class TrainBatches:
-    """Shuffled training batches, reproducible from (seed, epoch)."""
+    """Shuffled training batches, reproducible from (seed, epoch): :class:`TrainBatch` (next item
+    at every position), or :class:`FeedbackBatch` when ``labels`` [T, A] are given (interleaved
+    ranking/unified training; no packing, bucketing or data fraction there)."""
 
     def __init__(
         self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False,
         include_valid: bool = False, holdout: int = 1, pack: bool = False, fraction: float = 1.0, seed: int = 0,
+        labels: np.ndarray | None = None,
     ):
+        if labels is not None and (pack or bucket_by_length or fraction < 1.0):
+            raise ValueError("feedback windows support neither packing, length bucketing nor a data fraction")
         ends = train_end(data, include_valid, holdout)
-        starts = np.maximum(data.offsets[:-1], ends - (max_seq_len + 1))
-        keep = ends - starts >= 2  # need one input and one target
+        # retrieval: inputs + one more item for the last target; feedback: the interactions themselves
+        window, shortest = (max_seq_len + 1, 2) if labels is None else (max_seq_len, 1)
+        starts = np.maximum(data.offsets[:-1], ends - window)
+        keep = ends - starts >= shortest
         if fraction < 1.0:  # a fixed subset of users, the same for every epoch and on resume
             chosen = np.random.default_rng(seed).permutation(data.num_users)[: max(1, round(fraction * data.num_users))]
             keep &= np.isin(np.arange(data.num_users), chosen)
         self.starts, self.ends = starts[keep], ends[keep]
         self.data, self.batch_size, self.bucket, self.pack = data, batch_size, bucket_by_length, pack
+        self.labels = labels
 
     @property
     def num_users(self) -> int:
@@ -146,8 +181,9 @@ class TrainBatches:
 
     @property
     def num_tokens(self) -> int:
-        """Training targets per epoch."""
-        return int((self.ends - self.starts - 1).sum())
+        """Training targets per epoch (retrieval), or interactions per epoch (feedback windows:
+        each gives one item and one action token)."""
+        return int((self.ends - self.starts - (1 if self.labels is None else 0)).sum())
 
     def __len__(self) -> int:
         return -(-self.num_users // self.batch_size)
@@ -166,7 +202,17 @@ class TrainBatches:
             batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
         for rows in shard_rows(batches, *shard):
-            yield self._packed(rows) if self.pack else self._batch(rows)
+            if self.labels is not None:
+                yield self._feedback(rows)
+            else:
+                yield self._packed(rows) if self.pack else self._batch(rows)
+
+    def _feedback(self, rows: np.ndarray) -> FeedbackBatch:
+        s, e = self.starts[rows], self.ends[rows]
+        N = int((e - s).max())
+        ts = None if self.data.timestamps is None else torch.from_numpy(_pad_rows(self.data.timestamps, s, e, N))
+        items = torch.from_numpy(_pad_rows(self.data.items, s, e, N))
+        return FeedbackBatch(items, torch.from_numpy(pad_rows_2d(self.labels, s, e, N)), ts)
 
     def _packed(self, rows: np.ndarray) -> TrainBatch:
         """The same users as :meth:`_batch`, several per row."""
@@ -211,7 +257,9 @@ def eval_batches(
     holdout: int = 1,
     labels: np.ndarray | None = None,
 ) -> Iterator[EvalBatch]:
-    """Batches for ``split`` in {"valid", "test"} over evaluable users (see :func:`evaluable`)."""
+    """Batches for ``split`` in {"valid", "test"} over evaluable users (see :func:`evaluable`).
+    ``labels`` [T, A]: feedback per interaction, for the history (models that read it) and the
+    held-out block (ranking impressions)."""
     users, target_pos = split_block(data, split, holdout)
     # shortest histories first: batches pad to their longest row, so similar lengths waste less
     order = np.argsort(np.minimum(data.lengths[users], max_seq_len + 2 * holdout), kind="stable")
@@ -227,9 +275,13 @@ def eval_batches(
         if data.timestamps is not None:
             ts = torch.from_numpy(_pad_rows(data.timestamps, s, t, items.shape[1]))
             qt = torch.from_numpy(data.timestamps[t] if query_time == "target" else data.timestamps[t - 1])
-        lab = None if labels is None else torch.from_numpy(pad_rows_2d(labels, s, t, items.shape[1]))
+        lab = cand_lab = None
+        if labels is not None:
+            lab = torch.from_numpy(pad_rows_2d(labels, s, t, items.shape[1]))
+            cand_lab = torch.from_numpy(pad_rows_2d(labels, t, t + holdout, holdout))
         yield EvalBatch(
-            torch.from_numpy(u), torch.from_numpy(items), ts, qt, torch.from_numpy(data.items[t]), torch.from_numpy(exclude), lab
+            torch.from_numpy(u), torch.from_numpy(items), ts, qt, torch.from_numpy(data.items[t]), torch.from_numpy(exclude), lab,
+            torch.from_numpy(_pad_rows(data.items, t, t + holdout, holdout)), cand_lab,
         )
 
 

@@ -1,5 +1,6 @@
-"""Sequence models behind one scoring contract (:class:`SequentialRecommender`), a registry from
-model name to (config class, model class), and named presets reproducing published configs."""
+"""Models behind two written contracts (:mod:`genrec.models.contracts`: :class:`Retriever`,
+:class:`Ranker`), a registry from model name to (config class, model class), the builders a run
+uses, and named presets reproducing published configs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 
 from genrec.errors import ConfigError
 from genrec.models.base import ModelConfig, SequentialRecommender
+from genrec.models.contracts import ItemTable, Model, Ranker, Retriever
 from genrec.models.din import DIN, DINConfig
-from genrec.models.generative import GenerativeRecommender, HeadConfig
+from genrec.models.generative import GenerativeRecommender, HeadConfig, InterleavedRanker, interleaved_tokens
 from genrec.models.gpt import GPT, GPTConfig
 from genrec.models.hstu import HSTU, HSTUConfig
 from genrec.models.llama import Llama, LlamaConfig
@@ -34,9 +36,24 @@ def model_config_class(name: str) -> type[ModelConfig]:
     return MODELS[name][0]
 
 
-def build_model(config: ModelConfig) -> SequentialRecommender:
+def build_model(config: ModelConfig) -> Model:
     """Build the registered model for a config (``config.num_items`` must be set)."""
     return MODELS[config.name][1](config)
+
+
+def build_interleaved(config: ModelConfig, head: HeadConfig) -> InterleavedRanker:
+    """A backbone over interleaved item/action tokens for ``config.max_seq_len`` interactions (the
+    backbone gets :func:`interleaved_tokens` positions) with a ranking head; a
+    :class:`GenerativeRecommender` (retrieval too) when ``head.retrieval``."""
+    if config.name not in BACKBONES:
+        raise ConfigError(f"model.name={config.name!r} cannot be an interleaved backbone; use one of {BACKBONES}")
+    backbone = build_model(dataclasses.replace(config, max_seq_len=interleaved_tokens(config.max_seq_len)))
+    return wrap_interleaved(backbone, head)
+
+
+def wrap_interleaved(backbone: SequentialRecommender, head: HeadConfig) -> InterleavedRanker:
+    """Wrap an already built backbone (its ``max_seq_len`` counts tokens), e.g. when loading."""
+    return (GenerativeRecommender if head.retrieval else InterleavedRanker)(backbone, head)
 
 
 def model_config_from_dict(raw: dict[str, Any]) -> ModelConfig:
@@ -54,6 +71,7 @@ def preset(name: str) -> dict[str, Any]:
 
 __all__ = [
     "BACKBONES", "DIN", "DINConfig", "GPT", "GPTConfig", "GenerativeRecommender", "HeadConfig", "HSTU", "HSTUConfig",
-    "Llama", "LlamaConfig", "MODELS", "ModelConfig", "PRESETS", "SASRec", "SASRecConfig",
-    "SequentialRecommender", "build_model", "model_config_class", "model_config_from_dict", "preset",
+    "InterleavedRanker", "ItemTable", "Llama", "LlamaConfig", "MODELS", "Model", "ModelConfig", "PRESETS", "Ranker",
+    "Retriever", "SASRec", "SASRecConfig", "SequentialRecommender", "build_interleaved", "build_model",
+    "interleaved_tokens", "model_config_class", "model_config_from_dict", "preset", "wrap_interleaved",
 ]

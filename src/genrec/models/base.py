@@ -1,6 +1,7 @@
-"""The scoring contract every genrec sequence model implements.
+"""The base of every sequence backbone: the :class:`~genrec.models.contracts.Retriever` contract
+over one causal transducer.
 
-Trainer, evaluator, CLI and (later) the HTTP server all go through these methods, so training,
+Trainer, evaluator, CLI and the inference layer all go through these methods, so training,
 evaluation and serving cannot drift apart:
 
 - ``transduce(x, context, cache)`` -> the backbone over token embeddings under any attention
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genrec.errors import ConfigError
+from genrec.models.contracts import ItemTable, Retriever
 from genrec.models.ops import Context
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -38,7 +40,9 @@ class ModelConfig:
     num_items: int = 0
     """Catalogue size (item ids 1..num_items; 0 is padding). 0 here = take it from the data."""
     max_seq_len: int = 50
-    """Longest history the model reads; longer histories keep their most recent items."""
+    """Longest history the model reads, in interactions (items), for every task; longer histories
+    keep their most recent items. Models over interleaved item/action tokens convert it to tokens
+    themselves (:func:`genrec.models.generative.interleaved_tokens`)."""
     embedding_dim: int = 64
     """Width D of item embeddings and of the residual stream."""
     num_layers: int = 2
@@ -69,8 +73,9 @@ def next_timestamps(timestamps: torch.Tensor, lengths: torch.Tensor, query_time:
     return nxt
 
 
-class SequentialRecommender(nn.Module):
-    """Base class: item table, scoring over the catalogue, top-k with exclusions."""
+class SequentialRecommender(nn.Module, Retriever):
+    """Base class of the backbones: item table, scoring over the catalogue, top-k with exclusions.
+    Subclasses implement :meth:`transduce` (and may override :meth:`time_buckets`)."""
 
     config: ModelConfig
     absolute_positions: bool = True
@@ -81,18 +86,27 @@ class SequentialRecommender(nn.Module):
         if config.num_items < 1:
             raise ConfigError("model.num_items must be set (>= 1) before building a model")
         self.config = config
-        self.item_embedding = nn.Embedding(config.num_items + 1, config.embedding_dim, padding_idx=0)
-        nn.init.trunc_normal_(self.item_embedding.weight, std=0.02)
-        with torch.no_grad():
-            self.item_embedding.weight[0].zero_()
+        self.item_embedding = ItemTable(config.num_items, config.embedding_dim)
         if self.absolute_positions:
             self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
             nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
 
     @property
+    def num_items(self) -> int:
+        return self.config.num_items
+
+    @property
     def max_history(self) -> int:
-        """Most history interactions the model reads (one token each here; interleaved models differ)."""
+        """Most history interactions the model reads (one token each)."""
         return self.config.max_seq_len
+
+    def embedding_parameters(self) -> int:
+        n = self.item_embedding.weight.numel()
+        return n + (self.pos_embedding.weight.numel() if self.absolute_positions else 0)
+
+    def compile_backbone(self, compile_fn) -> bool:
+        self.transduce = compile_fn(self.transduce)
+        return True
 
     @property
     def uses_timestamps(self) -> bool:

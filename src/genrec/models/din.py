@@ -5,9 +5,8 @@
     u   = Σ_j w_j e_j                             candidate-specific user interest
     out = MLP([u, c, u ⊙ c, Σ_j e_j / n])         one output per ranking task
 
-Ranking only: it has no retrieval side. It offers the same ranking call as
-:class:`~genrec.models.generative.GenerativeRecommender` (``rank``), so the evaluator, the cascade
-and the CLI treat both alike.
+Ranking only: it implements the :class:`~genrec.models.contracts.Ranker` contract (as the
+interleaved generative models do), so the evaluator, the cascade and the CLI treat them alike.
 
 Deviations: SiLU instead of Dice/PReLU activations; history feedback is added to the item
 embedding (the generative models read it too, so the comparison is like for like); no side features.
@@ -22,6 +21,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import ModelConfig
+from genrec.models.contracts import ItemTable, Ranker
 
 
 @dataclass
@@ -32,7 +32,7 @@ class DINConfig(ModelConfig):
     mlp_dims: list[int] = field(default_factory=lambda: [200, 80])
     """Hidden widths of the output MLP."""
     task_names: tuple[str, ...] = ("like",)
-    """Ranking tasks (filled from the data's labels)."""
+    """Ranking tasks (set from the data's labels when the model is built for a run)."""
     task_kinds: tuple[str, ...] = ("binary",)
     """``binary`` or ``regression`` per task."""
     l2_normalize: bool = False
@@ -52,7 +52,7 @@ def _mlp(dims: list[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DIN(nn.Module):
+class DIN(nn.Module, Ranker):
     config: DINConfig
 
     def __init__(self, config: DINConfig):
@@ -61,15 +61,29 @@ class DIN(nn.Module):
             raise ConfigError("model.num_items must be set (>= 1) before building a model")
         self.config = config
         D, A = config.embedding_dim, len(config.task_names)
-        self.item_embedding = nn.Embedding(config.num_items + 1, D, padding_idx=0)
-        nn.init.normal_(self.item_embedding.weight, std=0.02)
+        self.item_embedding = ItemTable(config.num_items, D, init="normal")
         self.feedback = nn.Linear(A, D, bias=False)
         self.attention = _mlp([4 * D, *config.attention_dims, 1], 0.0)
         self.out = _mlp([4 * D, *config.mlp_dims, A], config.dropout)
 
     @property
+    def num_items(self) -> int:
+        return self.config.num_items
+
+    @property
     def max_history(self) -> int:
         return self.config.max_seq_len
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return self.config.task_names
+
+    @property
+    def task_kinds(self) -> tuple[str, ...]:
+        return self.config.task_kinds
+
+    def embedding_parameters(self) -> int:
+        return self.item_embedding.weight.numel()
 
     @property
     def uses_timestamps(self) -> bool:

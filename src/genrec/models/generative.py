@@ -13,8 +13,12 @@ One causal backbone (any :class:`SequentialRecommender`: HSTU, SASRec, ...) read
 Token embeddings: item tokens use the backbone's item table (× √D); an action token is a linear map
 of the feedback vector (the map's bias marks "this is an action token"). Both tokens of an
 interaction carry its timestamp; a token's "next" time for the time bias is the next token's.
-``max_seq_len`` counts tokens, so histories keep their last ``(max_seq_len - 1) // 2`` interactions
-(one slot is left for a candidate).
+``model.max_seq_len`` counts interactions, as for every model; the backbone is built for
+:func:`interleaved_tokens` = 2·max_seq_len + 1 token positions (two per interaction, one slot left
+for a candidate), so its ``config.max_seq_len`` (what ``model.json`` records) counts tokens.
+
+Two classes: :class:`InterleavedRanker` (``task.kind: ranking``; the action-token outputs are never
+trained, so it offers no retrieval) and :class:`GenerativeRecommender` (``unified``: both).
 
 M-FALCON (:meth:`rank`): the history is encoded once and its keys/values cached; candidates follow
 in micro-batches, each seeing the whole history and itself, never another candidate, all at the
@@ -34,7 +38,13 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, SequentialRecommender, next_timestamps
+from genrec.models.contracts import Ranker, Retriever
 from genrec.models.ops import Context
+
+
+def interleaved_tokens(max_history: int) -> int:
+    """Token positions a backbone needs for ``max_history`` interactions plus one candidate."""
+    return 2 * max_history + 1
 
 
 @dataclass
@@ -49,6 +59,8 @@ class HeadConfig:
     """Dropout inside the ranking MLP."""
     micro_batch: int = 256
     """M-FALCON: candidates per micro-batch at inference."""
+    retrieval: bool = True
+    """Whether the action-token outputs are trained for retrieval (unified) or not (ranking only)."""
 
     def __post_init__(self) -> None:
         self.task_names, self.task_kinds = tuple(self.task_names), tuple(self.task_kinds)
@@ -80,8 +92,8 @@ def request_time(timestamps: torch.Tensor, lengths: torch.Tensor, query_time: to
     return timestamps[rows, (lengths - 1).clamp(min=0)]
 
 
-class GenerativeRecommender(nn.Module):
-    """A backbone plus action tokens and a ranking head: one model for retrieval and ranking."""
+class InterleavedRanker(nn.Module, Ranker):
+    """A backbone over interleaved item/action tokens plus a ranking head (M-FALCON inference)."""
 
     def __init__(self, backbone: SequentialRecommender, head: HeadConfig):
         super().__init__()
@@ -94,7 +106,12 @@ class GenerativeRecommender(nn.Module):
 
     @property
     def config(self):
+        """The backbone's config (its ``max_seq_len`` counts tokens)."""
         return self.backbone.config
+
+    @property
+    def num_items(self) -> int:
+        return self.backbone.num_items
 
     @property
     def max_history(self) -> int:
@@ -103,6 +120,24 @@ class GenerativeRecommender(nn.Module):
     @property
     def uses_timestamps(self) -> bool:
         return self.backbone.uses_timestamps
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return self.head_config.task_names
+
+    @property
+    def task_kinds(self) -> tuple[str, ...]:
+        return self.head_config.task_kinds
+
+    def embedding_parameters(self) -> int:
+        return self.backbone.embedding_parameters()
+
+    def compile_backbone(self, compile_fn) -> bool:
+        return self.backbone.compile_backbone(compile_fn)
+
+    def shared_parameters(self, last: int = 4) -> list[nn.Parameter]:
+        """The backbone's last ``last`` parameter tensors (GradNorm weighs gradients there)."""
+        return list(self.backbone.parameters())[-last:]
 
     # ---- encoding -----------------------------------------------------------------------------
     def tokens(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -134,37 +169,6 @@ class GenerativeRecommender(nn.Module):
     def ranking_outputs(self, h: torch.Tensor) -> torch.Tensor:
         """Item-token outputs [..., D] -> per-task outputs [..., A] (logits for binary tasks)."""
         return self.ranking_head(h)
-
-    def retrieval_vectors(self, h: torch.Tensor) -> torch.Tensor:
-        """Action-token outputs [..., D] -> next-item query vectors (L2-normalised if configured)."""
-        return self.backbone._normalize(h)
-
-    # ---- retrieval contract (same as SequentialRecommender) ------------------------------------
-    def user_vectors(
-        self,
-        items: torch.Tensor,
-        timestamps: torch.Tensor | None = None,
-        query_time: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """History [B, n] with labels [B, n, A] -> [B, D], the output at the last action token."""
-        enc = self.encode_history(items, labels, timestamps, query_time)
-        if bool((enc.lengths == 0).any()):
-            raise ValueError("every history must contain at least one item")
-        rows = torch.arange(items.size(0), device=items.device)
-        return self.retrieval_vectors(enc.hidden[rows, 2 * enc.lengths - 1])
-
-    def item_vectors(self, ids=None, start: int = 0, end: int | None = None) -> torch.Tensor:
-        return self.backbone.item_vectors(ids, start, end)
-
-    def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
-        return self.backbone.score_items(user, start, end)
-
-    def score_candidates(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return self.backbone.score_candidates(user, candidates)
-
-    def topk(self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536):
-        return self.backbone.topk(user, k, exclude, chunk_size)
 
     # ---- ranking: M-FALCON ----------------------------------------------------------------------
     def candidates_after(self, enc: Interleaved, candidates: torch.Tensor, slots: torch.Tensor, visible: torch.Tensor, cand_time=None) -> torch.Tensor:
@@ -250,3 +254,39 @@ class GenerativeRecommender(nn.Module):
         ct = None if item_times is None else item_times[:, 1 : n1 + 1]
         outs = [self.candidates_after(enc, candidates[:, :, p], slots, visible, ct) for p in range(P)]
         return torch.stack(outs, dim=2)
+
+
+class GenerativeRecommender(InterleavedRanker, Retriever):
+    """UniGRF's one model: the interleaved ranker whose action-token outputs also retrieve the next
+    item from the catalogue (scored against the backbone's own item table)."""
+
+    def retrieval_vectors(self, h: torch.Tensor) -> torch.Tensor:
+        """Action-token outputs [..., D] -> next-item query vectors (L2-normalised if configured)."""
+        return self.backbone._normalize(h)
+
+    # ---- retrieval contract (same as SequentialRecommender) ------------------------------------
+    def user_vectors(
+        self,
+        items: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_time: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """History [B, n] with labels [B, n, A] -> [B, D], the output at the last action token."""
+        enc = self.encode_history(items, labels, timestamps, query_time)
+        if bool((enc.lengths == 0).any()):
+            raise ValueError("every history must contain at least one item")
+        rows = torch.arange(items.size(0), device=items.device)
+        return self.retrieval_vectors(enc.hidden[rows, 2 * enc.lengths - 1])
+
+    def item_vectors(self, ids=None, start: int = 0, end: int | None = None) -> torch.Tensor:
+        return self.backbone.item_vectors(ids, start, end)
+
+    def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
+        return self.backbone.score_items(user, start, end)
+
+    def score_candidates(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return self.backbone.score_candidates(user, candidates)
+
+    def topk(self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536):
+        return self.backbone.topk(user, k, exclude, chunk_size)

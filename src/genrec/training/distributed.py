@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 from genrec.errors import ConfigError
 
@@ -38,11 +37,16 @@ class DistEnv:
         return self.world_size > 1
 
 
+def world_size() -> int:
+    """Processes torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup(device: torch.device, need_group: bool = False) -> tuple[DistEnv, torch.device]:
     """Join the process group torchrun describes in the environment (no-op for one process
     unless ``need_group``: sharded tables need a group even on one rank); returns the rank
     layout and this rank's device (``cuda:LOCAL_RANK`` on GPUs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world <= 1 and not need_group:
         return DistEnv(), device
     if "RANK" not in os.environ:
@@ -63,35 +67,6 @@ def teardown(env: DistEnv) -> None:
     """End the process group if :func:`setup` started it (a caller's own group is left alone)."""
     if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()
-
-
-class LossModule(nn.Module):
-    """The model and a task's loss as one module, so DDP's gradient hooks see the whole step."""
-
-    def __init__(self, model: nn.Module, task):
-        super().__init__()
-        self.model, self.task = model, task
-
-    def forward(self, batch, epoch: int):
-        return self.task.loss(self.model, batch, epoch)
-
-
-def wrap(model: nn.Module, task, env: DistEnv, device: torch.device, table=None, train_cfg=None) -> nn.Module:
-    """A module whose forward(batch, epoch) returns (loss, logs); DDP-wrapped across ranks.
-    With ``table`` (a :class:`~genrec.training.sharded_table.ShardedItemTable` installed as the
-    model's ``item_embedding``), TorchRec shards it row-wise and wraps the rest data-parallel."""
-    module = LossModule(model, task)
-    # retrieval uses every parameter each step; ranking-only steps leave the retrieval side idle
-    unused = getattr(task, "kind", "retrieval") != "retrieval"
-    if table is not None:
-        from genrec.training import sharded_table
-
-        lr = train_cfg.table_lr or train_cfg.lr
-        return sharded_table.shard(module, table, "model.item_embedding.ec", env.world_size, device, train_cfg.table_optimizer, lr, unused)
-    if not env.enabled:
-        return module
-    ids = [device.index] if device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(module, device_ids=ids, find_unused_parameters=unused)
 
 
 def all_sum(values: list[float], env: DistEnv, device: torch.device) -> list[float]:

@@ -1,14 +1,20 @@
 """Retrieval losses over the scoring contract: a loss at every position with a target.
 
 All score with the model's own ``encode`` and ``item_vectors`` (cosine similarities when the
-model L2-normalises) divided by a temperature.
+model L2-normalises) divided by a temperature. ``train.loss`` names an entry of :data:`LOSSES`;
+a new loss is one function with the uniform signature ``fn(q, pos, model, train_cfg)`` plus one
+registry line.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
+from genrec.config import TrainConfig
 from genrec.data.batches import TrainBatch
 from genrec.models.base import SequentialRecommender
 
@@ -20,51 +26,9 @@ def _positions(model: SequentialRecommender, batch: TrainBatch) -> tuple[torch.T
 
 
 def sampled_softmax_loss(
-    q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, num_negatives: int, temperature: float, share: bool
-) -> torch.Tensor:
-    """Softmax over the positive and uniform random negatives (ids 1..num_items). Negatives that
-    hit the positive are masked out, as in the HSTU reference. share: one negative set per batch."""
-    T, num_items = q.size(0), model.config.num_items
-    pos_logit = (q * model.item_vectors(pos)).sum(-1, keepdim=True)  # [T 1]
-    if share:
-        neg = torch.randint(1, num_items + 1, (1, num_negatives), device=q.device)
-        neg_logit = q @ model.item_vectors(neg[0]).T  # [T K]
-    else:
-        neg = torch.randint(1, num_items + 1, (T, num_negatives), device=q.device)
-        neg_logit = torch.einsum("td,tkd->tk", q, model.item_vectors(neg))  # [T K]
-    neg_logit = neg_logit.float().masked_fill(neg == pos.unsqueeze(1), float("-inf"))
-    logits = torch.cat([pos_logit.float(), neg_logit], dim=1) / temperature
-    return F.cross_entropy(logits, torch.zeros(T, dtype=torch.long, device=q.device))
-
-
-def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
-    """Softmax over the distinct targets of the batch (each counted once, so no accidental hits)."""
-    cand, label = torch.unique(pos, return_inverse=True)
-    logits = (q @ model.item_vectors(cand).T).float() / temperature  # [T C]
-    return F.cross_entropy(logits, label)
-
-
-def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
-    """Softmax over the whole catalogue."""
-    logits = (q @ model.item_vectors(start=1).T).float() / temperature  # [T I]
-    return F.cross_entropy(logits, pos - 1)
-
-
-def retrieval_loss(model: SequentialRecommender, batch: TrainBatch, train_cfg) -> torch.Tensor:
-    """The configured next-item loss (``train.loss``), averaged over positions with a target."""
-    q, pos = _positions(model, batch)
-    if train_cfg.loss == "sampled_softmax":
-        share = train_cfg.negative_sharing == "batch"
-        return sampled_softmax_loss(q, pos, model, train_cfg.num_negatives, train_cfg.temperature, share)
-    if train_cfg.loss == "in_batch":
-        return in_batch_loss(q, pos, model, train_cfg.temperature)
-    return full_softmax_loss(q, pos, model, train_cfg.temperature)
-
-
-def enhanced_sampled_softmax_loss(
     q: torch.Tensor,
     pos: torch.Tensor,
-    model,
+    model: SequentialRecommender,
     num_negatives: int,
     temperature: float,
     share: bool,
@@ -72,15 +36,18 @@ def enhanced_sampled_softmax_loss(
     potential: torch.Tensor | None = None,
     mode: str = "remove",
 ) -> torch.Tensor:
-    """Sampled softmax (as :func:`sampled_softmax_loss`) plus the ranking-driven enhancer's extras:
-    ``hard`` [T, m] extra negatives; ``potential`` [T, P] item ids (0 = none) that are never
-    negatives and, with ``mode="relabel"``, count as positives: loss = −log Σ_{pos ∪ potential} / Σ_all."""
+    """Softmax over the positive and uniform random negatives (ids 1..num_items). Negatives that
+    hit the positive are masked out, as in the HSTU reference. share: one negative set per batch.
+
+    The ranking-driven enhancer's extras (:mod:`genrec.training.enhancer`): ``hard`` [T, m] extra
+    negatives; ``potential`` [T, P] item ids (0 = none) that are never negatives and, with
+    ``mode="relabel"``, count as positives: loss = −log Σ_{pos ∪ potential} / Σ_all."""
     T, num_items = q.size(0), model.config.num_items
     neg = torch.randint(1, num_items + 1, (1 if share else T, num_negatives), device=q.device)
     if share:
         neg_logit = q @ model.item_vectors(neg[0]).T  # [T K]
     else:
-        neg_logit = torch.einsum("td,tkd->tk", q, model.item_vectors(neg))
+        neg_logit = torch.einsum("td,tkd->tk", q, model.item_vectors(neg))  # [T K]
     neg = neg.expand(T, -1)
     if hard is not None:  # [T m]: few per position, so a gather is cheap
         neg = torch.cat([neg, hard], dim=1)
@@ -98,6 +65,58 @@ def enhanced_sampled_softmax_loss(
         return (denom - numer).mean()
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(T, dtype=torch.long, device=q.device))
+
+
+def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
+    """Softmax over the distinct targets of the batch (each counted once, so no accidental hits)."""
+    cand, label = torch.unique(pos, return_inverse=True)
+    logits = (q @ model.item_vectors(cand).T).float() / temperature  # [T C]
+    return F.cross_entropy(logits, label)
+
+
+def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
+    """Softmax over the whole catalogue."""
+    logits = (q @ model.item_vectors(start=1).T).float() / temperature  # [T I]
+    return F.cross_entropy(logits, pos - 1)
+
+
+@dataclass(frozen=True)
+class RetrievalLoss:
+    """A next-item loss as ``train.loss`` names it: the loss, its protocol text, its FLOPs count."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor, SequentialRecommender, TrainConfig], torch.Tensor]
+    """(q [T D] query vectors, pos [T] target ids, model, train config) -> mean loss over the T positions."""
+    describe: Callable[[TrainConfig], str]
+    """Protocol text written into the run's metrics (e.g. "full softmax, temperature 0.05")."""
+    pairs: Callable[[TrainConfig, int, float], float]
+    """(train config, catalogue size, target tokens) -> query-item scores per step (FLOPs model)."""
+
+
+LOSSES: dict[str, RetrievalLoss] = {
+    "sampled_softmax": RetrievalLoss(
+        lambda q, pos, model, t: sampled_softmax_loss(q, pos, model, t.num_negatives, t.temperature, t.negative_sharing == "batch"),
+        lambda t: f"sampled softmax, {t.num_negatives} uniform negatives per {t.negative_sharing}, temperature {t.temperature}",
+        lambda t, num_items, tokens: (1 + t.num_negatives) * tokens,
+    ),
+    # pairs: counted as 1 + num_negatives per target, as the FLOPs model always has (the batch's
+    # distinct targets would be exact, but they are not known before the step)
+    "in_batch": RetrievalLoss(
+        lambda q, pos, model, t: in_batch_loss(q, pos, model, t.temperature),
+        lambda t: f"in batch, temperature {t.temperature}",
+        lambda t, num_items, tokens: (1 + t.num_negatives) * tokens,
+    ),
+    "full_softmax": RetrievalLoss(
+        lambda q, pos, model, t: full_softmax_loss(q, pos, model, t.temperature),
+        lambda t: f"full softmax, temperature {t.temperature}",
+        lambda t, num_items, tokens: num_items * tokens,
+    ),
+}
+
+
+def retrieval_loss(model: SequentialRecommender, batch: TrainBatch, train_cfg: TrainConfig) -> torch.Tensor:
+    """The configured next-item loss (``train.loss``), averaged over positions with a target."""
+    q, pos = _positions(model, batch)
+    return LOSSES[train_cfg.loss].fn(q, pos, model, train_cfg)
 
 
 def ranking_loss(outputs: torch.Tensor, labels: torch.Tensor, kinds: tuple[str, ...]) -> torch.Tensor:

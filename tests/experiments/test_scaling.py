@@ -8,7 +8,9 @@ import pytest
 import yaml
 
 from genrec.cli import main
-from genrec.training.scaling import SweepConfig, count_parameters, power_law_fit, training_flops
+from genrec.experiments.scaling import SweepConfig, point_config
+from genrec.experiments.scaling.fits import power_law_fit
+from genrec.experiments.scaling.flops import count_parameters, training_flops
 
 
 def test_power_law_fit_recovers_exact_law_and_r2():
@@ -63,8 +65,6 @@ def test_flops_estimate_by_hand(tmp_path, sweep_file):
     from genrec.models import build_model
 
     sweep, base_dir = SweepConfig.load(sweep_file)
-    from genrec.training.scaling import point_config
-
     cfg = point_config(sweep, base_dir, {"backbone": "hstu", "layers": 1, "width": 8, "data_fraction": 1.0})
     assert cfg.train.epochs == 1 and cfg.model.embedding_dim == 8 and cfg.model.num_heads == 2
     cfg.model.num_items = 40

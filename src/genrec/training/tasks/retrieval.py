@@ -1,0 +1,45 @@
+"""Retrieval: the next item at every position of item-only sequences (the core recipe)."""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.data.batches import TrainBatch, TrainBatches
+from genrec.data.prepare import SequenceData
+from genrec.evaluation.evaluator import evaluate
+from genrec.models import BACKBONES, Retriever, build_model
+from genrec.errors import ConfigError
+from genrec.training.losses import LOSSES, retrieval_loss
+from genrec.training.spec import resolve_spec
+
+
+class RetrievalTask:
+    kind = "retrieval"
+    all_parameters_used = True
+
+    def __init__(self, cfg, data: SequenceData):
+        if cfg.model.name not in BACKBONES:
+            raise ConfigError(f"model.name={cfg.model.name!r} cannot do retrieval; use one of {BACKBONES}")
+        self.cfg, self.data = cfg, data
+        self.spec = resolve_spec(data)
+        self.model_config = self.spec.model_config(cfg.model)
+        self.notes = self.spec.notes(cfg.model)
+
+    def build_model(self) -> Retriever:
+        return build_model(self.model_config)
+
+    def batches(self, include_valid: bool = False) -> TrainBatches:
+        t = self.cfg.train
+        return TrainBatches(
+            self.data, self.cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout, t.pack,
+            t.data_fraction, t.seed,
+        )
+
+    def loss(self, model: Retriever, batch: TrainBatch, epoch: int) -> tuple[torch.Tensor, dict]:
+        return retrieval_loss(model, batch, self.cfg.train), {}
+
+    def evaluate(self, model: Retriever, split: str, device) -> dict:
+        return evaluate(model, self.data, split, self.cfg.eval, device)
+
+    def describe(self) -> dict:
+        return {"task": self.kind, "loss": LOSSES[self.cfg.train.loss].describe(self.cfg.train)}
