@@ -15,6 +15,7 @@ from genrec.models.generative import GenerativeRecommender, HeadConfig, Interlea
 from genrec.models.gpt import GPT, GPTConfig
 from genrec.models.hstu import HSTU, HSTUConfig
 from genrec.models.llama import Llama, LlamaConfig
+from genrec.models.popularity import Popularity, PopularityConfig
 from genrec.models.presets import PRESETS
 from genrec.models.sasrec import SASRec, SASRecConfig
 
@@ -24,6 +25,7 @@ MODELS: dict[str, tuple[type[ModelConfig], type]] = {
     "gpt": (GPTConfig, GPT),
     "llama": (LlamaConfig, Llama),
     "din": (DINConfig, DIN),  # ranking only (no retrieval side)
+    "popularity": (PopularityConfig, Popularity),  # baseline: counts, nothing to train
 }
 BACKBONES = ("hstu", "sasrec", "gpt", "llama")
 """Models that implement the full sequence contract (retrieval, and ranking/unified when wrapped
@@ -71,7 +73,7 @@ def preset(name: str) -> dict[str, Any]:
 
 __all__ = [
     "BACKBONES", "DIN", "DINConfig", "GPT", "GPTConfig", "GenerativeRecommender", "HeadConfig", "HSTU", "HSTUConfig",
-    "InterleavedRanker", "ItemTable", "Llama", "LlamaConfig", "MODELS", "Model", "ModelConfig", "PRESETS", "Ranker",
+    "InterleavedRanker", "ItemTable", "Llama", "LlamaConfig", "MODELS", "Model", "ModelConfig", "PRESETS", "Popularity", "PopularityConfig", "Ranker",
     "Retriever", "SASRec", "SASRecConfig", "SequentialRecommender", "build_interleaved", "build_model",
     "interleaved_tokens", "model_config_class", "model_config_from_dict", "preset", "wrap_interleaved",
 ]

@@ -6,7 +6,8 @@ batches, the loss of one step and its evaluation; the trainer drives any task th
   item/action tokens;
 - :class:`~genrec.training.tasks.interleaved.UnifiedTask` — retrieval at action tokens + ranking at
   item tokens in one model (UniGRF: enhancer, weighter);
-- :class:`~genrec.training.tasks.din.DINTask` — DIN, the classic target-attention ranker.
+- :class:`~genrec.training.tasks.din.DINTask` — DIN, the classic target-attention ranker;
+- :class:`~genrec.training.tasks.popularity.PopularityTask` — the popularity baseline (closed form).
 
 Adding a task: a class with the :class:`Task` members, and one line in :func:`build_task`.
 """
@@ -29,6 +30,8 @@ class Task(Protocol):
     """``retrieval``, ``ranking`` or ``unified`` (what metrics.json's protocol reports)."""
     all_parameters_used: bool
     """Whether every parameter gets a gradient at every step (DDP needs to know)."""
+    trainable: bool
+    """False for models fit in closed form when built (popularity): no epochs are run."""
 
     def build_model(self) -> Model:
         """A fresh model for this task (initialised from the current torch seed)."""
@@ -61,6 +64,7 @@ def build_task(cfg, data: SequenceData) -> Task:
     """The task of ``cfg.task.kind`` (and, for ranking, of the model: DIN or interleaved)."""
     from genrec.training.tasks.din import DINTask
     from genrec.training.tasks.interleaved import RankingTask, UnifiedTask
+    from genrec.training.tasks.popularity import PopularityTask
     from genrec.training.tasks.retrieval import RetrievalTask
 
     kind = cfg.task.kind
@@ -68,6 +72,10 @@ def build_task(cfg, data: SequenceData) -> Task:
         if kind != "ranking":
             raise ConfigError("model.name=din ranks only: use it with task.kind=ranking")
         return DINTask(cfg, data)
+    if cfg.model.name == "popularity":
+        if kind != "retrieval":
+            raise ConfigError("model.name=popularity is a retrieval baseline: use it with task.kind=retrieval")
+        return PopularityTask(cfg, data)
     tasks = {"retrieval": RetrievalTask, "ranking": RankingTask, "unified": UnifiedTask}
     if kind not in tasks:
         raise ConfigError(f"task.kind={kind!r} is not trained by one Trainer (a cascade trains two runs; see genrec.experiments)")

@@ -31,6 +31,7 @@ class RankingTask:
     """The ranking head over interleaved sequences; the retrieval side is not trained."""
 
     kind = "ranking"
+    trainable = True
     all_parameters_used = False  # the action token of the last interaction feeds nothing
 
     def __init__(self, cfg, data: SequenceData):

@@ -16,9 +16,10 @@ from genrec.training.spec import resolve_spec
 class RetrievalTask:
     kind = "retrieval"
     all_parameters_used = True
+    trainable = True
 
     def __init__(self, cfg, data: SequenceData):
-        if cfg.model.name not in BACKBONES:
+        if cfg.model.name not in (*BACKBONES, "popularity"):
             raise ConfigError(f"model.name={cfg.model.name!r} cannot do retrieval; use one of {BACKBONES}")
         self.cfg, self.data = cfg, data
         self.spec = resolve_spec(data)

@@ -1,0 +1,38 @@
+"""The popularity baseline as a task: the model is fit in closed form (item counts over the
+training split) when it is built; nothing is trained by gradient, so the trainer only validates,
+saves and tests it (see :class:`~genrec.models.popularity.Popularity`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genrec.data.batches import TrainBatches, train_end
+from genrec.errors import ConfigError
+from genrec.models import build_model
+from genrec.models.popularity import Popularity
+from genrec.training.tasks.retrieval import RetrievalTask
+
+
+class PopularityTask(RetrievalTask):
+    trainable = False
+
+    def __init__(self, cfg, data):
+        if cfg.train.refit:
+            raise ConfigError("model.name=popularity: train.refit has nothing to retrain (the counts come from the training split)")
+        super().__init__(cfg, data)
+
+    def build_model(self) -> Popularity:
+        model = build_model(self.model_config)
+        starts, lengths = self.data.offsets[:-1], self.data.lengths
+        n_train = np.repeat(train_end(self.data, False, self.cfg.eval.holdout) - starts, lengths)  # per interaction
+        position = np.arange(len(self.data.items)) - np.repeat(starts, lengths)  # within its user
+        model.fit_counts(torch.from_numpy(self.data.items[position < n_train]))
+        return model
+
+    def batches(self, include_valid: bool = False) -> TrainBatches:
+        return TrainBatches(self.data, self.cfg.model.max_seq_len, self.cfg.train.batch_size, include_valid=include_valid,
+                            holdout=self.cfg.eval.holdout)
+
+    def describe(self) -> dict:
+        return {"task": "retrieval", "loss": "none: item popularity (interaction counts over the training split), no training"}
