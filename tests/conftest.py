@@ -15,6 +15,15 @@ import yaml
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def no_user_genrec_environment(monkeypatch):
+    """Every test runs without the user's GENREC_* variables (GENREC_SOURCE, GENREC_DATA_DIR, ...):
+    the README tells users to export them, and a test must not find the user's data or cache.
+    Tests that need one set it themselves. (Read at import time, GENREC_WRITE_BASELINE still works.)"""
+    for name in [n for n in os.environ if n.startswith("GENREC_")]:
+        monkeypatch.delenv(name)
+
+
 def shared_file(rel: str) -> Path:
     """A file under ../shared/data, or skip the test with the reason."""
     path = SHARED / rel
@@ -79,7 +88,7 @@ def tiny_run_config(tmp_path: Path, csv: Path, **train) -> Path:
                  "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
         "model": {"name": "hstu", "max_seq_len": 10, "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0},
         "train": {"epochs": 2, "batch_size": 16, "loss": "full_softmax", "lr": 0.01, "patience": 0, "num_threads": 1,
-                  "device": "cpu", **train},
+                  "device": "cpu", "precision": "fp32", **train},  # fp32: "auto" is bf16 on AMX CPUs
         "eval": {"ks": [1, 10]},
     }
     path = tmp_path / "tiny.yaml"

@@ -9,7 +9,7 @@ from genrec.errors import ConfigError
 from genrec.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name != "sweeps")
+CONFIGS = sorted(p for p in ROOT.rglob("*.yaml") if p.parent.name not in ("sweeps", "spaces"))  # spaces: tests/experiments/test_tune.py
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 
 

@@ -58,7 +58,7 @@ def _hstu(max_seq_len: int = HISTORY) -> dict:
 
 
 def _train(**kw) -> dict:
-    return {"epochs": 2, "batch_size": 16, "lr": 0.01, "patience": 0, "num_threads": 1, "device": "cpu", "seed": 42, **kw}
+    return {"epochs": 2, "batch_size": 16, "lr": 0.01, "patience": 0, "num_threads": 1, "device": "cpu", "seed": 42, "precision": "fp32", **kw}  # fp32: auto would pick bf16 on AMX CPUs
 
 
 def _retrieval(tmp_path, csv, **train) -> dict:

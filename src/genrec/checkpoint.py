@@ -2,7 +2,8 @@
 
 A checkpoint folder holds ``model.safetensors``, ``model.json`` (the model config; for a ranking or
 unified model the backbone's, with ``head.json`` for the action tokens and ranking head), ``items.json``
-(raw id of item idx 1..I, so a checkpoint serves without the dataset) and ``experiment.json``.
+(raw id of item idx 1..I, so a checkpoint serves without the dataset) and ``experiment.json``;
+optionally ``item_metadata.json`` (titles and other fields per raw id, shown by ``genrec serve``).
 A training-state folder adds ``optimizer.safetensors`` + ``optimizer.json`` and ``state.json``.
 
 Folders are written under a temporary name and swapped in with renames; if a crash lands between
@@ -172,3 +173,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
 
 def load_weights(folder: Path, model: nn.Module) -> None:
     model.load_state_dict(load_tensors(resolve(folder) / "model.safetensors"))
+
+
+ITEM_METADATA = "item_metadata.json"
+"""Optional: ``{raw item id: {"title": ..., other fields}}`` for the items of ``items.json``."""
+
+
+def read_item_metadata(path: str | Path) -> dict[str, dict] | None:
+    """The checkpoint's optional item metadata (``item_metadata.json``), or None when it has none."""
+    file = resolve(path) / ITEM_METADATA
+    if not file.exists():
+        return None
+    meta = _read_json(file)
+    if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
+        raise CheckpointError(f"{file}: expected {{item id: {{field: value}}}}")
+    return {str(k): v for k, v in meta.items()}

@@ -3,15 +3,16 @@
 (Over 350 lines on purpose: the whole schema — every section and every field with its
 documentation and validation — lives in this one file, so a user reads every key in one place.)
 
-An experiment is ``data`` + ``model`` + ``train`` + ``eval``. The model section is resolved by
-its ``name`` to the model's own config dataclass (``HSTUConfig``, ``SASRecConfig``), registered in
-:mod:`genrec.models`. Every field is documented where it is declared and validated in
+An experiment is ``data`` + ``model`` + ``train`` + ``eval`` + ``task`` (+ ``distill``). The model
+section is resolved by its ``name`` to the model's own config dataclass (``HSTUConfig``,
+``SASRecConfig``), registered in :mod:`genrec.models`. Every field is documented where it is declared and validated in
 ``__post_init__`` with an error that names the bad value.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -34,18 +35,27 @@ class DataConfig:
     dataset: str = "custom"
     """Registered dataset name (see ``genrec datasets``), or ``custom`` for a local log."""
     source: str | None = None
-    """Local file, folder or archive to read instead of downloading (offline use)."""
+    """``custom``: the log file (CSV, TSV, Parquet, or any registered format; ``.gz`` read directly).
+    Registered datasets: a local file, folder or zip to read instead of downloading (offline use)."""
     format: str | None = None
-    """Input format; defaults to the registered dataset's. See ``genrec.data.loaders.FORMATS``."""
+    """Input format: ``csv``, ``parquet`` or one of ``genrec.data.loaders.FORMATS`` (e.g.
+    ``movielens-100k``, ``amazon-reviews-json``, ``sequences``). Default: the registered dataset's;
+    for ``custom``, ``parquet`` when the file name ends in ``.parquet``, else ``csv``."""
     columns: dict[str, str] = field(default_factory=dict)
-    """Generic CSV/Parquet only: maps ``user``/``item``/``timestamp``/``rating`` to column names."""
+    """Generic CSV/Parquet only: maps ``user``/``item`` (required) and ``timestamp``/``rating``
+    (optional) to column names (positions 0, 1, ... without a header). Empty: recognised from the
+    header by common names (``userId``, ``user_id``, ``movieId``, ``asin``, ``timestamp``, ``ts``,
+    ``rating``, ...; ``genrec.data.loaders.COLUMN_NAMES``); when given, exactly these are used.
+    Times may be unix seconds (integer or decimal) or ISO-8601 dates/date-times (UTC unless offset)."""
     action_columns: list[str] = field(default_factory=list)
     """Generic CSV/Parquet only: numeric feedback columns kept per interaction (e.g. ``click``,
     ``like``, ``watch_time``), the raw material of ranking labels (see ``task.binary_actions``)."""
     delimiter: str = ","
-    """Generic CSV only: field separator."""
+    """Generic CSV only: field separator, one character; ``\\t`` or ``tab`` for a tab (so
+    ``data.delimiter='\\t'`` works from a shell)."""
     has_header: bool = True
-    """Generic CSV only: whether the first line names the columns."""
+    """Generic CSV only: whether the first line names the columns (without one, ``data.columns``
+    gives positions)."""
     min_user_count: int | None = None
     """Drop users with fewer interactions (None = the registered dataset's protocol, else keep all)."""
     min_item_count: int | None = None
@@ -55,9 +65,11 @@ class DataConfig:
     raw_integer_ids: bool = False
     """Use integer item ids as they are (catalogue 1..max id), as the HSTU reference does for MovieLens."""
     verify_checksum: bool = True
-    """Check the data file's size and published digest (turn off for a deliberately modified copy)."""
+    """Registered datasets: check the data file's size and published digest (turn off for a
+    deliberately modified copy)."""
     cache_dir: str | None = None
-    """Where downloads and prepared data live; default ``$GENREC_DATA_DIR`` or ``~/.cache/genrec``."""
+    """Where downloads and prepared data live; default ``$GENREC_DATA_DIR`` or ``~/.cache/genrec``.
+    Prepared data is found again by a key of these settings, so ``genrec eval`` needs no raw file."""
 
     def __post_init__(self) -> None:
         if (self.min_user_count or 0) < 0 or (self.min_item_count or 0) < 0:
@@ -65,6 +77,9 @@ class DataConfig:
         unknown = set(self.columns) - {"user", "item", "timestamp", "rating"}
         if unknown:
             raise ConfigError(f"data.columns has unknown keys {sorted(unknown)}")
+        self.delimiter = {"\\t": "\t", "tab": "\t"}.get(self.delimiter.lower(), self.delimiter)
+        if len(self.delimiter) != 1:
+            raise ConfigError(f"data.delimiter={self.delimiter!r} must be one character (a tab: data.delimiter='\\t' or tab)")
 
 
 @dataclass
@@ -90,8 +105,10 @@ class TrainConfig:
     """Softmax temperature on cosine similarities."""
     seed: int = 42
     """Seed for initialisation, shuffling, dropout and negatives."""
-    precision: str = "fp32"
-    """``fp32`` or ``bf16`` (autocast; fast on CPUs with AMX and on recent GPUs)."""
+    precision: str = "auto"
+    """``auto``, ``fp32`` or ``bf16`` (autocast; evaluation stays fp32). ``auto``: bf16 on CUDA
+    devices with native bf16 and on CPUs with AMX, fp32 elsewhere (where bf16 is slower); the
+    choice and its reason go into metrics.json's protocol."""
     patience: int = 10
     """Stop after this many evaluations without a validation improvement (0 = never stop early)."""
     eval_every: int = 1
@@ -141,7 +158,7 @@ class TrainConfig:
 
         _check_choice("train.loss", self.loss, tuple(LOSSES))
         _check_choice("train.negative_sharing", self.negative_sharing, ("position", "batch"))
-        _check_choice("train.precision", self.precision, ("fp32", "bf16"))
+        _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
         _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
@@ -272,18 +289,59 @@ class TaskConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Layer-aligned distillation of a deep teacher into this shallower student (SLMRec, PAPERS.md
+    §4; ``genrec distill CONFIG --teacher CKPT``). The teacher's M layers and the student's N are
+    cut into B ``blocks``; block k = 1..B aligns teacher layer k·M/B with student layer k·N/B.
+    Loss = train.loss + cosine_weight · Σ_k (1 − cos(h_t, h_s)) + l2_weight · Σ_k ‖h_t − h_s‖²
+    + supervision_weight · Σ_{k<B} train.loss of adapter_k(h_s) (a linear map per block to the
+    student's output space, scored against its item vectors). When the widths differ, h_s goes
+    through a learned linear projection per block to the teacher's width."""
+
+    teacher: str = ""
+    """Teacher checkpoint folder (a trained genrec retrieval model on the same catalogue; set by
+    ``genrec distill --teacher``). Empty: no distillation."""
+    blocks: int = 4
+    """B, the number of aligned blocks; must divide both layer counts (paper: 4)."""
+    positions: str = "last"
+    """Hidden states compared: ``last`` (each sequence's last token, as the paper) or ``all``
+    (every position with a target)."""
+    cosine_weight: float = 1.0
+    """λ1 on Σ_k (1 − cosine similarity) (paper: 1)."""
+    l2_weight: float = 0.1
+    """λ2 on Σ_k squared Euclidean distance, averaged over positions (paper: 0.1)."""
+    supervision_weight: float = 0.1
+    """λ3 on multi-supervision: adapters at blocks 1..B-1 (block B is the student's own output,
+    already under ``train.loss``), each trained with ``train.loss`` (paper: 1, 0.1 or 0.01)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("distill.positions", self.positions, ("last", "all"))
+        if self.blocks < 1:
+            raise ConfigError(f"distill.blocks={self.blocks} must be >= 1")
+        for name in ("cosine_weight", "l2_weight", "supervision_weight"):
+            value = getattr(self, name)
+            if not 0.0 <= value < float("inf"):
+                raise ConfigError(f"distill.{name}={value} must be a finite number >= 0")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    """Used for the default run folder ``runs/<name>-<timestamp>``."""
+    """Default: the config's folder and file name (``ml-100k-hstu``). The default run folder is
+    ``runs/<run_name(cfg)>-<timestamp>``, named after a custom log's file (see :func:`run_name`)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=lambda: model_config_class("hstu")())
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:  # checks that span sections
         if self.train.item_table == "rowwise" and (self.task.kind != "retrieval" or self.train.refit):
             raise ConfigError("train.item_table=rowwise is for retrieval training (task.kind=retrieval) without train.refit")
+        if self.distill.teacher and (self.task.kind != "retrieval" or self.train.refit or self.train.item_table != "local"):
+            raise ConfigError("distill.teacher is set: distillation trains a retrieval student (task.kind=retrieval), "
+                              "without train.refit, with train.item_table=local")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -305,6 +363,7 @@ class ExperimentConfig:
             train=_build(TrainConfig, raw.get("train"), "train"),
             eval=_build(EvalConfig, raw.get("eval"), "eval"),
             task=_build(TaskConfig, raw.get("task"), "task"),
+            distill=_build(DistillConfig, raw.get("distill"), "distill"),
         )
 
 
@@ -399,6 +458,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         cfg.task.retrieval_config = str((path.parent / cfg.task.retrieval_config).resolve())
         cfg.task.ranking_config = str((path.parent / cfg.task.ranking_config).resolve())
     return cfg
+
+
+def run_name(cfg: ExperimentConfig) -> str:
+    """The stem of a run's default folder: the experiment's name, except that a custom log is named
+    after its file, ``ratings.csv`` + ``configs/custom/hstu.yaml`` -> ``ratings-hstu``."""
+    if cfg.data.dataset != "custom" or not cfg.data.source:
+        return cfg.name
+    stem = Path(cfg.data.source).name.removesuffix(".gz")
+    stem = re.sub(r"[^\w.-]+", "-", stem.rsplit(".", 1)[0] if "." in stem else stem).strip("-.") or "data"
+    rest = cfg.name.removeprefix("custom-")
+    return stem if rest in ("", stem, "custom") else f"{stem}-{rest}"
 
 
 def experiment_from_dict(raw: dict[str, Any], overrides: list[str] | None = None) -> ExperimentConfig:

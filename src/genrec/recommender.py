@@ -10,6 +10,7 @@ a unified checkpoint is both.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -22,8 +23,9 @@ from genrec.errors import GenrecError, UnknownItemError
 from genrec.models.contracts import Model, Ranker, Retriever
 
 
-class _Inputs(NamedTuple):
-    """One request's model inputs (built per call, never stored)."""
+class Query(NamedTuple):
+    """One request's checked model inputs (built per call by :meth:`Recommender.query`, never
+    stored on the Recommender): what a micro-batcher collects before one forward pass."""
 
     items: torch.Tensor  # [1, n] item idx of the newest n <= max_history known history items
     timestamps: torch.Tensor | None  # [1, n] when the model has a time bias
@@ -89,7 +91,7 @@ class Recommender:
     # ---- what the checkpoint is ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        return next(itertools.chain(self.model.parameters(), self.model.buffers())).device
 
     @property
     def reads_feedback(self) -> bool:
@@ -149,7 +151,7 @@ class Recommender:
             raise ValueError(f"feedback needs {history_len} entries (one per history item) of {len(names)} value(s) each")
         return torch.tensor([[rows[p] for p in kept]], dtype=torch.float32, device=self.device)
 
-    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback) -> _Inputs:
+    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback) -> Query:
         idx, kept = self._encode_ids(history, ignore_unknown)
         L = self.model.max_history
         labels = self._labels(feedback, len(history), kept)
@@ -161,7 +163,7 @@ class Recommender:
             ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=self.device)
         items = torch.tensor([idx[-L:]], device=self.device)
         qt = None if query_time is None else torch.tensor([int(query_time)], device=self.device)
-        return _Inputs(items, ts, qt, labels, idx)
+        return Query(items, ts, qt, labels, idx)
 
     def _candidates(self, candidates: Sequence) -> torch.Tensor:
         """Raw candidate ids -> [1, C] item idx; unknown candidates always raise."""
@@ -173,7 +175,7 @@ class Recommender:
             raise UnknownItemError(unknown)
         return torch.tensor([cand_idx], device=self.device)
 
-    def _query(self, model: Retriever, x: _Inputs) -> torch.Tensor:
+    def _query(self, model: Retriever, x: Query) -> torch.Tensor:
         """[1, D] next-item query vector of one request."""
         with torch.inference_mode():
             user = model.user_vectors(x.items, x.timestamps, x.query_time, x.labels)
@@ -190,6 +192,66 @@ class Recommender:
         model = self._retriever()
         x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
         return self._query(model, x), x.known
+
+    def query(
+        self, history: Sequence, timestamps: Sequence[int] | None = None, query_time: int | None = None,
+        ignore_unknown: bool = False, feedback: Sequence | None = None,
+    ) -> Query:
+        """Check one request and build its model inputs, without a forward pass (raises as
+        :meth:`recommend` does). What a server's micro-batcher collects for :meth:`query_vectors`."""
+        return self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
+
+    def query_vectors(self, queries: Sequence[Query]) -> torch.Tensor:
+        """[B, D] next-item query vectors of several requests in one padded forward pass.
+
+        Histories are right-padded to the longest (timestamps padded with each row's last one);
+        a row sees only its own earlier items and every backbone's normaliser is a constant, so
+        row b is the vector of ``queries[b]`` alone, up to float rounding of the wider matmuls.
+        """
+        model = self._retriever()
+        if not queries:
+            raise ValueError("no queries given")
+        B, N = len(queries), max(q.items.size(1) for q in queries)
+        items = torch.zeros(B, N, dtype=torch.long, device=self.device)  # [B N] 0 = padding
+        ts = torch.zeros(B, N, dtype=torch.long, device=self.device) if model.uses_timestamps else None
+        qt = torch.zeros(B, dtype=torch.long, device=self.device) if model.uses_timestamps else None
+        labels = torch.zeros(B, N, len(self.task_names), device=self.device) if self.reads_feedback else None
+        for b, q in enumerate(queries):
+            n = q.items.size(1)
+            items[b, :n] = q.items[0]
+            if ts is not None:
+                ts[b, :n], ts[b, n:] = q.timestamps[0], q.timestamps[0, -1]
+                qt[b] = q.timestamps[0, -1] if q.query_time is None else q.query_time[0]  # the model's own default
+            if labels is not None:
+                labels[b, :n] = q.labels[0]
+        with torch.inference_mode():
+            user = model.user_vectors(items, ts, qt, labels)  # [B D]
+        _check_finite(user, "query vectors")
+        return user
+
+    def recommend_many(self, queries: Sequence[Query], k: int = 10, exclude_history: bool = True) -> list[list[tuple[str, float]]]:
+        """:meth:`recommend` for several requests (from :meth:`query`) in one forward pass and
+        one top-k over the catalogue: per request, (raw item id, score) best first."""
+        model = self._retriever()
+        if k < 1:
+            raise ValueError(f"k={k} must be >= 1")
+        user = self.query_vectors(queries)
+        top = self.top_items(user, k, [q.known for q in queries] if exclude_history else None)
+        return [[(self.item_ids[i - 1], s) for i, s in row] for row in top]
+
+    def top_items(self, user: torch.Tensor, k: int, exclude: Sequence[Sequence[int]] | None = None) -> list[list[tuple[int, float]]]:
+        """Exact top-k of query vectors user [B, D] over the whole catalogue (the model's chunked
+        scan), never an item idx of ``exclude[b]``: per row, (item idx, score) best first."""
+        model = self._retriever()
+        ex = None
+        if exclude is not None and any(exclude):
+            E = max(len(e) for e in exclude)
+            ex = torch.tensor([list(e) + [0] * (E - len(e)) for e in exclude], device=self.device)  # [B E] 0 = none
+        with torch.inference_mode():
+            scores, ids = model.topk(user, k, ex)  # [B k'] each
+        return [
+            [(i, s) for s, i in zip(srow, irow) if s != float("-inf")] for srow, irow in zip(scores.tolist(), ids.tolist())
+        ]
 
     def recommend(
         self,

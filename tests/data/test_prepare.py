@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 import zipfile
 
 import numpy as np
@@ -128,3 +129,80 @@ def test_verification_is_remembered_until_the_file_changes(tmp_path, monkeypatch
     os.utime(src, ns=(1, 1))
     with pytest.raises(ChecksumError):
         fetch(spec, cache_dir=str(tmp_path / "c"), source=str(src))
+
+
+def test_unreachable_download_mentions_genrec_source(tmp_path):
+    spec = DatasetSpec("toy", "movielens-100k", (tmp_path / "missing.txt").as_uri(), "u.data")
+    with pytest.raises(DataFormatError, match="data.source=PATH .* GENREC_SOURCE=DIR"):
+        fetch(spec, cache_dir=str(tmp_path / "c"))
+    with pytest.raises(DataFormatError, match=r"data.source=.*nope: no such file or folder; .*GENREC_SOURCE"):
+        fetch(spec, cache_dir=str(tmp_path / "c"), source=str(tmp_path / "nope"))
+
+
+# ---- input checks: warned on stderr with counts, recorded in stats.json --------------------------
+
+def test_input_checks_are_warned_and_recorded(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    log.write_text(
+        "user,item,ts\n"
+        "a,x,10\na,y,5\n"  # a: y is earlier than x in the file (out of order)
+        "a,x,10\n"  # a duplicate of the first row
+        ",z,7\nb,,8\n  ,z,\n"  # three rows without a user or item id (one without a time too): dropped
+        "b,x,1\nb,y,2\n"
+    )
+    folder = prepare(DataConfig(source=str(log), cache_dir=str(tmp_path / "c")))
+    stats = json.loads((folder / "stats.json").read_text())
+    assert (stats["raw_interactions"], stats["interactions"]) == (8, 5)
+    assert (stats["empty_id_rows"], stats["duplicate_rows"], stats["out_of_order_timestamps"]) == (3, 1, 1)
+    err = capsys.readouterr().err
+    assert "log.csv: 3 row(s) with an empty user or item id dropped" in err
+    assert "log.csv: 1 duplicate row(s)" in err and "log.csv: 1 row(s) earlier than the same user's previous row" in err
+
+
+def test_clean_log_is_quiet(tmp_path, capsys):
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,ts\na,x,1\na,y,2\nb,x,3\n")
+    stats = json.loads((prepare(DataConfig(source=str(log), cache_dir=str(tmp_path / "c"))) / "stats.json").read_text())
+    assert (stats["empty_id_rows"], stats["duplicate_rows"], stats["out_of_order_timestamps"]) == (0, 0, 0)
+    assert "warning" not in capsys.readouterr().err
+
+
+# ---- prepared data is found by its key, without the raw file --------------------------------------
+
+def test_custom_log_prepared_copy_is_used_when_the_file_is_gone(tmp_path, synthetic_csv, capsys):
+    cfg = DataConfig(source=str(synthetic_csv), cache_dir=str(tmp_path / "c"))  # columns recognised
+    folder = prepare(cfg)
+    synthetic_csv.unlink()
+    assert prepare(cfg) == folder
+    assert f"using its prepared copy {folder}" in capsys.readouterr().err
+    with pytest.raises(DataFormatError, match=r"other.csv: no such file, and no prepared copy .* data.source=PATH"):
+        prepare(DataConfig(source=str(tmp_path / "other.csv"), cache_dir=str(tmp_path / "c")))
+
+
+def test_changed_custom_log_is_prepared_again(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("user,item,ts\na,x,1\na,y,2\n")
+    cfg = DataConfig(source=str(log), columns={"user": "user", "item": "item", "timestamp": "ts"}, cache_dir=str(tmp_path / "c"))
+    first = prepare(cfg)
+    log.write_text("user,item,ts\na,x,1\na,y,2\na,z,3\n")
+    os.utime(log, (1, 1))
+    second = prepare(cfg)
+    assert second != first and load_prepared(second).num_items == 3
+
+
+def test_registered_dataset_is_found_by_its_published_digest(tmp_path, monkeypatch):
+    from genrec.data.download import DATASETS
+
+    content = b"1\t2\t3\t100\n1\t3\t4\t200\n"
+    spec = _spec(tmp_path, content, False)
+    monkeypatch.setitem(DATASETS, "toy", spec)
+    mirror = tmp_path / "mirror" / "u.data"
+    mirror.parent.mkdir()
+    mirror.write_bytes(content)
+    folder = prepare(DataConfig(dataset="toy", source=str(mirror), cache_dir=str(tmp_path / "c")))
+    (tmp_path / "upstream" / "u.data").unlink()  # no download possible either
+    mirror.unlink()
+    for source in (str(mirror), None):  # the same content key, wherever the file was
+        assert prepare(DataConfig(dataset="toy", source=source, cache_dir=str(tmp_path / "c"))) == folder
+    with pytest.raises(DataFormatError, match="GENREC_SOURCE"):  # never prepared with these settings: needs the file
+        prepare(DataConfig(dataset="toy", min_user_count=2, cache_dir=str(tmp_path / "c")))

@@ -1,6 +1,8 @@
 """Trainer: resume equivalence and the run-folder contract, on the synthetic log."""
 
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -116,3 +118,53 @@ def test_compile_failure_falls_back_to_eager(tmp_path, synthetic_csv, monkeypatc
     fallen = train(_cfg(synthetic_csv, tmp_path / "c", epochs=1, compile=True), tmp_path / "compiled")
     assert "torch.compile failed (RuntimeError: no compiler here); running eager" in capsys.readouterr().err
     assert fallen["test"] == plain["test"]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_name_the_epoch_and_show_evaluation(tmp_path, synthetic_csv, monkeypatch):
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)  # bars are drawn only on a terminal
+    train(_cfg(synthetic_csv, tmp_path / "c", epochs=2), tmp_path / "run")
+    shown = terminal.getvalue()
+    assert "epoch 1/2" in shown and "epoch 2/2" in shown
+    assert "eval valid" in shown and "eval test" in shown
+
+
+def test_training_curves_are_drawn_after_every_epoch(tmp_path, synthetic_csv):
+    pytest.importorskip("matplotlib")
+    train(_cfg(synthetic_csv, tmp_path / "c", epochs=2), tmp_path / "run")
+    assert (tmp_path / "run" / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list((tmp_path / "run").glob("*.tmp"))
+
+
+def test_without_matplotlib_the_curves_are_skipped_with_one_line(tmp_path, synthetic_csv, monkeypatch, capsys):
+    from genrec.training import curves
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    curves._figure_class.cache_clear()
+    try:
+        train(_cfg(synthetic_csv, tmp_path / "c", epochs=2), tmp_path / "run")
+    finally:
+        curves._figure_class.cache_clear()
+    assert capsys.readouterr().err.count("matplotlib is not installed") == 1
+    assert (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "curves.png").exists()
+
+
+def test_auto_precision_is_decided_once_and_written_into_the_protocol(tmp_path, synthetic_csv, monkeypatch):
+    from genrec.training import precision
+
+    monkeypatch.setattr(precision, "cpu_has_amx", lambda: False)
+    precision.resolve_precision.cache_clear()
+    try:
+        auto = train(_cfg(synthetic_csv, tmp_path / "c", epochs=2, device="cpu"), tmp_path / "auto")
+    finally:
+        precision.resolve_precision.cache_clear()
+    assert auto["protocol"]["precision"] == "fp32 (auto: no AMX on this CPU)"
+    fp32 = train(_cfg(synthetic_csv, tmp_path / "c", epochs=2, device="cpu", precision="fp32"), tmp_path / "fp32")
+    assert fp32["protocol"]["precision"] == "fp32"
+    assert auto["test"] == fp32["test"] and auto["valid"] == fp32["valid"]  # auto -> fp32 is exactly fp32

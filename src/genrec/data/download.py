@@ -21,6 +21,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genrec.data.columns import COLUMN_NAMES
 from genrec.errors import ChecksumError, DataFormatError
 
 
@@ -100,6 +101,20 @@ DATASETS: dict[str, DatasetSpec] = {
     ]
 }
 
+CUSTOM = {
+    "format": "csv (any one-character delimiter), parquet, or any format above (data.format)",
+    "url": None,
+    "description": "your own interaction log, one row per interaction: genrec train configs/custom/hstu.yaml data.source=ratings.csv",
+    "reads": "user and item ids (required), timestamp (unix seconds or ISO-8601) and rating (optional), "
+    "from columns recognised by name (any case) unless data.columns names them",
+    "recognised_columns": {k: list(v) for k, v in COLUMN_NAMES.items()},
+    "keys": ["data.source", "data.format", "data.columns.user", "data.columns.item", "data.columns.timestamp",
+             "data.columns.rating", "data.delimiter", "data.has_header", "data.action_columns",
+             "data.min_user_count", "data.min_item_count", "data.kcore", "data.raw_integer_ids", "data.cache_dir"],
+    "min_user_count": 0, "min_item_count": 0,
+}
+"""What ``data.dataset=custom`` reads, as ``genrec datasets`` lists it (README "Your own data")."""
+
 
 def cache_root(cache_dir: str | None = None) -> Path:
     root = cache_dir or os.environ.get("GENREC_DATA_DIR") or Path.home() / ".cache" / "genrec"
@@ -146,9 +161,7 @@ def _download(url: str, dest: Path) -> None:
                 shutil.copyfileobj(resp, tmp, 1 << 20)
         except OSError as exc:
             os.unlink(tmp.name)
-            raise DataFormatError(
-                f"could not download {url} ({exc}); download it yourself and pass data.source=PATH"
-            ) from None
+            raise DataFormatError(f"could not download {url} ({exc}); download it yourself and {OFFLINE_HINT}") from None
     os.replace(tmp.name, dest)
 
 
@@ -186,37 +199,46 @@ def _local_copy(spec: DatasetSpec) -> Path | None:
     return None
 
 
-def fetch(spec: DatasetSpec, cache_dir: str | None = None, source: str | None = None, check: bool = True) -> Path:
-    """Return the local path of the dataset's data file: from ``source`` (file, folder or zip
-    archive) when given, else from a folder in ``$GENREC_SOURCE``, else downloaded once into the
-    cache. Checks sizes and digests."""
+OFFLINE_HINT = "pass data.source=PATH (the file, a folder holding it, or the official zip) or set GENREC_SOURCE=DIR to a folder holding it"
+
+
+def locate(spec: DatasetSpec, cache_dir: str | None = None, source: str | None = None) -> Path | None:
+    """The dataset's data file if it is on this machine: ``source`` (file, folder or zip archive)
+    when given, else a folder in ``$GENREC_SOURCE``, else the download cache. None when ``source``
+    does not exist, or (without one) when the file would have to be downloaded. Nothing is checked."""
     root = cache_root(cache_dir) / "raw" / spec.name
     if source is not None:
         src = Path(source)
         if src.is_dir():
-            path = _find_in_folder(src, spec.member, spec.local_names)
-        elif zipfile.is_zipfile(src):
-            path = _from_archive(src, spec.member, root / Path(spec.member).name)
-        elif src.is_file():
-            path = src
+            return _find_in_folder(src, spec.member, spec.local_names)
+        if zipfile.is_zipfile(src):
+            return _from_archive(src, spec.member, root / Path(spec.member).name)
+        return src if src.is_file() else None
+    if local := _local_copy(spec):
+        return local
+    path = root / Path(spec.member).name
+    return path if path.exists() else None
+
+
+def fetch(spec: DatasetSpec, cache_dir: str | None = None, source: str | None = None, check: bool = True) -> Path:
+    """Return the local path of the dataset's data file: :func:`locate`'s, else downloaded once
+    into the cache. Checks sizes and digests."""
+    path = locate(spec, cache_dir, source)
+    if path is None and source is not None:
+        raise DataFormatError(f"data.source={source}: no such file or folder; {OFFLINE_HINT}")
+    if path is None:
+        path = cache_root(cache_dir) / "raw" / spec.name / Path(spec.member).name
+        if spec.url is None:
+            raise DataFormatError(f"dataset {spec.name} has no download address; {OFFLINE_HINT}")
+        if spec.url.endswith(".zip"):
+            archive = path.parent / Path(spec.url).name
+            _download(spec.url, archive)
+            if spec.archive_md5:
+                verify(archive, None, {"md5": spec.archive_md5}, "archive")
+            _from_archive(archive, spec.member, path)
+            archive.unlink()
         else:
-            raise DataFormatError(f"data.source={source}: no such file or folder")
-    elif local := _local_copy(spec):
-        path = local
-    else:
-        path = root / Path(spec.member).name
-        if not path.exists():
-            if spec.url is None:
-                raise DataFormatError(f"dataset {spec.name} has no download address; pass data.source=PATH")
-            if spec.url.endswith(".zip"):
-                archive = root / Path(spec.url).name
-                _download(spec.url, archive)
-                if spec.archive_md5:
-                    verify(archive, None, {"md5": spec.archive_md5}, "archive")
-                _from_archive(archive, spec.member, path)
-                archive.unlink()
-            else:
-                _download(spec.url, path)
+            _download(spec.url, path)
     if check:
         _verify_once(path, spec, cache_root(cache_dir) / "verified" / f"{spec.name}.json")
     return path

@@ -3,32 +3,38 @@
 Every reader returns an Arrow table with columns ``user`` (string), ``item`` (string),
 ``timestamp`` (int64 seconds, null when the format has none) and ``rating`` (float64, nullable),
 rows in file order; generic CSV/Parquet logs may add numeric action columns (``action.<name>``,
-float64: clicks, likes, watch time, ...) named in ``data.action_columns``. Gzipped inputs (``*.gz``) are read directly. Parsing runs columnar (pyarrow);
-when it fails, the file is re-scanned line by line to name the first bad line.
+float64: clicks, likes, watch time, ...) named in ``data.action_columns``. Gzipped inputs
+(``*.gz``) are read directly, a UTF-8 byte-order mark is skipped.
+
+Generic logs: columns are recognised by common names unless ``data.columns`` names them; times
+may be unix seconds or ISO-8601 (:mod:`genrec.data.columns` says what each cell may hold).
+
+Parsing runs columnar (pyarrow); when it fails, the file is re-scanned by an exact, slow reader
+(line by line, or Python's csv module for generic CSVs) to name the first bad line.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from genrec.data.columns import ACTION_PREFIX, SCHEMA, BadValue, convert_columns, recognise_columns
 from genrec.errors import DataFormatError
-
-SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("timestamp", pa.int64()), ("rating", pa.float64())])
 
 
 def open_text(path: Path) -> io.TextIOBase:
     if str(path).endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-    return open(path, encoding="utf-8", errors="replace", newline="")
+        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
+    return open(path, encoding="utf-8-sig", errors="replace", newline="")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -71,24 +77,16 @@ def _field_checker(sep: str, n_fields: int, names: list[str], numeric: dict[int,
     return check
 
 
-ACTION_PREFIX = "action."
-
-
-def _standardise(
-    table: pa.Table, user: str, item: str, timestamp: str | None, rating: str | None, actions: dict[str, str] | None = None
-) -> pa.Table:
-    """Standard columns (+ ``action.<name>`` float64 for each ``actions`` name -> source column)."""
+def _standardise(table: pa.Table, user: str, item: str, timestamp: str | None, rating: str | None) -> pa.Table:
+    """The standard columns of a fixed-format table."""
     n = table.num_rows
     ts = table[timestamp].cast(pa.int64()) if timestamp else pa.nulls(n, pa.int64())
     rt = table[rating].cast(pa.float64()) if rating else pa.nulls(n, pa.float64())
-    out = pa.table([table[user].cast(pa.string()), table[item].cast(pa.string()), ts, rt], schema=SCHEMA)
-    for name, col in (actions or {}).items():
-        out = out.append_column(ACTION_PREFIX + name, table[col].cast(pa.float64()))
-    return out
+    return pa.table([table[user].cast(pa.string()), table[item].cast(pa.string()), ts, rt], schema=SCHEMA)
 
 
 def _read_delimited(
-    path: Path, sep: str, names: list[str], numeric: dict[int, type], header: bool, stride: int = 1, quoted: bool = False
+    path: Path, sep: str, names: list[str], numeric: dict[int, type], header: bool, stride: int = 1
 ) -> pa.Table:
     """Read a headerless (or header-skipped) delimited file whose fields are ``names``.
     ``stride`` > 1 reads multi-character separators such as ``::`` as runs of one character."""
@@ -99,7 +97,7 @@ def _read_delimited(
         table = pacsv.read_csv(
             pa.input_stream(str(path), compression="detect"),
             read_options=pacsv.ReadOptions(column_names=raw_names, skip_rows=1 if header else 0),
-            parse_options=pacsv.ParseOptions(delimiter=sep[0], quote_char='"' if quoted else False),
+            parse_options=pacsv.ParseOptions(delimiter=sep[0], quote_char=False),
             convert_options=pacsv.ConvertOptions(column_types=types, include_columns=list(types)),
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -171,52 +169,159 @@ def read_sequence_file(path: Path) -> pa.Table:
     return pa.table([users, items, pa.nulls(n, pa.int64()), pa.nulls(n, pa.float64())], schema=SCHEMA)
 
 
-def read_generic(
-    path: Path, columns: dict[str, str], delimiter: str = ",", has_header: bool = True, action_columns: list[str] | None = None
-) -> pa.Table:
-    """A CSV or Parquet log with a column mapping ``{user, item[, timestamp, rating]}`` -> names,
-    plus numeric action columns (kept under their own names, as ``action.<name>``)."""
+def _records(path: Path, delimiter: str) -> Iterator[tuple[int, str, list[str]]]:
+    """(first line number, raw text, fields) of each CSV record, read by Python's csv module with
+    strict quoting: the slow, exact reader behind every line number of an error."""
+    with open_text(path) as f:
+        pending: list[str] = []
+
+        def lines() -> Iterator[str]:
+            for line in f:
+                pending.append(line)
+                yield line
+
+        reader = csv.reader(lines(), delimiter=delimiter, strict=True)
+        start = 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                raise DataFormatError(f"{path}:{start}: bad quoting ({exc}): {''.join(pending)[:200]!r}") from None
+            yield start, "".join(pending).rstrip("\r\n"), fields
+            pending.clear()
+            start = reader.line_num + 1
+
+
+def _data_records(path: Path, delimiter: str, has_header: bool) -> Iterator[tuple[int, str, list[str]]]:
+    """The records that are rows of the table (blank lines skipped, as pyarrow does)."""
+    for n, (line, text, fields) in enumerate(_records(path, delimiter)):
+        if fields and not (has_header and n == 0):
+            yield line, text, fields
+
+
+def _bad_record(path: Path, delimiter: str, has_header: bool, n_fields: int, utf8: bool = False) -> DataFormatError | None:
+    """The error for the first record with bad quoting, the wrong number of fields or (``utf8``)
+    bytes that are not UTF-8; None when every record is well formed."""
+    for line, text, fields in _data_records(path, delimiter, has_header):
+        if len(fields) != n_fields:
+            return DataFormatError(
+                f"{path}:{line}: expected {n_fields} fields separated by {delimiter!r} (as in line 1), got {len(fields)}: {text[:200]!r}"
+            )
+        if utf8 and "\ufffd" in text:
+            return DataFormatError(f"{path}:{line}: not UTF-8 text (save the file as UTF-8): {text[:200]!r}")
+    return None
+
+
+def _line_of_row(path: Path, delimiter: str, has_header: bool, row: int) -> tuple[int, str]:
+    line, text, _ = next(itertools.islice(_data_records(path, delimiter, has_header), row, None), (0, "", []))
+    return line, text
+
+
+def _count_lines(path: Path) -> int:
+    """Lines in the file (a last line without a newline counts)."""
+    n, last = 0, b"\n"
+    with (gzip.open(path, "rb") if str(path).endswith(".gz") else open(path, "rb")) as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            n, last = n + chunk.count(b"\n"), chunk[-1:]
+    return n + (last != b"\n")
+
+
+def _read_csv(path: Path, delimiter: str, has_header: bool, n_fields: int, types: dict[int, pa.DataType]) -> pa.Table:
+    """Columns ``types`` (position -> type) of a delimited file; when a value is not of its type,
+    they are read as text (:func:`~genrec.data.columns.convert_columns` names the value).
+    Malformed records name the line."""
+    names = [f"f{i}" for i in range(n_fields)]
+
+    def read(column_types: dict[int, pa.DataType]) -> pa.Table:
+        return pacsv.read_csv(
+            pa.input_stream(str(path), compression="detect"),
+            read_options=pacsv.ReadOptions(column_names=names, skip_rows=1 if has_header else 0),
+            parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(column_types={names[i]: t for i, t in column_types.items()},
+                                                 include_columns=[names[i] for i in column_types]),
+        )
+
+    try:
+        table = read(types)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        try:
+            table = read({i: pa.string() for i in types})
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise _bad_record(path, delimiter, has_header, n_fields, utf8=True) or DataFormatError(f"{path}: {exc}") from None
+    # pyarrow reads an unterminated quote to the end of the file without complaint; a record may
+    # legally span lines, so when lines and rows disagree the exact reader decides
+    if table.num_rows + has_header != _count_lines(path):
+        if error := _bad_record(path, delimiter, has_header, n_fields):
+            raise error
+    return table
+
+
+def _columns_of(path: Path, names: list[str], columns: dict[str, str], actions: list[str], has_header: bool) -> dict[str, int]:
+    """Standard key (and ``action.<name>``) -> position among ``names``."""
+    if not columns:
+        if not has_header:
+            raise DataFormatError(f"{path}: without a header line, data.columns must give column positions (data.columns.user=0 ...)")
+        columns = recognise_columns(names, f"{path}:1")
     for key in ("user", "item"):
         if key not in columns:
             raise DataFormatError(f"{path}: data.columns must map {key!r} to a column name")
-    actions = {name: name for name in action_columns or []}
-    if str(path).endswith(".parquet"):
-        table = pq.read_table(path)
-        missing = [c for c in [*columns.values(), *actions] if c not in table.column_names]
-        if missing:
-            raise DataFormatError(f"{path}: missing column(s) {missing}; has {table.column_names}")
-        if table.num_rows == 0:
-            raise DataFormatError(f"{path}: file is empty (no interactions)")
-        ts = table[columns["timestamp"]] if "timestamp" in columns else None
-        if ts is not None and not pa.types.is_integer(ts.type):
-            if pa.types.is_timestamp(ts.type):
-                table = table.set_column(table.column_names.index(columns["timestamp"]), columns["timestamp"], pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64()))
-            else:
-                raise DataFormatError(f"{path}: timestamp column {columns['timestamp']!r} has type {ts.type}, expected integer seconds")
-        return _standardise(table, columns["user"], columns["item"], columns.get("timestamp"), columns.get("rating"), actions)
-    _check_nonempty(path)
-    with open_text(path) as f:
-        first = f.readline().rstrip("\r\n").split(delimiter)
+    wanted = {**columns, **{ACTION_PREFIX + a: a for a in actions}}
     if has_header:
-        missing = [c for c in [*columns.values(), *actions] if c not in first]
+        missing = [c for c in wanted.values() if c not in names]
         if missing:
-            raise DataFormatError(f"{path}:1: missing column(s) {missing} in header {first}")
-        idx = {key: first.index(col) for key, col in columns.items()}
-        idx.update({ACTION_PREFIX + name: first.index(name) for name in actions})
-    else:
-        if actions:
-            raise DataFormatError(f"{path}: data.action_columns needs a header line naming the columns")
-        if not all(c.isdigit() for c in columns.values()):
-            raise DataFormatError(f"{path}: without a header, data.columns must give column positions (0, 1, ...)")
-        idx = {key: int(col) for key, col in columns.items()}
-        if max(idx.values()) >= len(first):
-            raise DataFormatError(f"{path}:1: column position {max(idx.values())} is beyond the {len(first)} fields of the first line")
-    keys_by_pos = {i: key for key, i in idx.items()}
-    names = [keys_by_pos.get(i, f"_unused{i}") for i in range(len(first))]
-    numeric = {i: (int if key == "timestamp" else float) for key, i in idx.items() if key in ("timestamp", "rating") or key.startswith(ACTION_PREFIX)}
-    table = _read_delimited(path, delimiter, names, numeric, has_header, quoted=True)
-    acts = {name: ACTION_PREFIX + name for name in actions}
-    return _standardise(table, "user", "item", "timestamp" if "timestamp" in idx else None, "rating" if "rating" in idx else None, acts)
+            raise DataFormatError(f"{path}:1: missing column(s) {missing} in header {names}")
+        return {key: names.index(col) for key, col in wanted.items()}
+    if actions:
+        raise DataFormatError(f"{path}: data.action_columns needs a header line naming the columns")
+    if not all(c.isdigit() for c in columns.values()):
+        raise DataFormatError(f"{path}: without a header, data.columns must give column positions (0, 1, ...)")
+    idx = {key: int(col) for key, col in columns.items()}
+    if max(idx.values()) >= len(names):
+        raise DataFormatError(f"{path}:1: column position {max(idx.values())} is beyond the {len(names)} fields of the first line")
+    return idx
+
+
+def read_generic(
+    path: Path, columns: dict[str, str], delimiter: str = ",", has_header: bool = True, action_columns: list[str] | None = None
+) -> pa.Table:
+    """A CSV or Parquet log with a column mapping ``{user, item[, timestamp, rating]}`` -> names
+    (recognised by name when empty), plus numeric action columns (kept as ``action.<name>``).
+    Cells are read as :mod:`genrec.data.columns` describes."""
+    actions = list(action_columns or [])
+    if str(path).endswith(".parquet"):
+        return _read_parquet(path, columns, actions)
+    _check_nonempty(path)
+    with open_text(path) as f:  # the first record names the columns (or counts them)
+        first = next(csv.reader(f, delimiter=delimiter), [])
+    if len(first) == 1 and (other := next((d for d in "\t;| " if d in first[0]), None)):
+        flag = "'\\t'" if other == "\t" else repr(other)
+        raise DataFormatError(f"{path}:1: one field only when split at {delimiter!r}: {first[0][:100]!r}; set data.delimiter={flag}")
+    idx = _columns_of(path, first, columns, actions, has_header)
+    types = {i: pa.string() for i in idx.values()}
+    types.update({i: pa.int64() if key == "timestamp" else pa.float64() for key, i in idx.items() if key not in ("user", "item")})
+    table = _read_csv(path, delimiter, has_header, len(first), types)
+    try:
+        return convert_columns(lambda key: table[f"f{idx[key]}"].combine_chunks(), list(idx))
+    except BadValue as exc:
+        line, text = _line_of_row(path, delimiter, has_header, exc.row)
+        raise DataFormatError(f"{path}:{line}: {exc}: {text[:200]!r}") from None
+
+
+def _read_parquet(path: Path, columns: dict[str, str], actions: list[str]) -> pa.Table:
+    table = pq.read_table(path)
+    if table.num_rows == 0:
+        raise DataFormatError(f"{path}: file is empty (no interactions)")
+    columns = columns or recognise_columns(table.column_names, str(path))
+    wanted = {**columns, **{ACTION_PREFIX + a: a for a in actions}}
+    missing = [c for c in wanted.values() if c not in table.column_names]
+    if missing:
+        raise DataFormatError(f"{path}: missing column(s) {missing}; has {table.column_names}")
+    try:
+        return convert_columns(lambda key: table[wanted[key]].combine_chunks(), list(wanted))
+    except BadValue as exc:
+        raise DataFormatError(f"{path}: row {exc.row + 1}: {exc}") from None
 
 
 FORMATS: dict[str, Callable[[Path], pa.Table]] = {

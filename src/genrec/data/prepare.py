@@ -7,10 +7,15 @@ A prepared dataset is a folder holding
 - ``sequences.parquet``: one row per user: user_idx, items, timestamps, ratings and action lists
   (timestamps/ratings/actions only where the source has them);
 - ``users.parquet`` / ``items.parquet``: idx -> raw id (item idx 0 is padding, never stored);
-- ``stats.json``: counts, filters applied, source file and whether timestamps exist.
+- ``stats.json``: counts, filters applied, source file, whether timestamps exist, and what the
+  input checks found (rows with an empty id, dropped; duplicate rows and out-of-order times, kept).
 
-Folders are keyed by a hash of everything that shapes them, written to a temporary name and
-renamed into place, so an interrupted preparation never leaves a half-written dataset.
+Folders are named ``<data>-<settings key>-<content key>``: the settings key hashes everything in
+the data config that shapes the result; the content key is the registered file's published digest
+(so its prepared copy is found without the raw file) or, for other files, their path, size and
+mtime. When the raw file is gone, the newest copy under the settings key is used, so a checkpoint
+evaluates without its raw data. Folders are written to a temporary name and renamed into place,
+so an interrupted preparation never leaves a half-written dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +35,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from genrec.errors import DataFormatError
-from genrec.data.download import DATASETS, DatasetSpec, cache_root, fetch
+from genrec.data.download import DATASETS, DatasetSpec, cache_root, fetch, locate
 from genrec.data.loaders import ACTION_PREFIX, read_interactions
 
-PREPARE_VERSION = 2
+PREPARE_VERSION = 3
 
 
 @dataclass
@@ -80,16 +86,35 @@ def _index(col: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
     return pc.index_in(col, value_set=uniq).to_numpy().astype(np.int64), uniq
 
 
+def _input_checks(table: pa.Table, has_ts: bool) -> dict:
+    """What a log's rows say about its quality (rows with empty ids are already dropped):
+    duplicate rows (every column equal; None without timestamps, where repeats are legitimate)
+    and rows earlier than the same user's previous row in file order."""
+    if not has_ts:
+        return {"duplicate_rows": None, "out_of_order_timestamps": None}
+    keys = [c for c in table.column_names if c != "row"]
+    duplicates = table.num_rows - table.group_by(keys).aggregate([]).num_rows
+    user = pc.dictionary_encode(table["user"]).combine_chunks().indices.to_numpy()
+    order = np.argsort(user, kind="stable")  # each user's rows, in file order
+    u, ts = user[order], table["timestamp"].to_numpy()[order]
+    out_of_order = int(np.sum((u[1:] == u[:-1]) & (ts[1:] < ts[:-1])))
+    return {"duplicate_rows": int(duplicates), "out_of_order_timestamps": out_of_order}
+
+
 def build_sequences(table: pa.Table, min_user: int = 0, min_item: int = 0, kcore: bool = False, raw_integer_ids: bool = False, origin: str = "") -> tuple[pa.Table, SequenceData]:
-    """Filter, index and time-sort a standard interaction table. Returns (interactions, sequences)."""
+    """Drop rows with an empty user or item id, filter, index and time-sort a standard interaction
+    table. Returns (interactions, sequences)."""
+    raw_rows = table.num_rows
+    empty = pc.or_kleene(*(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(table[c]), ""), True) for c in ("user", "item")))
+    table = table.filter(pc.invert(empty))
     if table.num_rows == 0:
-        raise DataFormatError(f"{origin}: no interactions")
+        raise DataFormatError(f"{origin}: no interactions" + (f" ({raw_rows} rows, all with an empty user or item id)" if raw_rows else ""))
     n_ts_null = table["timestamp"].null_count
     if 0 < n_ts_null < table.num_rows:
         raise DataFormatError(f"{origin}: {n_ts_null} of {table.num_rows} rows have no timestamp")
     has_ts = n_ts_null == 0
     table = table.append_column("row", pa.array(np.arange(table.num_rows)))
-    raw_rows = table.num_rows
+    checks = {"empty_id_rows": raw_rows - table.num_rows, **_input_checks(table, has_ts)}
     table = _filter_counts(table, min_user, min_item, kcore)
     if table.num_rows == 0:
         raise DataFormatError(f"{origin}: no interactions left after filtering (min_user_count={min_user}, min_item_count={min_item})")
@@ -132,6 +157,7 @@ def build_sequences(table: pa.Table, min_user: int = 0, min_item: int = 0, kcore
         "has_ratings": rating.null_count < len(order), "rows_without_rating": int(rating.null_count),
         "actions": list(action_names),
         "sequence_length": {"min": int(lengths.min()), "mean": float(lengths.mean()), "max": int(lengths.max())},
+        **checks,
     }
     ratings = rating.to_numpy(zero_copy_only=False).astype(np.float64) if rating.null_count < len(order) else None
     actions = np.stack([c.to_numpy(zero_copy_only=False) for c in action_cols.values()], 1).astype(np.float32) if action_names else None
@@ -189,36 +215,70 @@ def resolve_spec(data_cfg) -> DatasetSpec | None:
     return DATASETS[data_cfg.dataset]
 
 
-def prepare(data_cfg) -> Path:
-    """Make sure the dataset described by a :class:`~genrec.config.DataConfig` is prepared; return its folder."""
-    spec = resolve_spec(data_cfg)
+def _key(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _settings(data_cfg, spec: DatasetSpec | None) -> dict:
+    """Everything in the data config that shapes the prepared data (the file aside)."""
     if spec is None:
         if not data_cfg.source:
-            raise DataFormatError("data.dataset=custom needs data.source=PATH")
-        path = Path(data_cfg.source)
-        fmt = data_cfg.format or ("parquet" if str(path).endswith(".parquet") else "csv")
+            raise DataFormatError("data.dataset=custom needs data.source=PATH, e.g. genrec train configs/custom/hstu.yaml data.source=ratings.csv")
+        fmt = data_cfg.format or ("parquet" if str(data_cfg.source).endswith(".parquet") else "csv")
         raw_ids, min_user, min_item = data_cfg.raw_integer_ids, data_cfg.min_user_count or 0, data_cfg.min_item_count or 0
     else:
-        path = fetch(spec, data_cfg.cache_dir, data_cfg.source, check=data_cfg.verify_checksum)
         fmt = data_cfg.format or spec.format
         raw_ids = data_cfg.raw_integer_ids or spec.raw_integer_ids
         min_user = spec.min_user_count if data_cfg.min_user_count is None else data_cfg.min_user_count
         min_item = spec.min_item_count if data_cfg.min_item_count is None else data_cfg.min_item_count
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such file")
-    st = path.stat()
-    key_src = dict(
-        v=PREPARE_VERSION, path=str(path.resolve()), size=st.st_size, mtime=int(st.st_mtime), fmt=fmt,
+    return dict(
+        v=PREPARE_VERSION, data=spec.name if spec else str(Path(data_cfg.source).resolve()), fmt=fmt,
         columns=data_cfg.columns, actions=data_cfg.action_columns, delim=data_cfg.delimiter, header=data_cfg.has_header,
         min_user=min_user, min_item=min_item, kcore=data_cfg.kcore, raw_ids=raw_ids,
     )
-    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root(data_cfg.cache_dir) / "prepared" / f"{spec.name if spec else path.stem.split('.')[0]}-{key}"
+
+
+def _custom_file(source: str) -> Path | None:
+    path = Path(source)
+    if path.is_dir():
+        raise DataFormatError(f"data.source={source} is a folder; give the log file itself")
+    return path if path.is_file() else None
+
+
+def _newest(root: Path, stem: str) -> Path | None:
+    done = [f.parent for f in root.glob(f"{stem}-*/stats.json")]
+    return max(done, key=lambda f: (f / "stats.json").stat().st_mtime) if done else None
+
+
+def prepare(data_cfg) -> Path:
+    """Make sure the dataset described by a :class:`~genrec.config.DataConfig` is prepared; return
+    its folder. A prepared copy is found by key (see the module docstring); the raw file is read
+    only when there is none, and is not needed when there is one."""
+    spec = resolve_spec(data_cfg)
+    settings = _settings(data_cfg, spec)
+    root = cache_root(data_cfg.cache_dir) / "prepared"
+    stem = f"{spec.name if spec else Path(data_cfg.source).stem.split('.')[0]}-{_key(settings)}"
+    pinned = spec is not None and data_cfg.verify_checksum and bool(spec.member_digests)
+    if pinned and (root / f"{stem}-{_key(spec.member_digests)}" / "stats.json").exists():
+        return root / f"{stem}-{_key(spec.member_digests)}"
+    path = locate(spec, data_cfg.cache_dir, data_cfg.source) if spec else _custom_file(data_cfg.source)
+    if path is None and (cached := _newest(root, stem)):
+        print(f"genrec: {data_cfg.source or spec.name} is not on this machine; using its prepared copy {cached}", file=sys.stderr)
+        return cached
+    if spec is None and path is None:
+        raise DataFormatError(f"data.source={data_cfg.source}: no such file, and no prepared copy of it in {root}; give your log's path: data.source=PATH")
+    if spec is not None:  # verified (once per file), or downloaded when not on this machine
+        path = fetch(spec, data_cfg.cache_dir, str(path) if path else None, check=data_cfg.verify_checksum)
+    st = path.stat()
+    content = spec.member_digests if pinned else {"path": str(path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
+    folder = root / f"{stem}-{_key(content)}"
     if (folder / "stats.json").exists():
         return folder
+    fmt = settings["fmt"]
     table = read_interactions(path, fmt, data_cfg.columns, data_cfg.delimiter, data_cfg.has_header, data_cfg.action_columns)
-    interactions, data = build_sequences(table, min_user, min_item, data_cfg.kcore, raw_ids, origin=str(path))
+    interactions, data = build_sequences(table, settings["min_user"], settings["min_item"], data_cfg.kcore, settings["raw_ids"], origin=str(path))
     data.stats["format"] = fmt
+    _report(data.stats)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:
@@ -229,3 +289,16 @@ def prepare(data_cfg) -> Path:
         if not (folder / "stats.json").exists():  # lost a race with another process is fine
             raise
     return folder
+
+
+def _report(stats: dict) -> None:
+    """The input checks of ``stats`` as warnings on stderr (they are also kept in stats.json)."""
+    notes = {
+        "empty_id_rows": "row(s) with an empty user or item id dropped",
+        "duplicate_rows": "duplicate row(s) (same user, item, time and values) kept",
+        "out_of_order_timestamps": "row(s) earlier than the same user's previous row in the file "
+        "(informational: each user's sequence is sorted by time)",
+    }
+    for key, text in notes.items():
+        if stats.get(key):
+            print(f"genrec: warning: {stats['source']}: {stats[key]:,} {text}", file=sys.stderr)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterable
 
 import torch
+from tqdm import tqdm
 
 from genrec.data.batches import EvalBatch, eval_batches, split_counts
 from genrec.data.prepare import SequenceData
@@ -89,6 +91,12 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
     }
 
 
+def progress(batches: Iterable, data: SequenceData, split: str, eval_cfg) -> Iterable:
+    """``batches`` of ``split`` behind a progress bar on stderr (drawn only when stderr is a terminal)."""
+    total = math.ceil(split_counts(data, eval_cfg.holdout)["eval_users"] / eval_cfg.batch_size)
+    return tqdm(batches, total=total, desc=f"eval {split}", leave=False, dynamic_ncols=True, disable=None)
+
+
 @torch.no_grad()
 def split_ranks(
     model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu", labels=None,
@@ -100,9 +108,10 @@ def split_ranks(
     model.eval()
     all_ranks = []
     nonfinite = {} if nonfinite is None else nonfinite
-    for batch in eval_batches(
+    batches = eval_batches(
         data, split, model.max_history, eval_cfg.batch_size, eval_cfg.exclude_history, eval_cfg.query_time, eval_cfg.holdout, labels
-    ):
+    )
+    for batch in progress(batches, data, split, eval_cfg):
         batch = EvalBatch(*(None if t is None else t.to(device) for t in vars(batch).values()))
         all_ranks.append(target_ranks(model, batch, eval_cfg.item_chunk_size, nonfinite).cpu())
     model.train(was_training)

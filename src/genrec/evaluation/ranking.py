@@ -15,7 +15,7 @@ import torch
 from genrec.data.batches import eval_batches
 from genrec.data.feedback import LabelSpec, label_stats
 from genrec.data.prepare import SequenceData
-from genrec.evaluation.evaluator import split_desc
+from genrec.evaluation.evaluator import progress, split_desc
 from genrec.evaluation.metrics import auc, gauc, list_ndcg, logloss
 from genrec.models.contracts import Ranker
 
@@ -61,7 +61,8 @@ def evaluate_ranking(
     model.eval()
     users, outs, labs = [], [], []
     ev = eval_cfg
-    for b in eval_batches(data, split, model.max_history, ev.batch_size, ev.exclude_history, ev.query_time, ev.holdout, labels):
+    batches = eval_batches(data, split, model.max_history, ev.batch_size, ev.exclude_history, ev.query_time, ev.holdout, labels)
+    for b in progress(batches, data, split, ev):
         b = b.to(device)
         out = model.rank(b.items, b.labels, b.candidates, b.timestamps, b.query_time)  # [B K A]
         users.append(b.users.unsqueeze(1).expand_as(b.candidates).cpu())

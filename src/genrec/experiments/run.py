@@ -6,7 +6,9 @@ This is what ``genrec train`` calls.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -17,15 +19,24 @@ from genrec import jsonio
 from genrec.config import ExperimentConfig
 from genrec.data.prepare import SequenceData, load_prepared, prepare
 from genrec.errors import ConfigError
+from genrec.experiments.run_folder import claim
 from genrec.training.strategy import SingleProcess, make_strategy
 from genrec.training.tasks import build_task
 from genrec.training.trainer import Trainer
 
 
-def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False) -> dict:
+def train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, overwrite: bool = False) -> dict:
     """Train an experiment into ``out_dir``; returns the metrics.json content. ``cfg`` is not
-    modified. A cascade trains its two stages (their config paths are absolute, see
-    :func:`genrec.config.load_config`)."""
+    modified. ``out_dir`` is claimed first (:func:`~genrec.experiments.run_folder.claim`: writable,
+    locked for the run, refused if it holds a run unless ``resume`` or ``overwrite``); under
+    torchrun rank 0 alone claims it, as it alone writes it. A cascade trains its two stages (their
+    config paths are absolute, see :func:`genrec.config.load_config`)."""
+    owner = os.environ.get("RANK", "0") == "0"
+    with claim(out_dir, resume, overwrite) if owner else contextlib.nullcontext():
+        return _train(cfg, out_dir, resume)
+
+
+def _train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool) -> dict:
     if cfg.task.kind == "cascade":
         from genrec.experiments.cascade import train_cascade
 

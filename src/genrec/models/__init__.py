@@ -13,6 +13,7 @@ from genrec.models.contracts import ItemTable, Model, Ranker, Retriever
 from genrec.models.din import DIN, DINConfig
 from genrec.models.generative import GenerativeRecommender, HeadConfig, InterleavedRanker, interleaved_tokens
 from genrec.models.gpt import GPT, GPTConfig
+from genrec.models.hf_llama import HFLlama, HFLlamaConfig
 from genrec.models.hstu import HSTU, HSTUConfig
 from genrec.models.llama import Llama, LlamaConfig
 from genrec.models.popularity import Popularity, PopularityConfig
@@ -24,12 +25,13 @@ MODELS: dict[str, tuple[type[ModelConfig], type]] = {
     "sasrec": (SASRecConfig, SASRec),
     "gpt": (GPTConfig, GPT),
     "llama": (LlamaConfig, Llama),
+    "hf_llama": (HFLlamaConfig, HFLlama),  # Hugging Face Llama layers from a local folder (genrec[llm]); causal retrieval only
     "din": (DINConfig, DIN),  # ranking only (no retrieval side)
     "popularity": (PopularityConfig, Popularity),  # baseline: counts, nothing to train
 }
-BACKBONES = ("hstu", "sasrec", "gpt", "llama")
+BACKBONES = ("hstu", "sasrec", "gpt", "llama", "hf_llama")
 """Models that implement the full sequence contract (retrieval, and ranking/unified when wrapped
-in :class:`GenerativeRecommender`)."""
+in :class:`GenerativeRecommender`; ``hf_llama`` encodes causal item sequences only, so retrieval)."""
 
 
 def model_config_class(name: str) -> type[ModelConfig]:
@@ -72,7 +74,7 @@ def preset(name: str) -> dict[str, Any]:
 
 
 __all__ = [
-    "BACKBONES", "DIN", "DINConfig", "GPT", "GPTConfig", "GenerativeRecommender", "HeadConfig", "HSTU", "HSTUConfig",
+    "BACKBONES", "DIN", "DINConfig", "GPT", "GPTConfig", "GenerativeRecommender", "HeadConfig", "HFLlama", "HFLlamaConfig", "HSTU", "HSTUConfig",
     "InterleavedRanker", "ItemTable", "Llama", "LlamaConfig", "MODELS", "Model", "ModelConfig", "PRESETS", "Popularity", "PopularityConfig", "Ranker",
     "Retriever", "SASRec", "SASRecConfig", "SequentialRecommender", "build_interleaved", "build_model",
     "interleaved_tokens", "model_config_class", "model_config_from_dict", "preset", "wrap_interleaved",

@@ -7,6 +7,7 @@ evaluation and serving cannot drift apart:
 - ``transduce(x, context, cache)`` -> the backbone over token embeddings under any attention
   context (causal, interleaved item/action tokens, M-FALCON candidates against a KV cache);
 - ``encode(items, timestamps, query_timestamps)`` -> one vector per position (causal);
+- ``encode_layers(...)`` -> the same, plus the hidden state after every layer (distillation);
 - ``user_vectors(items, timestamps, query_time)`` -> the vector after the last history item;
 - ``score_items`` / ``topk(..., exclude=...)`` over the whole catalogue, in bounded-memory chunks;
 - ``score_candidates`` for given candidate items;
@@ -114,9 +115,12 @@ class SequentialRecommender(nn.Module, Retriever):
         return False
 
     # ---- to implement -------------------------------------------------------------------------
-    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    def transduce(
+        self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None, layer_outputs: list | None = None
+    ) -> tuple[torch.Tensor, KVCache]:
         """Token embeddings x [B, Nq, D] (no positions yet) -> (hidden states [B, Nq, D], the keys
-        and values of this call's tokens appended to ``cache``). Positions come from ``ctx.q_pos``."""
+        and values of this call's tokens appended to ``cache``). Positions come from ``ctx.q_pos``.
+        ``layer_outputs``: when given, the hidden state leaving each layer is appended to it."""
         raise NotImplementedError
 
     # ---- input --------------------------------------------------------------------------------
@@ -153,16 +157,38 @@ class SequentialRecommender(nn.Module, Retriever):
         """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only. With
         ``segments`` [B, N] (packed rows, see :meth:`Context.packed`), each row holds several
         sequences and a token sees only the earlier tokens of its own sequence."""
+        h, _ = self.transduce(self.embed_items(items), self._context(items, timestamps, query_timestamps, segments))
+        return self._normalize(h)
+
+    def encode_layers(
+        self,
+        items: torch.Tensor,
+        timestamps: torch.Tensor | None = None,
+        query_timestamps: torch.Tensor | None = None,
+        segments: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """:meth:`encode` plus the hidden state leaving each layer (layer-aligned distillation):
+        (encode's output [B, N, D], ``num_layers`` tensors [B, N, W], W = :attr:`layer_width`).
+        The states are the residual stream after each layer, before any final norm or output map."""
+        layers: list[torch.Tensor] = []
+        h, _ = self.transduce(self.embed_items(items), self._context(items, timestamps, query_timestamps, segments), None, layers)
+        return self._normalize(h), layers
+
+    @property
+    def layer_width(self) -> int:
+        """Width W of the per-layer hidden states of :meth:`encode_layers`."""
+        return self.config.embedding_dim
+
+    def _context(self, items: torch.Tensor, timestamps: torch.Tensor | None, query_timestamps: torch.Tensor | None,
+                 segments: torch.Tensor | None) -> Context:
+        """The attention context of :meth:`encode`: causal, or per sequence for packed rows."""
         if not self.uses_timestamps:
             timestamps = query_timestamps = None
         elif timestamps is None or query_timestamps is None:
             raise ValueError(f"this {self.config.name} has a time bias: pass timestamps and query_timestamps")
         if segments is None:
-            ctx = Context.causal(items.size(1), items.device, query_timestamps, timestamps)
-        else:
-            ctx = Context.packed(segments, query_timestamps, timestamps)
-        h, _ = self.transduce(self.embed_items(items), ctx)
-        return self._normalize(h)
+            return Context.causal(items.size(1), items.device, query_timestamps, timestamps)
+        return Context.packed(segments, query_timestamps, timestamps)
 
     # ---- shared contract ----------------------------------------------------------------------
     def _normalize(self, x: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ class GPT(SequentialRecommender):
         )
         self.final_norm = nn.LayerNorm(D)
 
-    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
-        x, new_cache = run_blocks(self.blocks, self.add_positions(x, ctx.q_pos), ctx, cache)  # [B Nq D]
+    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None,
+                  layer_outputs: list | None = None) -> tuple[torch.Tensor, KVCache]:
+        x, new_cache = run_blocks(self.blocks, self.add_positions(x, ctx.q_pos), ctx, cache, layer_outputs)  # [B Nq D]
         return self.final_norm(x), new_cache

@@ -111,7 +111,8 @@ class HSTU(SequentialRecommender):
     def uses_timestamps(self) -> bool:
         return self.config.time_bias
 
-    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None,
+                  layer_outputs: list | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
         buckets = self.time_buckets(ctx, self.layers[0].rel_bias)
-        return run_blocks(self.layers, x, ctx, cache, buckets=buckets)
+        return run_blocks(self.layers, x, ctx, cache, layer_outputs, buckets=buckets)

@@ -92,11 +92,15 @@ class PreNormBlock(nn.Module):
         return x + F.dropout(self.mlp(self.mlp_norm(x)), p=self.dropout, training=self.training), kv
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, ctx: Context, cache: list | None, **extra) -> tuple[torch.Tensor, list]:
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, ctx: Context, cache: list | None, layer_outputs: list | None = None,
+               **extra) -> tuple[torch.Tensor, list]:
     """Apply blocks in order, each with its slice of the KV cache (and ``extra`` keyword inputs,
-    e.g. the time buckets shared by every layer); return (x, new cache)."""
+    e.g. the time buckets shared by every layer); return (x, new cache). ``layer_outputs``: when
+    given, each block's output is appended to it."""
     new_cache = []
     for i, block in enumerate(blocks):
         x, kv = block(x, ctx, past=None if cache is None else cache[i], **extra)
         new_cache.append(kv)
+        if layer_outputs is not None:
+            layer_outputs.append(x)
     return x, new_cache

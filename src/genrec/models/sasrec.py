@@ -120,8 +120,9 @@ class SASRec(SequentialRecommender):
     def uses_timestamps(self) -> bool:
         return self.config.time_bias
 
-    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
+    def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None,
+                  layer_outputs: list | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
         buckets = self.time_buckets(ctx, self.blocks[0].rel_bias)
-        x, new_cache = run_blocks(self.blocks, x, ctx, cache, buckets=buckets)
+        x, new_cache = run_blocks(self.blocks, x, ctx, cache, layer_outputs, buckets=buckets)
         return self.final_norm(x), new_cache

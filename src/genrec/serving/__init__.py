@@ -1,20 +1,37 @@
-"""Serving: genrec behind HTTP (the room is ready; its contents come with the next issue).
+"""Serving: genrec behind HTTP, all thin layers over :class:`genrec.Recommender` (one instance per
+checkpoint, shared by every request thread: it is stateless and thread-safe).
 
-What goes here, all thin layers over :class:`genrec.Recommender` (one instance per checkpoint,
-shared by every worker thread: it is stateless and thread-safe):
+- ``app.py`` — the FastAPI routes (``/v1/recommend``, ``/v1/rank``, ``/v1/items``, ``/v1/model``,
+  ``/v1/admin/reload``, health, ``/metrics``, the web page at ``/``), auth, errors, body limit;
+- ``service.py`` — one loaded checkpoint (:class:`~genrec.serving.service.Service`: Recommender,
+  index, item metadata, model card) and the request logic, no HTTP; swapped whole on reload;
+- ``schemas.py`` — request and response bodies (pydantic, the OpenAPI at ``/docs``);
+- ``batcher.py`` — dynamic micro-batching: concurrent requests, one forward pass;
+- ``index.py`` — exact top-k or FAISS (flat / IVF / HNSW) over the item vectors, with exclusions;
+- ``metadata.py`` — titles and search; ``metrics.py`` — Prometheus; ``server.py`` — uvicorn;
+  ``static/`` — the page (HTML + JS, no build step).
 
-- **the HTTP service** — FastAPI + uvicorn, endpoints mirroring the Python API (``recommend``,
-  ``score``, ``rank``, plus health and model info); request and response schemas at the edge,
-  no model logic;
-- **micro-batching** — concurrent requests gathered for a few milliseconds into one padded batch
-  per forward pass (the models' contracts already take [B, N] histories), answers split back per
-  request;
-- **an ANN index** — FAISS over :meth:`genrec.Recommender.item_vectors` (inner product: scores
-  are dot products), an approximate top-k in place of the exact full-catalogue scan for large
-  catalogues, with the same history exclusion.
-
-Dependencies: the service's packages (``fastapi``, ``uvicorn``, ``faiss-cpu``) belong in an
-optional extra, ``pip install genrec[serve]``. The core library must stay importable and fully
-usable without them: nothing outside this package imports it, and modules here import those
-packages themselves (failing with a message naming the extra when they are missing).
+Dependencies: ``pip install 'genrec[serve]'`` (fastapi, uvicorn, faiss-cpu, prometheus-client,
+httpx). The core library stays importable without them: nothing outside this package imports it,
+and :func:`require` names the extra when they are missing.
 """
+
+from __future__ import annotations
+
+import importlib.util
+
+from genrec.errors import GenrecError
+
+SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus_client": "prometheus-client"}
+"""Modules the service cannot run without (faiss-cpu is needed only for a FAISS index)."""
+
+
+def missing_packages() -> list[str]:
+    return [pkg for module, pkg in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+
+
+def require() -> None:
+    """Raise one clear GenrecError when the serve extra is not installed."""
+    missing = missing_packages()
+    if missing:
+        raise GenrecError(f"genrec serve needs {', '.join(missing)}: pip install 'genrec[serve]'")

@@ -6,6 +6,7 @@ Run folder layout (a stable contract):
 
 - ``config.yaml``    the experiment config as given (data-decided model fields are in ``best/model.json``);
 - ``log.jsonl``      one JSON line per epoch (loss, throughput, validation metrics);
+- ``curves.png``     training loss and validation metrics per epoch, redrawn after every epoch (needs matplotlib);
 - ``steps.jsonl``    unified models: one line per step (both losses, the weighter's weights, enhancer stats);
 - ``best/``          checkpoint of the best validation epoch (what ``eval``/``recommend`` take);
 - ``last/``          checkpoint + optimizer + trainer state after the last finished epoch (resume);
@@ -20,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,13 +34,17 @@ from tqdm import tqdm
 from genrec import checkpoint as ckpt
 from genrec import jsonio
 from genrec.config import ExperimentConfig
-from genrec.errors import ConfigError, TrainingDiverged
+from genrec.errors import CheckpointError, ConfigError, TrainingDiverged
+from genrec.training import curves
+from genrec.training.precision import describe as describe_precision
+from genrec.training.precision import resolve_precision
 from genrec.training.strategy import SingleProcess
 from genrec.training.tasks import Task, select_score
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
+    """bf16 autocast when ``train.precision`` resolves to bf16 on ``device`` (see :mod:`.precision`)."""
+    if resolve_precision(precision, device)[0] == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -49,7 +56,7 @@ def train_step(step_module, optimizer: torch.optim.Optimizer, batch, epoch: int,
     Returns (the global batch's mean loss, the task's per-step logs). A non-finite loss makes no
     update (the caller decides whether the run stops: ``train.nonfinite_loss``).
     ``clip_parameters``: what ``train.grad_clip`` clips (default: the step module's parameters)."""
-    with autocast(strategy.device, train_cfg.precision):
+    with autocast(strategy.device, train_cfg.precision):  # "auto": the cached decision the protocol reports
         loss, logs = step_module(batch, epoch)
     loss, value = strategy.global_loss(loss, loss.item(), batch.num_targets)
     optimizer.zero_grad(set_to_none=True)
@@ -88,8 +95,11 @@ def compile_model(model) -> None:
 
 class Trainer:
     def __init__(self, cfg: ExperimentConfig, out_dir: str | Path, task: Task, strategy: SingleProcess | None = None,
-                 include_valid: bool = False):
-        self.cfg, self.out, self.task = cfg, Path(out_dir), task
+                 include_valid: bool = False, on_epoch: Callable[[int, dict], None] | None = None):
+        """``on_epoch(epoch, record)``: called on the main process after each epoch's record (with
+        ``valid`` when it validated) is in log.jsonl; an exception from it stops the run, with
+        ``last/`` at that epoch (``genrec tune`` prunes trials this way)."""
+        self.cfg, self.out, self.task, self.on_epoch = cfg, Path(out_dir), task, on_epoch
         self.strategy = strategy or SingleProcess(torch.device("cpu"))
         t = cfg.train
         if t.num_threads:
@@ -101,7 +111,8 @@ class Trainer:
             compile_model(self.model)
         self.step_module = self.strategy.wrap(self.model, task, t)  # forward(batch, epoch) -> (loss, logs)
         self.clip_parameters = list(self.model.parameters())
-        self.optimizer = torch.optim.AdamW(self.strategy.dense_parameters(self.model), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        dense = self.strategy.dense_parameters(self.model)
+        self.optimizer = torch.optim.AdamW(dense, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay) if dense else None
         self.batches = task.batches(include_valid)
         self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
 
@@ -133,6 +144,21 @@ class Trainer:
         self.state = json.loads((folder / "state.json").read_text())
         if self.state.get("best_score") is None:  # -inf (nothing validated yet) is written as null
             self.state["best_score"] = float("-inf")
+
+    def _has_checkpoint(self) -> bool:
+        try:
+            ckpt.resolve(self.out / "last")
+        except CheckpointError:
+            return False
+        return True
+
+    def _clear_partial(self) -> None:
+        """Remove what an epoch that never finished left (its step log, a best/ of no saved epoch)."""
+        for name in ("log.jsonl", "steps.jsonl", "curves.png", "metrics.json"):
+            (self.out / name).unlink(missing_ok=True)
+        for name in ("best", "best.old"):
+            if (self.out / name).is_dir():
+                shutil.rmtree(self.out / name)
 
     # ---- loop -------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> dict:
@@ -181,11 +207,23 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
-        if resume:
+        if resume and self._has_checkpoint():
             self._resume()
+        elif resume:  # killed before the first epoch finished: nothing to continue
+            if main:
+                print(f"genrec: {self.out}: no last/ checkpoint yet (the run stopped before its first epoch ended); "
+                      "starting from the beginning", file=sys.stderr)
+                self._clear_partial()
+        if main and self.cfg.train.precision == "auto":
+            print(f"precision: {describe_precision('auto', self.strategy.device)}", file=sys.stderr)
         t, metric = self.cfg.train, self.cfg.eval.select_metric
         peak_rss = 0
-        while self.state["epoch"] < t.epochs and not self.state["stopped_early"]:
+        epochs = t.epochs
+        if not self.task.trainable:  # fit in closed form when built: validate and keep it, no epochs
+            if main:
+                self._validate(-1, {})
+            epochs = 0
+        while self.state["epoch"] < epochs and not self.state["stopped_early"]:
             epoch = self.state["epoch"]
             record = self.train_epoch(epoch)
             self.state["epoch"] = epoch + 1
@@ -200,7 +238,10 @@ class Trainer:
                 self.save("last", with_state=True)
             if main:
                 jsonio.append_lines(self.out / "log.jsonl", [record])
+                curves.plot(self.out / "log.jsonl", self.out / "curves.png")
                 tqdm.write(_summary(record, metric), file=sys.stderr)
+                if self.on_epoch:
+                    self.on_epoch(epoch + 1, record)
         self.strategy.finish(self.model)
         result = self.finish() if main else None
         return self.strategy.broadcast(result)
@@ -231,7 +272,7 @@ class Trainer:
                 "selection": f"best validation {self.cfg.eval.select_metric} over epochs (test never used for selection)",
                 "model": self.cfg.model.name,
                 **described,
-                "precision": self.cfg.train.precision,
+                "precision": describe_precision(self.cfg.train.precision, self.strategy.device),
                 "notes": self.task.notes,
             },
             "best_epoch": self.state["best_epoch"],

@@ -7,7 +7,9 @@ batches, the loss of one step and its evaluation; the trainer drives any task th
 - :class:`~genrec.training.tasks.interleaved.UnifiedTask` — retrieval at action tokens + ranking at
   item tokens in one model (UniGRF: enhancer, weighter);
 - :class:`~genrec.training.tasks.din.DINTask` — DIN, the classic target-attention ranker;
-- :class:`~genrec.training.tasks.popularity.PopularityTask` — the popularity baseline (closed form).
+- :class:`~genrec.training.tasks.popularity.PopularityTask` — the popularity baseline (closed form);
+- :class:`~genrec.training.tasks.distill.DistillTask` — retrieval of a shallow student under a
+  frozen deep teacher, layer-aligned (SLMRec).
 
 Adding a task: a class with the :class:`Task` members, and one line in :func:`build_task`.
 """
@@ -68,6 +70,10 @@ def build_task(cfg, data: SequenceData) -> Task:
     from genrec.training.tasks.retrieval import RetrievalTask
 
     kind = cfg.task.kind
+    if cfg.distill.teacher:  # a distilled student: evaluated here; trained (with its teacher) by genrec.experiments.distill
+        from genrec.training.tasks.distill import DistillTask
+
+        return DistillTask(cfg, data)
     if cfg.model.name == "din":
         if kind != "ranking":
             raise ConfigError("model.name=din ranks only: use it with task.kind=ranking")
