@@ -17,8 +17,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 NO_ENHANCER = ["task.hard_negatives=0", "task.potential_positive_alpha=0"]
+FIRST_DESIGN = ["task.action_token=feedback"]  # action tokens = a linear map of the feedback alone
 ROWS = [
+    ("popularity", "popularity", []),  # eval.holdout set to the dataset's ranking split in run()
     ("separate retrieval (HSTU)", "retrieval-hstu", []),
     ("separate ranking (HSTU, interleaved)", "ranking-hstu", []),
     ("cascade (retrieval top-100 -> ranking)", "cascade", []),
@@ -27,11 +31,16 @@ ROWS = [
     ("unified + enhancer", "unified-hstu", ["task.weighter=constant"]),
     ("unified + weighter (DWA)", "unified-hstu", NO_ENHANCER),
     ("unified + both (UniGRF)", "unified-hstu", []),
+    ("unified, no modules, feedback-only action tokens", "unified-hstu", ["task.weighter=constant", *NO_ENHANCER, *FIRST_DESIGN]),
+    ("unified + both, feedback-only action tokens", "unified-hstu", FIRST_DESIGN),
 ]
 
 
 def run(dataset: str, name: str, config: str, overrides: list[str], out: Path, common: list[str]) -> dict:
     folder = out / dataset / name.split(" (")[0].replace(" ", "-").replace(",", "").replace("+", "plus")
+    if config == "popularity":  # the same split as the other rows
+        holdout = yaml.safe_load(Path(f"configs/{dataset}/retrieval-hstu.yaml").read_text())["eval"]["holdout"]
+        overrides = [*overrides, f"eval.holdout={holdout}"]
     if not (folder / "metrics.json").exists():
         cmd = [sys.executable, "-m", "genrec.cli", "train", f"configs/{dataset}/{config}.yaml", *overrides, *common, "--out", str(folder)]
         print("+", " ".join(cmd), file=sys.stderr)

@@ -162,6 +162,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
         head = _read_json(folder / "head.json")
         if "retrieval" not in head:  # written before head.json said it: ranking-only runs never trained retrieval
             head["retrieval"] = (experiment.get("task") or {}).get("kind") != "ranking"
+        head.setdefault("action_token", "feedback")  # written before the option existed: the first design
         model = wrap_interleaved(model, HeadConfig(**head))
     missing, unexpected = model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=False)
     if missing or unexpected:

@@ -229,6 +229,9 @@ class TaskConfig:
     """Action columns used as regression tasks (MSE), e.g. watch_time."""
     head_hidden_dim: int = 64
     """Hidden width of the ranking MLP head."""
+    action_token: str = "item_and_feedback"
+    """Ranking/unified: what an action token carries (``item_and_feedback`` or ``feedback``; see
+    :class:`genrec.models.generative.HeadConfig`)."""
     micro_batch: int = 256
     """M-FALCON candidates per micro-batch at inference."""
     retrieval_weight: float = 1.0
@@ -271,6 +274,7 @@ class TaskConfig:
         _check_choice("task.kind", self.kind, ("retrieval", "ranking", "unified", "cascade"))
         _check_choice("task.labels", self.labels, ("rating", "actions"))
         _check_choice("task.weighter", self.weighter, ("constant", "dwa", "gradnorm"))
+        _check_choice("task.action_token", self.action_token, ("item_and_feedback", "feedback"))
         _check_choice("task.potential_positive_mode", self.potential_positive_mode, ("remove", "relabel"))
         if self.labels == "actions" and not (self.binary_actions or self.regression_actions):
             raise ConfigError("task.labels=actions needs task.binary_actions and/or task.regression_actions")

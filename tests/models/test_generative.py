@@ -37,7 +37,15 @@ def test_tokens_interleave_items_and_actions():
     x = m.tokens(items, labels)
     assert x.shape == (2, 12, 16)
     torch.testing.assert_close(x[:, 0::2], m.backbone.item_embedding(items) * 4.0)  # × √16
-    torch.testing.assert_close(x[:, 1::2], m.action_proj(labels))
+    # default action token: the interaction's item embedding + its feedback embedding, both × √D
+    torch.testing.assert_close(x[:, 1::2], m.backbone.item_embedding(items) * 4.0 + m.action_proj(labels) * 4.0)
+
+
+def test_feedback_only_action_tokens_are_the_first_design():
+    bb = HSTU(HSTUConfig(num_items=30, max_seq_len=21, embedding_dim=16, num_heads=2, num_layers=2))
+    m = GenerativeRecommender(bb, HeadConfig(("like", "watch"), ("binary", "regression"), 8, action_token="feedback"))
+    items, labels, _, _ = _history()
+    torch.testing.assert_close(m.tokens(items, labels)[:, 1::2], m.action_proj(labels))
 
 
 @pytest.mark.parametrize("backbone", ["hstu", "sasrec"])

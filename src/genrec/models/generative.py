@@ -30,6 +30,7 @@ this is the interleaved form the paper describes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,13 @@ class HeadConfig:
     """M-FALCON: candidates per micro-batch at inference."""
     retrieval: bool = True
     """Whether the action-token outputs are trained for retrieval (unified) or not (ranking only)."""
+    action_token: str = "item_and_feedback"
+    """What an action token carries: ``item_and_feedback`` = its interaction's item embedding plus
+    a feedback embedding, both at the item tokens' scale (so the output that retrieves the next
+    item starts from the current item, as an item-only retriever's does); ``feedback`` = a linear
+    map of the feedback alone (PyTorch's default init; genrec's first design, kept for checkpoints
+    written with it and as the ablation: on ML-100K it left unified retrieval at a third of a
+    separate retriever's NDCG, see benchmarks/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         self.task_names, self.task_kinds = tuple(self.task_names), tuple(self.task_kinds)
@@ -71,6 +79,8 @@ class HeadConfig:
             raise ConfigError(f"ranking head: task kinds {bad} are not 'binary' or 'regression'")
         if self.hidden_dim < 1 or self.micro_batch < 1:
             raise ConfigError("ranking head: hidden_dim and micro_batch must be >= 1")
+        if self.action_token not in ("item_and_feedback", "feedback"):
+            raise ConfigError(f"task.action_token={self.action_token!r} is not 'item_and_feedback' or 'feedback'")
 
 
 @dataclass
@@ -100,6 +110,9 @@ class InterleavedRanker(nn.Module, Ranker):
         self.backbone, self.head_config = backbone, head
         D, A = backbone.config.embedding_dim, len(head.task_names)
         self.action_proj = nn.Linear(A, D)
+        if head.action_token == "item_and_feedback":  # the item table's init: std 0.02, scaled by √D in tokens()
+            nn.init.trunc_normal_(self.action_proj.weight, std=0.02)
+            nn.init.trunc_normal_(self.action_proj.bias, std=0.02)
         self.ranking_head = nn.Sequential(
             nn.LayerNorm(D), nn.Linear(D, head.hidden_dim), nn.SiLU(), nn.Dropout(head.dropout), nn.Linear(head.hidden_dim, A)
         )
@@ -143,8 +156,10 @@ class InterleavedRanker(nn.Module, Ranker):
     def tokens(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """items [B, n], labels [B, n, A] -> interleaved token embeddings [B, 2n, D]."""
         B, n = items.shape
-        it = self.backbone.embed_items(items)  # [B n D]
+        it = self.backbone.embed_items(items)  # [B n D], × √D
         act = self.action_proj(labels.to(it.dtype))  # [B n D]
+        if self.head_config.action_token == "item_and_feedback":
+            act = it + act  # feedback at ~1/√D of the item's scale: it marks, the item dominates
         return torch.stack([it, act], dim=2).reshape(B, 2 * n, -1)
 
     def encode_history(

@@ -45,7 +45,8 @@ class RankingTask:
 
     def build_model(self) -> InterleavedRanker:
         head = HeadConfig(self.label_spec.names, self.label_spec.kinds, self.cfg.task.head_hidden_dim,
-                          micro_batch=self.cfg.task.micro_batch, retrieval=self.kind == "unified")
+                          micro_batch=self.cfg.task.micro_batch, retrieval=self.kind == "unified",
+                          action_token=self.cfg.task.action_token)
         return build_interleaved(self.model_config, head)
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
