@@ -169,7 +169,7 @@ def cmd_rank(
 def cmd_serve(
     checkpoint: str, host: str, port: int, workers: int, threads: int, index: str, nlist: int, nprobe: int, hnsw_m: int,
     ef_search: int, no_batching: bool, max_batch: int, batch_wait_ms: float, metadata: str | None, index_dir: str | None,
-    max_body_bytes: int, max_history: int,
+    max_body_bytes: int, max_history: int, log_level: str,
 ) -> dict:
     """Serve a checkpoint over HTTP until interrupted: POST /v1/recommend, POST /v1/rank,
     GET /v1/items, GET /v1/model, health checks, /metrics (Prometheus), a web page at / and the
@@ -191,7 +191,7 @@ def cmd_serve(
         checkpoint, IndexOptions(index, nlist, nprobe, hnsw_m, ef_search=ef_search), metadata, index_dir, not no_batching,
         max_batch, batch_wait_ms, Limits(max_body_bytes=max_body_bytes, max_history=max_history),
     )
-    return serve(settings, host, port, workers, threads)
+    return serve(settings, host, port, workers, threads, log_level)
 
 
 def cmd_scale(sweep: str, out: str, only: str | None) -> dict:
@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--workers", type=int, default=1, help="processes sharing the port (each loads the model)")
-    sp.add_argument("--threads", type=int, default=0, help="torch threads per worker (default: cores / workers)")
+    sp.add_argument("--threads", type=int, default=0, help="torch threads per worker (default 1; scale with --workers)")
     sp.add_argument("--index", choices=["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"], default="exact",
                     help="retrieval index (FAISS ones are saved beside the checkpoint, rebuilt when the weights change)")
     sp.add_argument("--nlist", type=int, default=0, help="faiss-ivf lists (default 4*sqrt(items))")
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--index-dir", help="where FAISS indexes are cached (default CHECKPOINT.index/ beside it)")
     sp.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
     sp.add_argument("--max-history", type=int, default=1000, help="longer histories get 422")
+    sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                    help="uvicorn's log level (info logs every request to stderr)")
 
     sp = add("scale", cmd_scale)
     sp.add_argument("sweep", help="sweep YAML (e.g. configs/sweeps/ml-100k.yaml)")

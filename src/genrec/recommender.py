@@ -232,7 +232,7 @@ class Recommender:
     def recommend_many(self, queries: Sequence[Query], k: int = 10, exclude_history: bool = True) -> list[list[tuple[str, float]]]:
         """:meth:`recommend` for several requests (from :meth:`query`) in one forward pass and
         one top-k over the catalogue: per request, (raw item id, score) best first."""
-        model = self._retriever()
+        self._retriever()  # a ranking-only checkpoint refuses here, before k is checked
         if k < 1:
             raise ValueError(f"k={k} must be >= 1")
         user = self.query_vectors(queries)

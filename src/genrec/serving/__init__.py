@@ -18,7 +18,7 @@ and :func:`require` names the extra when they are missing.
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 
 from genrec.errors import GenrecError
 
@@ -27,7 +27,13 @@ SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus_client
 
 
 def missing_packages() -> list[str]:
-    return [pkg for module, pkg in SERVE_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    missing = []
+    for module, pkg in SERVE_PACKAGES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(pkg)
+    return missing
 
 
 def require() -> None:

@@ -1,0 +1,208 @@
+"""SLMRec distillation table (issue 13): deep teacher, shallow student from scratch, distilled student,
+ablations, per dataset and backbone.
+
+    GENREC_SOURCE=../shared/data python benchmarks/distill.py --out runs/distill-bench \
+        --datasets beauty toys --backbones hstu sasrec --seeds 42 43 44
+
+Runs per dataset x backbone (configs/<dataset>/teacher-<backbone>.yaml and distill-<backbone>.yaml):
+
+- ``teacher``: 8 layers, one per seed;
+- ``scratch``: the 2-layer student trained alone (``genrec train`` of distill-<backbone>.yaml: same
+  config, same training budget), one per seed;
+- ``distilled``: the same student under the teacher of the same seed (``genrec distill``), one per seed;
+- ``no-cos-l2`` / ``no-multi-sup``: ablations on the first seed (λ1 = λ2 = 0 / λ3 = 0).
+
+Every run: full catalogue, leave-one-out, the user's earlier items excluded, best epoch on
+validation NDCG@10, test metrics of that epoch. Finished runs are read, not rerun; an interrupted
+run resumes from its last epoch. The table gives test NDCG@10 and HR@10 as the mean over seeds ±
+its standard error over seeds (one seed: ± the standard error over test users, marked "u"), the
+parameters (non-embedding / total), training s/epoch (median epoch of the row's runs) and the
+inference latency per user: user vector + full-catalogue top-10 with the history excluded, for
+the longest test histories, at batch 1 and 256 (median of --repeats timed calls after warm-up,
+first seed's model, --threads torch threads). Then the issue's targets, checked.
+
+Smoke test (minutes, not a result): --seeds 42 --datasets beauty --backbones sasrec
+    --set train.epochs=1 train.data_fraction=0.02 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from genrec.checkpoint import load_model
+from genrec.config import ExperimentConfig, load_config
+from genrec.data.batches import eval_batches
+from genrec.data.prepare import load_prepared, prepare
+from genrec.evaluation.evaluator import split_ranks
+from genrec.evaluation.metrics import per_user
+from genrec.experiments.distill import distill
+from genrec.experiments.run import train
+from genrec.training.tasks.distill import parameter_counts
+
+ROOT = Path(__file__).resolve().parent.parent
+ABLATIONS = {"no-cos-l2": ["distill.cosine_weight=0", "distill.l2_weight=0"], "no-multi-sup": ["distill.supervision_weight=0"]}
+ROLES = ("teacher", "scratch", "distilled", *ABLATIONS)
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+def run(kind: str, config: Path, overrides: list[str], folder: Path) -> None:
+    """Train (``kind`` = train or distill) into ``folder`` unless it holds a finished run."""
+    if (folder / "metrics.json").exists():
+        return
+    resume = (folder / "config.yaml").exists()
+    cfg = load_config(folder / "config.yaml" if resume else config, [] if resume else overrides)
+    start = time.time()
+    (distill if kind == "distill" else train)(cfg, folder, resume=resume)
+    print(f"{folder}: done in {time.time() - start:.0f}s", flush=True)
+
+
+def train_rows(out: Path, dataset: str, backbone: str, seeds: list[int], sets: list[str]) -> None:
+    configs = ROOT / "configs" / dataset
+    for i, seed in enumerate(seeds):
+        common = [*sets, f"train.seed={seed}"]
+        teacher = out / f"teacher-s{seed}"
+        run("train", configs / f"teacher-{backbone}.yaml", common, teacher)
+        run("train", configs / f"distill-{backbone}.yaml", common, out / f"scratch-s{seed}")
+        with_teacher = [*common, f"distill.teacher={(teacher / 'best').resolve()}"]
+        run("distill", configs / f"distill-{backbone}.yaml", with_teacher, out / f"distilled-s{seed}")
+        for name, extra in ABLATIONS.items() if i == 0 else ():
+            run("distill", configs / f"distill-{backbone}.yaml", [*with_teacher, *extra], out / f"{name}-s{seed}")
+
+
+# ---- measuring -----------------------------------------------------------------------------------
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    m = sum(values) / len(values)
+    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
+
+
+def user_se(folder: Path) -> dict[str, float]:
+    """Standard error over test users of NDCG@10 and HR@10 (the run's own protocol)."""
+    model, _, experiment = load_model(folder / "best")
+    cfg = ExperimentConfig.from_dict(experiment)
+    values = per_user(split_ranks(model, load_prepared(prepare(cfg.data)), "test", cfg.eval), [10])
+    return {k: (values[k].std() / math.sqrt(len(values[k]))).item() for k in ("ndcg@10", "hr@10")}
+
+
+@torch.no_grad()
+def latency_ms(folder: Path, repeats: int) -> tuple[float, float]:
+    """Milliseconds per user (batch 1, batch 256): user vector + top-10 over the catalogue."""
+    model, _, experiment = load_model(folder / "best")
+    cfg = ExperimentConfig.from_dict(experiment)
+    data = load_prepared(prepare(cfg.data))
+    *_, batch = eval_batches(data, "test", model.max_history, 256, cfg.eval.exclude_history)  # the longest histories
+
+    def once(rows: slice) -> float:
+        start = time.perf_counter()
+        ts = None if batch.timestamps is None else batch.timestamps[rows]
+        qt = None if batch.query_time is None else batch.query_time[rows]
+        model.topk(model.user_vectors(batch.items[rows], ts, qt), 10, batch.exclude[rows])
+        return time.perf_counter() - start
+
+    per_batch = [once(slice(None)) for _ in range(repeats + 1)][1:]
+    single = [once(slice(i % len(batch.items), i % len(batch.items) + 1)) for i in range(repeats + 3)][3:]
+    return 1000 * statistics.median(single), 1000 * statistics.median(per_batch) / len(batch.items)
+
+
+def median_epoch_seconds(folders: list[Path]) -> float:
+    secs = [json.loads(line)["seconds"] for f in folders for line in (f / "log.jsonl").read_text().splitlines()]
+    return statistics.median(secs)
+
+
+def measure(out: Path, role: str, seeds: list[int], repeats: int) -> dict:
+    folders = [out / f"{role}-s{s}" for s in seeds if (out / f"{role}-s{s}" / "metrics.json").exists()]
+    tests = [json.loads((f / "metrics.json").read_text())["test"] for f in folders]
+    row = {"role": role, "runs": len(folders)}
+    for key in ("ndcg@10", "hr@10"):
+        row[key] = mean_se([t[key] for t in tests])
+    row["user_se"] = user_se(folders[0])
+    model, _, _ = load_model(folders[0] / "best")
+    row["parameters"] = parameter_counts(model)
+    row["layers"] = model.config.num_layers
+    row["s_per_epoch"] = median_epoch_seconds(folders)
+    row["latency_ms"] = latency_ms(folders[0], repeats)
+    return row
+
+
+# ---- the table -----------------------------------------------------------------------------------
+
+def cell(row: dict, key: str) -> str:
+    m, se = row[key]
+    return f"{m:.4f} ± {se:.4f}" if not math.isnan(se) else f"{m:.4f} ± {row['user_se'][key]:.4f}u"
+
+
+def table(name: str, rows: list[dict]) -> str:
+    teacher = next(r for r in rows if r["role"] == "teacher")
+    lines = [f"#### {name}", "",
+             "| row | layers | runs | test NDCG@10 | test HR@10 | params non-emb / total | s/epoch | ms/user batch 1 | "
+             "ms/user batch 256 | speed-up vs teacher (1 / 256) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p, (b1, b256) = r["parameters"], r["latency_ms"]
+        t1, t256 = teacher["latency_ms"]
+        lines.append(f"| {r['role']} | {r['layers']} | {r['runs']} | {cell(r, 'ndcg@10')} | {cell(r, 'hr@10')} | "
+                     f"{p['non_embedding']:,} / {p['total']:,} | {r['s_per_epoch']:.1f} | {b1:.2f} | {b256:.3f} | "
+                     f"{t1 / b1:.1f}x / {t256 / b256:.1f}x |")
+    return "\n".join(lines + [""] + targets(rows))
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's three targets, each with the numbers it is decided on."""
+    by = {r["role"]: r for r in rows}
+    t, s, d = by["teacher"], by["scratch"], by["distilled"]
+
+    def se(r):  # over seeds, else over users
+        return r["ndcg@10"][1] if not math.isnan(r["ndcg@10"][1]) else r["user_se"]["ndcg@10"]
+
+    dn, tn, sn = d["ndcg@10"][0], t["ndcg@10"][0], s["ndcg@10"][0]
+    diff_se = math.hypot(se(d), se(s))
+    speed = (t["latency_ms"][0] / d["latency_ms"][0], t["latency_ms"][1] / d["latency_ms"][1])
+    ok = lambda c: "met" if c else "NOT met"  # noqa: E731
+    return [
+        f"- distilled ≥ teacher − 1 s.e.: {dn:.4f} vs {tn:.4f} − {se(t):.4f}: {ok(dn >= tn - se(t))}",
+        f"- distilled > scratch + 1 s.e. (of the difference): {dn - sn:+.4f} vs {diff_se:.4f}: {ok(dn - sn > diff_se)}",
+        f"- student inference ≥ 4x faster: {speed[0]:.1f}x (batch 1), {speed[1]:.1f}x (batch 256): {ok(min(speed) >= 4)}",
+        f"- teacher vs scratch: {tn - sn:+.4f} NDCG@10 (the teacher {'beats' if tn > sn else 'does not beat'} the small model "
+        "trained alone)",
+        "",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/distill-bench")
+    ap.add_argument("--datasets", nargs="+", default=["beauty", "toys"])
+    ap.add_argument("--backbones", nargs="+", default=["hstu", "sasrec"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    ap.add_argument("--set", nargs="*", default=[], help="overrides for every run (recorded in the header)")
+    ap.add_argument("--repeats", type=int, default=20, help="timed calls per latency figure")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for training and latency (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out, sections = Path(args.out), []
+    for dataset in args.datasets:
+        for backbone in args.backbones:
+            folder = out / f"{dataset}-{backbone}"
+            train_rows(folder, dataset, backbone, args.seeds, args.set)
+            rows = [measure(folder, role, args.seeds, args.repeats) for role in ROLES]
+            clean = json.loads(json.dumps(rows).replace("NaN", "null"))  # strict JSON: one seed has no s.e. over seeds
+            (folder / "table.json").write_text(json.dumps(clean, indent=1))
+            sections.append(table(f"{dataset} / {backbone}", rows))
+    header = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} / {torch.get_num_threads()} threads, torch "
+              f"{torch.__version__}; seeds {args.seeds}; overrides: {' '.join(args.set) or 'none'}.\n")
+    text = header + "\n" + "\n".join(sections)
+    (out / "distill.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

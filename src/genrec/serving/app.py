@@ -1,0 +1,308 @@
+"""The HTTP service: FastAPI routes over :mod:`genrec.serving.service`.
+
+    POST /v1/recommend   top-k items for a history (micro-batched)     RecommendRequest
+    POST /v1/rank        per-task outputs for candidates (M-FALCON)     RankRequest
+    GET  /v1/items/{id}  one item's metadata;  GET /v1/items?query=     search by title or id
+    GET  /v1/model       model card (data, protocol, metrics, config, index)
+    POST /v1/admin/reload  swap in a checkpoint (also SIGHUP)           ReloadRequest
+    GET  /healthz, /readyz, /metrics (Prometheus), / (the web page), /docs (OpenAPI)
+
+Auth: when ``GENREC_API_TOKEN`` is set, every ``/v1`` route and ``/metrics`` need
+``Authorization: Bearer <token>``. Not the health checks, and not the static page and the API
+docs, which hold no data (a browser cannot attach the header to a page load; the page asks for
+the token and sends it on its ``/v1`` calls).
+
+Errors are JSON ``{"error": {"code", "message"}}``: 400 for a body that is not JSON (or not an
+object), 401, 404, 413 over ``--max-body-bytes``, 422 for a request the model cannot answer as
+sent (the message says what to fix). A 500 means the service itself failed, never the input.
+Every JSON answer goes through :mod:`genrec.jsonio` (no NaN or Infinity).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from genrec import jsonio
+from genrec.errors import GenrecError
+from genrec.serving import schemas
+from genrec.serving.batcher import MicroBatcher
+from genrec.serving.metrics import Metrics
+from genrec.serving.service import ApiError, ServeSettings, Service, load_service, prepare_recommend, rank, recommend_batch
+
+STATIC = Path(__file__).with_name("static")
+TOKEN_ENV = "GENREC_API_TOKEN"
+
+
+class StrictJSONResponse(JSONResponse):
+    def render(self, content) -> bytes:
+        return jsonio.dumps(content).encode()
+
+
+class ServiceState:
+    """What the app holds: the current :class:`Service` (swapped whole on reload), the batcher,
+    metrics and the token. Requests read ``service`` once and keep that object to the end."""
+
+    def __init__(self, settings: ServeSettings, service: Service | None, token: str | None):
+        self.settings, self.token, self.metrics = settings, token or None, Metrics()
+        self.service = service or load_service(settings)
+        self.checkpoint = str(self.service.checkpoint)
+        self.metrics.serving(self.service.digest, self.service.index.kind if self.service.index else "none", self.service.kind)
+        self.batcher = None
+        if settings.batching:
+            self.batcher = MicroBatcher(recommend_batch, key=lambda job: id(job.service), max_batch=settings.max_batch,
+                                        max_wait_ms=settings.max_wait_ms, on_batch=self.metrics.batch_size.observe)
+        self._reload_lock = asyncio.Lock()
+
+    async def recommend(self, job) -> dict:
+        if self.batcher is not None:
+            return await self.batcher.submit(job)
+        self.metrics.batch_size.observe(1)
+        return (await run_in_threadpool(recommend_batch, [job]))[0]
+
+    async def reload(self, checkpoint: str | None) -> Service:
+        """Load ``checkpoint`` (default: the one being served, re-read) beside the current one and
+        swap it in; requests in flight finish on the old one. A failure keeps the old one."""
+        async with self._reload_lock:
+            try:
+                new = await run_in_threadpool(load_service, self.settings, checkpoint or self.checkpoint)
+            except GenrecError as exc:
+                self.metrics.reloads.labels("failed").inc()
+                raise ApiError(422, "reload_failed", f"reload failed, still serving {self.service.digest[:12]}: {exc}") from exc
+            self.service, self.checkpoint = new, checkpoint or self.checkpoint
+            self.metrics.reloads.labels("ok").inc()
+            self.metrics.serving(new.digest, new.index.kind if new.index else "none", new.kind)
+            return new
+
+
+def create_app(settings: ServeSettings, service: Service | None = None, token: str | None = None) -> FastAPI:
+    """The service over ``settings.checkpoint`` (or an already loaded ``service``). ``token``
+    defaults to ``$GENREC_API_TOKEN``."""
+    state = ServiceState(settings, service, token if token is not None else os.environ.get(TOKEN_ENV))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        hup = _on_sighup(loop, state)
+        yield
+        if hup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        if state.batcher is not None:
+            await state.batcher.close()
+
+    app = FastAPI(title="genrec", summary="Generative recommendation service", version="1", lifespan=lifespan,
+                  default_response_class=StrictJSONResponse)
+    app.state.genrec = state
+    _errors(app, state)
+    auth = [Depends(_bearer(state))]
+    app.include_router(_v1(state), dependencies=auth)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> dict:
+        svc = state.service
+        return {"status": "ready", "model": svc.digest[:12], "kind": svc.kind, "loaded_at": svc.loaded_at}
+
+    @app.get("/metrics", dependencies=auth, tags=["health"], response_class=Response)
+    def metrics() -> Response:
+        body, content_type = state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Edge, state=state)
+    return app
+
+
+def _v1(state: ServiceState) -> APIRouter:
+    v1 = APIRouter(prefix="/v1", responses={401: {"model": schemas.ErrorResponse}, 422: {"model": schemas.ErrorResponse}})
+
+    # the two hot routes answer with a response object: built by service.py in the schema's shape
+    # (the tests check it), so FastAPI does not validate the same dict a second time
+    @v1.post("/recommend", response_model=schemas.RecommendResponse, tags=["recommend"])
+    async def recommend(req: schemas.RecommendRequest) -> StrictJSONResponse:
+        """Top-k items for a history, best first (scores: cosine or dot, see `score`)."""
+        return StrictJSONResponse(await state.recommend(prepare_recommend(state.service, req)))
+
+    @v1.post("/rank", response_model=schemas.RankResponse, tags=["rank"])
+    def rank_candidates(req: schemas.RankRequest) -> StrictJSONResponse:
+        """Ranking-head outputs for each candidate after the history (ranking/unified checkpoints)."""
+        return StrictJSONResponse(rank(state.service, req))
+
+    @v1.get("/items/{item_id:path}", response_model=schemas.Item, tags=["items"], responses={404: {"model": schemas.ErrorResponse}})
+    def item(item_id: str) -> dict:
+        svc = state.service
+        if item_id not in svc.rec.index:
+            raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the model's catalogue", [item_id])
+        fields = svc.catalog.fields(item_id)
+        return {"item": item_id, "title": fields.pop("title", None), "fields": fields}
+
+    @v1.get("/items", response_model=schemas.ItemsResponse, tags=["items"])
+    def items(query: str = Query("", max_length=200, description="words of a title, or an id"),
+              limit: int = Query(20, ge=1, le=200)) -> dict:
+        svc = state.service
+        return {"query": query, "items": [svc.titled(i) for i in svc.catalog.search(query, limit)]}
+
+    @v1.get("/model", tags=["model"])
+    def model() -> dict:
+        """Model card: data, protocol and metrics of the run, model config, index, metadata."""
+        return state.service.card
+
+    @v1.post("/admin/reload", tags=["admin"])
+    async def reload(req: schemas.ReloadRequest | None = None) -> dict:
+        """Load a checkpoint (default: the served one, re-read) and swap it in without dropping requests."""
+        start = time.perf_counter()
+        svc = await state.reload(req.checkpoint if req else None)
+        return {"reloaded": True, "checkpoint": str(svc.checkpoint), "model": svc.digest[:12],
+                "seconds": round(time.perf_counter() - start, 3)}
+
+    return v1
+
+
+def _bearer(state: ServiceState):
+    def check(request: Request) -> None:
+        if state.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {state.token}".encode()):
+            raise ApiError(401, "unauthorized", f"send the token of ${TOKEN_ENV} as 'Authorization: Bearer <token>'")
+
+    return check
+
+
+def _errors(app: FastAPI, state: ServiceState) -> None:
+    def answer(request: Request, err: ApiError) -> JSONResponse:
+        request.scope["genrec.error"] = err.code
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return StrictJSONResponse(err.body(), status_code=err.status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return answer(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        return answer(request, _validation_error(exc.errors()))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}.get(exc.status_code, "http_error")
+        return answer(request, ApiError(exc.status_code, code, str(exc.detail)))
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception):
+        print(f"genrec serve: {request.url.path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return answer(request, ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}"))
+
+
+def _validation_error(errors) -> ApiError:
+    """pydantic's error list -> one ApiError whose message names each bad field."""
+    for e in errors:
+        if e["type"] == "json_invalid":
+            return ApiError(400, "invalid_json", f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'parse error')})")
+        if tuple(e["loc"]) == ("body",):
+            if e["type"] == "missing":
+                return ApiError(400, "missing_body", "the body is missing: send a JSON object (Content-Type: application/json)")
+            return ApiError(400, "invalid_body", "the body must be a JSON object (Content-Type: application/json)")
+    parts = []
+    for e in errors:
+        where = ".".join(str(p) for p in e["loc"][1:] if p != "body") or str(e["loc"][-1])
+        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
+    return ApiError(422, "invalid_request", "; ".join(parts))
+
+
+def _on_sighup(loop: asyncio.AbstractEventLoop, state: ServiceState) -> bool:
+    """SIGHUP reloads the served checkpoint in place (only where signals can be set: the main thread)."""
+
+    def reload() -> None:
+        async def run() -> None:
+            try:
+                svc = await state.reload(None)
+                print(f"genrec serve: SIGHUP: now serving {svc.checkpoint} ({svc.digest[:12]})", file=sys.stderr)
+            except ApiError as exc:
+                print(f"genrec serve: SIGHUP: {exc.message}", file=sys.stderr)
+
+        loop.create_task(run())
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, reload)
+    except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests), or no SIGHUP
+        return False
+    return True
+
+
+class Edge:
+    """Outer ASGI middleware: refuses bodies over the limit (413) and records every request's
+    route, status, latency and error code in the metrics."""
+
+    def __init__(self, app, state: ServiceState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, status = time.perf_counter(), [500]
+        limit = self.state.settings.limits.max_body_bytes
+
+        async def send_status(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            length = int(dict(scope["headers"]).get(b"content-length", b"0"))
+        except ValueError:
+            length = 0
+        try:
+            if length > limit:
+                await _too_large(scope, send_status, limit)
+            else:
+                await self.app(scope, _limited(receive, limit), send_status)
+        finally:
+            route = scope.get("route")
+            path = route.path if route is not None else "unmatched"
+            self.state.metrics.observe(path, scope["method"], status[0], time.perf_counter() - start)
+            if status[0] >= 400:
+                self.state.metrics.error(path, scope.get("genrec.error", str(status[0])))
+
+
+def _limited(receive, limit: int):
+    """A receive that fails with 413 once a (chunked) body passes ``limit`` bytes."""
+    seen = [0]
+
+    async def counted():
+        message = await receive()
+        if message["type"] == "http.request":
+            seen[0] += len(message.get("body", b""))
+            if seen[0] > limit:  # an HTTPException passes FastAPI's body parsing unchanged
+                raise HTTPException(413, f"the body is over the limit of {limit} bytes")
+        return message
+
+    return counted
+
+
+async def _too_large(scope, send, limit: int) -> None:
+    scope["genrec.error"] = "body_too_large"
+    body = jsonio.dumps(ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes").body()).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

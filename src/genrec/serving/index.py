@@ -1,0 +1,222 @@
+"""Retrieval indexes over :meth:`genrec.Recommender.item_vectors`: exact or FAISS.
+
+- ``exact``: the model's own chunked full-catalogue scan (:meth:`Recommender.top_items`, what
+  ``Recommender.recommend`` and the evaluator use); exclusions are masked before the top-k.
+- ``faiss-flat`` (``IndexFlatIP``: exact inner product, FAISS's kernels), ``faiss-ivf``
+  (``IndexIVFFlat``, inner product, ``nlist`` lists, ``nprobe`` searched) and ``faiss-hnsw``
+  (``IndexHNSWFlat``, inner product, ``M`` links, ``efSearch``), built from the item vectors.
+
+A query's score for an item is their inner product, so scores are cosine similarities when the
+model L2-normalises its vectors (``model.l2_normalize``, the default) and dot products otherwise
+(:attr:`ItemIndex.score_kind` says which).
+
+Exclusions with every index (the request's history, its ``deny`` list): a FAISS index cannot
+skip items while it searches, so it is asked for k + (number of excluded items) neighbours and the
+excluded ones are dropped afterwards; flat search then always returns k items, and IVF/HNSW return
+fewer only when their approximate search finds fewer. An ``allow`` list is scored exactly against
+the allowed items' vectors, whatever the index (it is a small candidate set by nature).
+
+FAISS indexes are saved beside the checkpoint (``<checkpoint>.index/<kind>.faiss`` plus a JSON
+stamp) and reused while the stamp matches: the SHA-256 of the weights, the catalogue size and the
+index parameters. Anything else (a retrained checkpoint, other parameters) rebuilds and rewrites it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec.errors import GenrecError
+from genrec.recommender import Recommender
+
+KINDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    kind: str = "exact"
+    """One of ``KINDS``."""
+    nlist: int = 0
+    """IVF: number of lists (0 = 4·√I, at most I/39 so every list gets FAISS's 39 training points)."""
+    nprobe: int = 32
+    """IVF: lists searched per query."""
+    hnsw_m: int = 32
+    """HNSW: links per node."""
+    ef_construction: int = 200
+    """HNSW: candidate list size while building."""
+    ef_search: int = 128
+    """HNSW: candidate list size while searching (raised to the number of neighbours asked for)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise GenrecError(f"--index {self.kind!r} is not one of {', '.join(KINDS)}")
+        for key, value in asdict(self).items():
+            if key != "kind" and value < (0 if key == "nlist" else 1):
+                raise GenrecError(f"index option {key}={value} must be >= {0 if key == 'nlist' else 1}")
+
+
+class ItemIndex:
+    """Top-k item idx (1..I) for query vectors, with per-row exclusions and allow lists."""
+
+    kind = "exact"
+
+    def __init__(self, rec: Recommender):
+        self.rec = rec
+        self.vectors = rec.item_vectors().float().cpu().contiguous()  # [I D] row r = item idx r + 1
+        norms = self.vectors.norm(dim=1)
+        self.score_kind = "cosine" if bool(torch.allclose(norms, torch.ones_like(norms), atol=1e-3)) else "dot"
+
+    @property
+    def num_items(self) -> int:
+        return self.vectors.size(0)
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "score": self.score_kind, "items": self.num_items}
+
+    def search(
+        self, user: torch.Tensor, ks: Sequence[int], exclude: Sequence[set[int]], allow: Sequence[list[int] | None]
+    ) -> list[list[tuple[int, float]]]:
+        """user [B, D]; per row: how many items (``ks``), the item idx never returned
+        (``exclude``) and the only idx that may be (``allow``, None = any) -> per row
+        (item idx, score) best first, at most k."""
+        out: list[list[tuple[int, float]]] = [[] for _ in range(user.size(0))]
+        free = [b for b, a in enumerate(allow) if a is None]
+        if free:
+            rows = self._search(user[free], max(ks[b] for b in free), [exclude[b] for b in free])
+            for b, row in zip(free, rows):
+                out[b] = row[: ks[b]]
+        for b, allowed in enumerate(allow):
+            if allowed is not None:
+                out[b] = self._search_allowed(user[b], ks[b], exclude[b], allowed)
+        return out
+
+    def _search(self, user: torch.Tensor, k: int, exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
+        """Top-k (item idx, score) per row of user [B, D], never an excluded idx."""
+        return self.rec.top_items(user, k, [sorted(e) for e in exclude])
+
+    def _search_allowed(self, q: torch.Tensor, k: int, exclude: set[int], allowed: list[int]) -> list[tuple[int, float]]:
+        """Exact scores of the allowed items (minus the excluded) for one query q [D]."""
+        ids = [i for i in dict.fromkeys(allowed) if i not in exclude]
+        if not ids:
+            return []
+        scores = self.vectors[torch.tensor(ids) - 1] @ q.float().cpu()  # [A]
+        top = scores.topk(min(k, len(ids)))
+        return [(ids[j], s) for s, j in zip(top.values.tolist(), top.indices.tolist())]
+
+
+class FaissIndex(ItemIndex):
+    """A FAISS inner-product index over the item vectors (label r = item idx r + 1)."""
+
+    def __init__(self, rec: Recommender, options: IndexOptions, weights_digest: str, folder: Path | None):
+        super().__init__(rec)
+        faiss = _faiss()
+        self.kind, self.options = options.kind, options
+        self.build_seconds, self.loaded_from = 0.0, None
+        self.params = self._params(options)
+        stamp = {"kind": self.kind, "weights_sha256": weights_digest, "items": self.num_items,
+                 "dim": self.vectors.size(1), "params": self.params}
+        path = None if folder is None else folder / f"{self.kind}.faiss"
+        if path is not None and path.exists() and _read_stamp(path) == stamp:
+            self.index = faiss.read_index(str(path))
+            self.loaded_from = str(path)
+        else:
+            start = time.perf_counter()
+            self.index = self._build(faiss)
+            self.build_seconds = time.perf_counter() - start
+            if path is not None:
+                _save(faiss, self.index, path, stamp)
+        self.stamp = stamp
+
+    def describe(self) -> dict:
+        return {**super().describe(), "params": self.params, "build_seconds": round(self.build_seconds, 3),
+                "loaded_from": self.loaded_from}
+
+    def _params(self, options: IndexOptions) -> dict:
+        if self.kind == "faiss-ivf":
+            nlist = options.nlist or max(1, min(int(4 * self.num_items**0.5), self.num_items // 39))
+            return {"nlist": nlist, "nprobe": min(options.nprobe, nlist)}
+        if self.kind == "faiss-hnsw":
+            return {"M": options.hnsw_m, "efConstruction": options.ef_construction, "efSearch": options.ef_search}
+        return {}
+
+    def _build(self, faiss):
+        x = self.vectors.numpy()
+        D = x.shape[1]
+        if self.kind == "faiss-flat":
+            index = faiss.IndexFlatIP(D)
+        elif self.kind == "faiss-ivf":
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, self.params["nlist"], faiss.METRIC_INNER_PRODUCT)
+            index.train(x)
+        else:
+            index = faiss.IndexHNSWFlat(D, self.params["M"], faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = self.params["efConstruction"]
+        index.add(x)
+        return index
+
+    def _search(self, user: torch.Tensor, k: int, exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
+        faiss = _faiss()
+        fetch = min(self.num_items, k + max(len(e) for e in exclude))  # over-fetch, then filter
+        params = None
+        if self.kind == "faiss-ivf":
+            params = faiss.SearchParametersIVF(nprobe=self.params["nprobe"])
+        elif self.kind == "faiss-hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.params["efSearch"], fetch))
+        q = np.ascontiguousarray(user.float().cpu().numpy())
+        scores, labels = self.index.search(q, fetch, params=params)  # [B fetch] each; label -1 = none found
+        out = []
+        for srow, lrow, ex in zip(scores.tolist(), labels.tolist(), exclude):
+            row = [(lab + 1, s) for s, lab in zip(srow, lrow) if lab >= 0 and lab + 1 not in ex]
+            out.append(row[:k])
+        return out
+
+
+def build_index(rec: Recommender, options: IndexOptions, weights_digest: str, folder: Path | None) -> ItemIndex:
+    """The index ``options.kind`` over ``rec``'s item vectors (FAISS ones cached in ``folder``)."""
+    if options.kind == "exact":
+        return ItemIndex(rec)
+    return FaissIndex(rec, options, weights_digest, folder)
+
+
+def index_folder(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's FAISS indexes live: ``<checkpoint>.index/`` beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.name + ".index")
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as exc:
+        raise GenrecError("FAISS indexes need faiss-cpu: pip install 'genrec[serve]' (or use --index exact)") from exc
+    return faiss
+
+
+def _read_stamp(path: Path) -> dict | None:
+    try:
+        return json.loads(path.with_suffix(".json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _save(faiss, index, path: Path, stamp: dict) -> None:
+    """Write the index and its stamp atomically (several workers may build it at once); a folder
+    that cannot be written only costs a rebuild next time."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, path)
+        tmp_stamp = path.with_name(f".{path.stem}.json.tmp-{os.getpid()}")
+        tmp_stamp.write_text(json.dumps(stamp, indent=2))
+        os.replace(tmp_stamp, path.with_suffix(".json"))
+    except OSError as exc:
+        print(f"genrec serve: could not save the index to {path} ({exc}); it will be rebuilt next start", file=sys.stderr)
+

@@ -1,0 +1,117 @@
+"""Micro-batching: concurrent requests share forward passes, and the batched answers are the
+per-request answers (same items in the same order; scores equal up to float32 rounding of the
+wider matmuls, 1e-6 here)."""
+
+import asyncio
+import random
+import time
+
+import pytest
+
+from genrec import Recommender
+
+from .conftest import SERVE_MISSING, SKIP_REASON
+
+
+def _requests(rec: Recommender, n: int, seed: int = 0) -> list[dict]:
+    """Histories of 1..15 items (past the model's window), some with a query time, unknown ids
+    (dropped), feedback when the model reads it, k from 1 to the catalogue."""
+    rng = random.Random(seed)
+    out = []
+    for r in range(n):
+        length = rng.randint(1, 15)
+        history = [rng.choice(rec.item_ids) for _ in range(length)]
+        if r % 7 == 3 and length > 1:
+            history[rng.randrange(length)] = "not-an-item"
+        t0 = 1_000_000 + rng.randint(0, 10_000)
+        req = {"history": history, "timestamps": [t0 + 3600 * s for s in range(length)], "ignore_unknown": True,
+               "query_time": t0 + 3600 * length if r % 3 == 0 else None}
+        if rec.reads_feedback:
+            req["feedback"] = [[float(rng.random() < 0.5)] for _ in range(length)]
+        out.append(req)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["retrieval", "unified"])
+def test_recommend_many_equals_recommend(checkpoints, kind):
+    rec = Recommender.load(checkpoints[kind])
+    reqs = _requests(rec, 40)
+    one_by_one = [rec.recommend(k=7, **r) for r in reqs]
+    batched = rec.recommend_many([rec.query(**r) for r in reqs], k=7)
+    assert [[i for i, _ in row] for row in batched] == [[i for i, _ in row] for row in one_by_one]
+    for got, want in zip(batched, one_by_one):
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
+    assert rec.recommend_many([rec.query(**reqs[0])], k=7)[0] == pytest.approx(one_by_one[0])
+
+
+def test_batcher_shares_passes_and_bounds_batches():
+    if SERVE_MISSING:
+        pytest.skip(SKIP_REASON)
+    from genrec.serving.batcher import MicroBatcher
+
+    sizes = []
+
+    def run(jobs):
+        time.sleep(0.005)  # a forward pass: requests queue up meanwhile
+        return [j * 10 for j in jobs]
+
+    async def go():
+        b = MicroBatcher(run, max_batch=8, max_wait_ms=2, on_batch=sizes.append)
+        out = await asyncio.gather(*(b.submit(j) for j in range(50)))
+        alone = time.perf_counter()
+        await b.submit(99)
+        waited = time.perf_counter() - alone
+        await b.close()
+        return out, waited
+
+    out, waited = asyncio.run(go())
+    assert out == [j * 10 for j in range(50)]  # each request its own answer
+    assert sum(sizes) == 51 and max(sizes) == 8 and len(sizes) <= 8  # 50 requests in full batches of 8, then 1
+    assert waited < 0.2  # a lone request waits ~2 ms for company, then runs
+
+
+def test_a_failing_batch_fails_its_requests_only():
+    if SERVE_MISSING:
+        pytest.skip(SKIP_REASON)
+    from genrec.serving.batcher import MicroBatcher
+
+    def run(jobs):
+        if "bad" in jobs:
+            raise RuntimeError("boom")
+        return jobs
+
+    async def go():
+        b = MicroBatcher(run, key=lambda j: j == "bad", max_batch=4)
+        got = await asyncio.gather(b.submit("a"), b.submit("bad"), b.submit("c"), return_exceptions=True)
+        await b.close()
+        return got
+
+    a, bad, c = asyncio.run(go())
+    assert (a, c) == ("a", "c") and isinstance(bad, RuntimeError)
+
+
+@pytest.mark.parametrize("kind", ["retrieval", "unified"])
+def test_server_batched_answers_equal_per_request_answers(checkpoints, kind):
+    if SERVE_MISSING:
+        pytest.skip(SKIP_REASON)
+    from .client import make_app, request, run, strict_json
+
+    rec = Recommender.load(checkpoints[kind])
+    bodies = [r | {"k": [1, 5, 40][i % 3], "exclude_history": i % 4 != 0} for i, r in enumerate(_requests(rec, 48, seed=1))]
+
+    def answers(app):
+        async def all_at_once(client):
+            return await asyncio.gather(*(client.post("/v1/recommend", json=b) for b in bodies))
+
+        return [strict_json(r) for r in run(app, all_at_once)], request(app, "GET", "/metrics").text
+
+    batched, metrics_on = answers(make_app(checkpoints[kind], max_batch=16))
+    single, metrics_off = answers(make_app(checkpoints[kind], batching=False))
+    for got, want in zip(batched, single):
+        assert [i["item"] for i in got["items"]] == [i["item"] for i in want["items"]]
+        assert [i["score"] for i in got["items"]] == pytest.approx([i["score"] for i in want["items"]], abs=2e-6)
+        assert got["dropped"] == want["dropped"]
+    # batching on: fewer forward passes than requests, none above max_batch; off: one each
+    count_on = float(metrics_on.split("genrec_batch_size_count ")[1].split()[0])
+    assert count_on < 48 and 'genrec_batch_size_bucket{le="16.0"} ' + f"{count_on}" in metrics_on
+    assert "genrec_batch_size_count 48.0" in metrics_off and "genrec_batch_size_sum 48.0" in metrics_off
