@@ -41,7 +41,9 @@ def test_recommend_many_equals_recommend(checkpoints, kind):
     assert [[i for i, _ in row] for row in batched] == [[i for i, _ in row] for row in one_by_one]
     for got, want in zip(batched, one_by_one):
         assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
-    assert rec.recommend_many([rec.query(**reqs[0])], k=7)[0] == pytest.approx(one_by_one[0])
+    alone = rec.recommend_many([rec.query(**reqs[0])], k=7)[0]  # a batch of one
+    assert [i for i, _ in alone] == [i for i, _ in one_by_one[0]]
+    assert [s for _, s in alone] == pytest.approx([s for _, s in one_by_one[0]], abs=1e-6)
 
 
 def test_batcher_shares_passes_and_bounds_batches():
