@@ -37,8 +37,8 @@ def test_tokens_interleave_items_and_actions():
     x = m.tokens(items, labels)
     assert x.shape == (2, 12, 16)
     torch.testing.assert_close(x[:, 0::2], m.backbone.item_embedding(items) * 4.0)  # × √16
-    # default action token: the interaction's item embedding (× √D) + its feedback embedding (unscaled: ~1/√D of it)
-    torch.testing.assert_close(x[:, 1::2], m.backbone.item_embedding(items) * 4.0 + m.action_proj(labels))
+    # default action token: the interaction's item embedding + its feedback embedding, both × √D
+    torch.testing.assert_close(x[:, 1::2], (m.backbone.item_embedding(items) + m.action_proj(labels)) * 4.0)
 
 
 def test_feedback_only_action_tokens_are_the_first_design():

@@ -63,10 +63,10 @@ class HeadConfig:
     retrieval: bool = True
     """Whether the action-token outputs are trained for retrieval (unified) or not (ranking only)."""
     action_token: str = "item_and_feedback"
-    """What an action token carries: ``item_and_feedback`` = its interaction's item embedding (× √D,
-    as item tokens) plus a feedback embedding initialised like the item table but not scaled
-    (~1/√D of the item part, so the item dominates and the output that retrieves the next item
-    starts from the current item, as an item-only retriever's does); ``feedback`` = a linear
+    """What an action token carries: ``item_and_feedback`` = its interaction's item embedding plus a
+    feedback embedding, both at the item tokens' scale (init std 0.02, × √D), so the output that
+    retrieves the next item starts from the current item, as an item-only retriever's does (the
+    feedback's scale was chosen on ML-100K validation among 1, 3 and √D: benchmarks/RESULTS.md); ``feedback`` = a linear
     map of the feedback alone (PyTorch's default init; genrec's first design, kept for checkpoints
     written with it and as the ablation: on ML-100K it left unified retrieval at a third of a
     separate retriever's NDCG, see benchmarks/RESULTS.md)."""
@@ -111,7 +111,7 @@ class InterleavedRanker(nn.Module, Ranker):
         self.backbone, self.head_config = backbone, head
         D, A = backbone.config.embedding_dim, len(head.task_names)
         self.action_proj = nn.Linear(A, D)
-        if head.action_token == "item_and_feedback":  # the item table's init: std 0.02 (not scaled by √D in tokens())
+        if head.action_token == "item_and_feedback":  # the item table's init: std 0.02, × √D in tokens()
             nn.init.trunc_normal_(self.action_proj.weight, std=0.02)
             nn.init.trunc_normal_(self.action_proj.bias, std=0.02)
         self.ranking_head = nn.Sequential(
@@ -160,7 +160,7 @@ class InterleavedRanker(nn.Module, Ranker):
         it = self.backbone.embed_items(items)  # [B n D], × √D
         act = self.action_proj(labels.to(it.dtype))  # [B n D]
         if self.head_config.action_token == "item_and_feedback":
-            act = it + act  # feedback at ~1/√D of the item's scale: it marks, the item dominates
+            act = it + act * math.sqrt(it.size(-1))
         return torch.stack([it, act], dim=2).reshape(B, 2 * n, -1)
 
     def encode_history(
