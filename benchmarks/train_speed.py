@@ -90,7 +90,7 @@ def throughput(cfg, data, steps: int, warmup: int, compiled: bool) -> dict:
     timed = batches[warmup:]
     T = sum(b.num_targets for b in timed)
     K = sum(attended_pairs(b) for b in timed)
-    flops = step_flops(cfg, count_parameters(model)["params_nonembedding"], T, K)
+    flops = step_flops(cfg, count_parameters(model)["params_nonembedding"], T, K, model.num_items)
     return {"tokens_per_s": T / seconds, "flops_per_s": flops / seconds, "padding": pad}
 
 

@@ -163,8 +163,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
         if "retrieval" not in head:  # written before head.json said it: ranking-only runs never trained retrieval
             head["retrieval"] = (experiment.get("task") or {}).get("kind") != "ranking"
         head.setdefault("action_token", "feedback")  # written before the option existed: the first design
-        model = wrap_interleaved(model, HeadConfig(**head))
-    missing, unexpected = model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=False)
+        try:
+            model = wrap_interleaved(model, HeadConfig(**head))
+        except TypeError as exc:  # a key this genrec does not know
+            raise CheckpointError(f"{folder / 'head.json'}: {exc}") from exc
+    try:
+        missing, unexpected = model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=False)
+    except RuntimeError as exc:  # shapes that differ from model.json's
+        raise CheckpointError(f"{folder}: the weights do not fit the model model.json describes ({str(exc).splitlines()[0][:300]})") from exc
     if missing or unexpected:
         raise CheckpointError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()

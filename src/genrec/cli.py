@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args.pop("command")
     try:
         result = fn(**args)
-    except (GenrecError, FileNotFoundError, ValueError) as exc:
+    except (GenrecError, OSError, ValueError) as exc:  # OSError covers FileNotFoundError and PermissionError
         print(f"genrec: error: {exc}", file=sys.stderr)
         return 2
     print(jsonio.dumps(result, indent=2))

@@ -45,7 +45,7 @@ class DataConfig:
     """Generic CSV/Parquet only: maps ``user``/``item`` (required) and ``timestamp``/``rating``
     (optional) to column names (positions 0, 1, ... without a header). Empty: recognised from the
     header by common names (``userId``, ``user_id``, ``movieId``, ``asin``, ``timestamp``, ``ts``,
-    ``rating``, ...; ``genrec.data.loaders.COLUMN_NAMES``); when given, exactly these are used.
+    ``rating``, ...; ``genrec.data.columns.COLUMN_NAMES``); when given, exactly these are used.
     Times may be unix seconds (integer or decimal) or ISO-8601 dates/date-times (UTC unless offset)."""
     action_columns: list[str] = field(default_factory=list)
     """Generic CSV/Parquet only: numeric feedback columns kept per interaction (e.g. ``click``,

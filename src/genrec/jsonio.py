@@ -1,5 +1,6 @@
-"""Strict JSON out: every JSON genrec writes (stdout, metrics.json, logs, checkpoints) goes through
-here, so a NaN or an infinity never reaches a file as the non-standard tokens ``NaN``/``Infinity``.
+"""Strict JSON out: the JSON genrec writes for people and tools (stdout, metrics.json, logs,
+checkpoints, sweep rows) goes through here, so a NaN or an infinity never reaches a file as the
+non-standard tokens ``NaN``/``Infinity``.
 
 Non-finite floats become ``null``. Where a metric can legitimately be undefined (AUC of a group
 with one class), the protocol text says so; ``null`` is how it is written.

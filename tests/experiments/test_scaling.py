@@ -76,7 +76,11 @@ def test_flops_estimate_by_hand(tmp_path, sweep_file):
 
     # tokens 4; c̄ = (3·4/2 + 1) / 4 = 1.75; per token 2·N + 4·1·8·1.75 + 2·8·9
     per_token = 2 * counts["params_nonembedding"] + 4 * 8 * 1.75 + 2 * 8 * 9
-    assert training_flops(cfg, counts["params_nonembedding"], Windows, epochs=2) == pytest.approx(3 * per_token * 4 * 2)
+    assert training_flops(cfg, counts["params_nonembedding"], Windows, epochs=2, num_items=40) == pytest.approx(3 * per_token * 4 * 2)
+    # full softmax scores every item: S = 40 per target instead of 1 + 8 sampled
+    cfg.train.loss = "full_softmax"
+    full = 2 * counts["params_nonembedding"] + 4 * 8 * 1.75 + 2 * 8 * 40
+    assert training_flops(cfg, counts["params_nonembedding"], Windows, epochs=2, num_items=40) == pytest.approx(3 * full * 4 * 2)
 
 
 def test_sweep_errors_name_the_problem(tmp_path):

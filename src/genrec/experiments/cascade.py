@@ -16,7 +16,6 @@ config's ``data``, ``eval`` and ``train`` sections (same split, holdout and budg
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
 
 import torch
@@ -30,6 +29,9 @@ from genrec.evaluation.metrics import metrics_from_ranks
 from genrec.training.strategy import make_strategy
 from genrec.training.tasks import build_task
 from genrec.training.trainer import Trainer
+
+
+EXCLUDED = {"full": "the user's earlier items excluded", "input": "the model input's items excluded", "none": "nothing excluded"}
 
 
 def stage_configs(cfg: ExperimentConfig) -> tuple[ExperimentConfig, ExperimentConfig]:
@@ -56,19 +58,18 @@ def train_cascade(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = Fal
     if strategy.env.enabled:
         raise ConfigError("train.refit and cascades run in one process; launch them without torchrun")
     data = load_prepared(prepare(cfg.data))
-    start = time.perf_counter()
     retr = Trainer(retr_cfg, out / "retrieval", build_task(retr_cfg, data), strategy)
     retr_result = retr.fit(resume=resume and (out / "retrieval" / "last").exists())
     rank = Trainer(rank_cfg, out / "ranking", build_task(rank_cfg, data), strategy)
     rank_result = rank.fit(resume=resume and (out / "ranking" / "last").exists())
-    train_seconds = time.perf_counter() - start
+    train_seconds = retr_result["train_seconds"] + rank_result["train_seconds"]  # training only, both stages
     names, chosen = rank.task.label_spec.names, rank_cfg.task.enhancer_task  # the binary task whose probability reorders
     task_index = names.index(chosen) if chosen else (rank.task.label_spec.binary[0] if rank.task.label_spec.binary else 0)
     result = {
         "protocol": {
             **retr_result["protocol"], **{k: v for k, v in rank_result["protocol"].items() if k.startswith("ranking")},
             "task": "cascade",
-            "cascade": f"retrieval top-{cfg.task.cascade_k} (history excluded) reordered by the ranker's "
+            "cascade": f"retrieval top-{cfg.task.cascade_k} ({EXCLUDED[cfg.eval.exclude_history]}) reordered by the ranker's "
                        f"{names[task_index]} probability; the rest keeps retrieval order",
             "stages": {"retrieval": str(out / "retrieval"), "ranking": str(out / "ranking")},
             "selection": "each stage selected on its own validation metric (retrieval: "

@@ -84,7 +84,8 @@ def add_refit(trainer: Trainer, result: dict) -> dict:
     sub = Trainer(trainer.cfg, trainer.out / "refit", build_task(trainer.cfg, trainer.task.data),
                   SingleProcess(trainer.strategy.device), include_valid=True)
     for epoch in range(epochs):
-        tqdm.write(f"refit epoch {epoch + 1}/{epochs}: loss {sub.train_epoch(epoch)['loss']:.4f}", file=sys.stderr)
+        loss = sub.train_epoch(epoch)["loss"]
+        tqdm.write(f"refit epoch {epoch + 1}/{epochs}: loss {'n/a' if loss is None else f'{loss:.4f}'}", file=sys.stderr)
     sub.save("model", with_state=False)
     result["test_refit"] = sub.evaluate("test")["metrics"]
     result["protocol"]["refit"] = (

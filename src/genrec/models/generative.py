@@ -10,8 +10,9 @@ One causal backbone (any :class:`SequentialRecommender`: HSTU, SASRec, ...) read
 - the output at ``action_k`` (L2-normalised) retrieves ``item_{k+1}`` from the catalogue, scored
   against the backbone's own item table.
 
-Token embeddings: item tokens use the backbone's item table (× √D); an action token is a linear map
-of the feedback vector (the map's bias marks "this is an action token"). Both tokens of an
+Token embeddings: item tokens use the backbone's item table (× √D); an action token is, by default,
+its interaction's item embedding plus a linear map of the feedback vector, both × √D
+(``HeadConfig.action_token``; ``feedback`` = the map alone, genrec's first design). Both tokens of an
 interaction carry its timestamp; a token's "next" time for the time bias is the next token's.
 ``model.max_seq_len`` counts interactions, as for every model; the backbone is built for
 :func:`interleaved_tokens` = 2·max_seq_len + 1 token positions (two per interaction, one slot left

@@ -230,6 +230,10 @@ def _validation_error(errors) -> ApiError:
     return ApiError(422, "invalid_request", "; ".join(parts))
 
 
+_RELOADS: set = set()
+"""SIGHUP reload tasks in flight (held so they cannot be garbage-collected before they finish)."""
+
+
 def _on_sighup(loop: asyncio.AbstractEventLoop, state: ServiceState) -> bool:
     """SIGHUP reloads the served checkpoint in place (only where signals can be set: the main thread)."""
 
@@ -240,8 +244,12 @@ def _on_sighup(loop: asyncio.AbstractEventLoop, state: ServiceState) -> bool:
                 print(f"genrec serve: SIGHUP: now serving {svc.checkpoint} ({svc.digest[:12]})", file=sys.stderr)
             except ApiError as exc:
                 print(f"genrec serve: SIGHUP: {exc.message}", file=sys.stderr)
+            except Exception as exc:  # noqa: BLE001 - a failed reload keeps the old model; say why, never die silently
+                print(f"genrec serve: SIGHUP: reload failed ({type(exc).__name__}: {exc}); still serving the old model", file=sys.stderr)
 
-        loop.create_task(run())
+        task = loop.create_task(run())
+        _RELOADS.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(_RELOADS.discard)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, reload)

@@ -124,10 +124,14 @@ class FaissIndex(ItemIndex):
         stamp = {"kind": self.kind, "weights_sha256": weights_digest, "items": self.num_items,
                  "dim": self.vectors.size(1), "params": self.params}
         path = None if folder is None else folder / f"{self.kind}.faiss"
+        self.index = None
         if path is not None and path.exists() and _read_stamp(path) == stamp:
-            self.index = faiss.read_index(str(path))
-            self.loaded_from = str(path)
-        else:
+            try:
+                self.index = faiss.read_index(str(path))
+                self.loaded_from = str(path)
+            except RuntimeError as exc:  # a damaged cache file: rebuild it
+                print(f"genrec serve: the cached index {path} is unreadable ({exc}); rebuilding", file=sys.stderr)
+        if self.index is None:
             start = time.perf_counter()
             self.index = self._build(faiss)
             self.build_seconds = time.perf_counter() - start
@@ -142,6 +146,8 @@ class FaissIndex(ItemIndex):
     def _params(self, options: IndexOptions) -> dict:
         if self.kind == "faiss-ivf":
             nlist = options.nlist or max(1, min(int(4 * self.num_items**0.5), self.num_items // 39))
+            if nlist > self.num_items:
+                raise GenrecError(f"--nlist {nlist} exceeds the catalogue ({self.num_items} items): an IVF list needs training points")
             return {"nlist": nlist, "nprobe": min(options.nprobe, nlist)}
         if self.kind == "faiss-hnsw":
             return {"M": options.hnsw_m, "efConstruction": options.ef_construction, "efSearch": options.ef_search}

@@ -239,5 +239,5 @@ def load_service(settings: ServeSettings, checkpoint: str | None = None) -> Serv
         return Service(settings, checkpoint)
     except GenrecError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # RuntimeError: torch/FAISS refusing the files
         raise GenrecError(f"{checkpoint or settings.checkpoint}: cannot be served ({exc})") from exc

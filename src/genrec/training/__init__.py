@@ -1,1 +1,2 @@
-"""Training: losses, checkpoints and the trainer (a recipe over the library)."""
+"""Training: the trainer (one task on one model), execution strategies, tasks, losses, the resolved
+build spec, precision and curves. Checkpoint I/O is in :mod:`genrec.checkpoint`."""

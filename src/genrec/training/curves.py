@@ -25,7 +25,7 @@ def plot(log: Path, png: Path) -> bool:
     fig = new_figure(figsize=(9, 3.2), dpi=80)
     fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.9, wspace=0.25)  # fixed: tight_layout costs a render
     ax_loss, ax_valid = fig.subplots(1, 2)
-    ax_loss.plot([r["epoch"] for r in rows], [r["loss"] for r in rows], marker=".")
+    ax_loss.plot([r["epoch"] for r in rows], [float("nan") if r["loss"] is None else r["loss"] for r in rows], marker=".")
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
     for metric in shown:
         points = [(r["epoch"], r["valid"][metric]) for r in evaluated if metric in r["valid"]]

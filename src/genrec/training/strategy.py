@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from genrec import checkpoint as ckpt
+from genrec.errors import ConfigError
 from genrec.training import distributed
 from genrec.training.distributed import DistEnv
 
@@ -177,7 +178,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available")
+        raise ConfigError("train.device=cuda but no CUDA device is available (use train.device=auto or cpu)")
     return torch.device(name)
 
 

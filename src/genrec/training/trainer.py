@@ -186,7 +186,8 @@ class Trainer:
             total, steps = total + value, steps + 1
             bar.set_postfix(loss=f"{total / steps:.4f}")
         seconds = time.perf_counter() - start
-        record = {"epoch": epoch + 1, "loss": total / max(steps, 1), "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
+        record = {"epoch": epoch + 1, "loss": total / steps if steps else None,  # None: every step was skipped
+                  "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
         if skipped:
             record["skipped_nonfinite_steps"] = skipped
         for key in sorted({k for log in step_logs for k in log} - {"epoch", "step"}):
@@ -286,7 +287,8 @@ class Trainer:
 
 
 def _summary(record: dict, metric: str) -> str:
-    text = f"epoch {record['epoch']}: loss {record['loss']:.4f}, {record['seconds']:.1f}s, {record['tokens_per_s']:.0f} tok/s"
+    loss = "n/a (every step skipped)" if record["loss"] is None else f"{record['loss']:.4f}"
+    text = f"epoch {record['epoch']}: loss {loss}, {record['seconds']:.1f}s, {record['tokens_per_s']:.0f} tok/s"
     if "valid" in record:
         shown = [m.strip() for m in metric.split("+")]
         text += ", valid " + ", ".join(f"{m} {record['valid'][m]:.4f}" for m in shown)

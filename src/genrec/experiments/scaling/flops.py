@@ -20,16 +20,17 @@ def count_parameters(model) -> dict[str, int]:
     return {"params": total, "params_nonembedding": total - model.embedding_parameters()}
 
 
-def step_flops(cfg: ExperimentConfig, params_nonembedding: int, tokens: float, pairs: float) -> float:
+def step_flops(cfg: ExperimentConfig, params_nonembedding: int, tokens: float, pairs: float, num_items: int) -> float:
     """Model FLOPs of training on ``tokens`` targets whose sequences hold ``pairs`` attended
-    (query, key) pairs (Σ n(n+1)/2 = tokens · c̄): 3 × (2·N_ne·T + 4·L·D·pairs + 2·D·S·T)."""
+    (query, key) pairs (Σ n(n+1)/2 = tokens · c̄): 3 × (2·N_ne·T + 4·L·D·pairs + 2·D·S·T).
+    ``num_items``: the catalogue (the data's; the config never holds it), for full softmax."""
     t, m = cfg.train, cfg.model
-    scores = LOSSES[t.loss].pairs(t, m.num_items, tokens)  # S·T query-item scores
+    scores = LOSSES[t.loss].pairs(t, num_items, tokens)  # S·T query-item scores
     return 3.0 * (2 * params_nonembedding * tokens + 4 * m.num_layers * m.embedding_dim * pairs + 2 * m.embedding_dim * scores)
 
 
-def training_flops(cfg: ExperimentConfig, params_nonembedding: int, batches, epochs: int) -> float:
+def training_flops(cfg: ExperimentConfig, params_nonembedding: int, batches, epochs: int, num_items: int) -> float:
     """Estimated training FLOPs (module docstring) for ``epochs`` over ``batches``' windows."""
     n = (batches.ends - batches.starts - 1).astype(np.float64)  # inputs per window
     pairs = float((n * (n + 1) / 2).sum())  # causal: a token sees itself and all before
-    return step_flops(cfg, params_nonembedding, float(n.sum()), pairs) * epochs
+    return step_flops(cfg, params_nonembedding, float(n.sum()), pairs, num_items) * epochs

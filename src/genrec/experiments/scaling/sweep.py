@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from genrec import jsonio
 from genrec.config import ExperimentConfig, apply_overrides, load_config
 from genrec.errors import ConfigError
 from genrec.experiments.scaling.fits import fits
@@ -97,11 +98,11 @@ def run_point(sweep: SweepConfig, base_dir: Path, p: dict, out: Path) -> dict:
     counts = count_parameters(trainer.model)
     row = {
         **p, "model": cfg.model.name, **counts,
-        "flops": training_flops(cfg, counts["params_nonembedding"], trainer.batches, result["epochs_run"]),
+        "flops": training_flops(cfg, counts["params_nonembedding"], trainer.batches, result["epochs_run"], trainer.model.num_items),
         "seconds": result["train_seconds"], "epochs_run": result["epochs_run"], "best_epoch": result["best_epoch"],
         **{f"valid_{k}": v for k, v in result["valid"].items()}, **{f"test_{k}": v for k, v in result["test"].items()},
     }
-    row_file.write_text(json.dumps(row))
+    jsonio.write_json(row_file, row, indent=None)  # atomic; a NaN metric becomes null
     return row
 
 

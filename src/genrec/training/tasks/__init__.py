@@ -56,8 +56,11 @@ def select_score(metrics: dict, select_metric: str) -> float:
     total = 0.0
     for part in select_metric.split("+"):
         value = metrics.get(part.strip())
-        if value is None or (isinstance(value, float) and np.isnan(value)):
+        if value is None:
             raise ConfigError(f"eval.select_metric={select_metric!r}: {part.strip()!r} is not computed for this task")
+        if isinstance(value, float) and np.isnan(value):
+            raise ConfigError(f"eval.select_metric={select_metric!r}: {part.strip()!r} is undefined on this validation "
+                              "split (e.g. AUC with only one class); choose another metric or a larger eval.holdout")
         total += value
     return total
 
