@@ -35,8 +35,8 @@ def cascade_ranks(
         base = target_ranks(retriever, b, ev.item_chunk_size)  # [B]
         user = retriever.user_vectors(b.items, b.timestamps, b.query_time)
         _, cand = retriever.topk(user, k, b.exclude)  # [B K]
-        out = ranker.rank(b.items, b.labels, cand, b.timestamps, b.query_time)[..., task_index].float()
-        probs = torch.sigmoid(out.masked_fill(~torch.isfinite(out), float("-inf")))  # non-finite: rank last
+        logits = ranker.rank(b.items, b.labels, cand, b.timestamps, b.query_time)[..., task_index].float()
+        probs = torch.sigmoid(logits.masked_fill(~torch.isfinite(logits), float("-inf")))  # non-finite: rank last
         order = probs.argsort(dim=1, descending=True, stable=True)
         reranked = cand.gather(1, order)  # [B K]
         hit = reranked == b.targets.unsqueeze(1)
