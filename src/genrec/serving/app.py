@@ -59,7 +59,7 @@ class ServiceState:
     def __init__(self, settings: ServeSettings, service: Service | None, token: str | None):
         self.settings, self.token, self.metrics = settings, token or None, Metrics()
         self.service = service or load_service(settings)
-        self.checkpoint = str(self.service.checkpoint)
+        self.checkpoint = settings.checkpoint  # the user's path: reloads re-resolve it (never a stale ``.old`` twin)
         self.metrics.serving(self.service.digest, self.service.index.kind if self.service.index else "none", self.service.kind)
         self.batcher = None
         if settings.batching:
