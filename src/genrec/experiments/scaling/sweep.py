@@ -86,6 +86,7 @@ def point_config(sweep: SweepConfig, base_dir: Path, p: dict) -> ExperimentConfi
 def run_point(sweep: SweepConfig, base_dir: Path, p: dict, out: Path) -> dict:
     """Train one point (or resume / reuse it) and return its results row."""
     from genrec.experiments.run import make_trainer
+    from genrec.experiments.run_folder import claim
 
     folder = out / "points" / point_name(p)
     row_file = folder / "row.json"
@@ -93,8 +94,10 @@ def run_point(sweep: SweepConfig, base_dir: Path, p: dict, out: Path) -> dict:
         return json.loads(row_file.read_text())
     cfg = point_config(sweep, base_dir, p)
     trainer = make_trainer(cfg, folder)
-    resume = (folder / "last" / "state.json").exists()
-    result = trainer.fit(resume=resume) if not (folder / "metrics.json").exists() else json.loads((folder / "metrics.json").read_text())
+    with claim(folder, resume=True):  # two sweeps never train one point at once; a killed point resumes (or restarts cleanly)
+        done = folder / "metrics.json"
+        started = (folder / "config.yaml").exists()  # an earlier attempt at this point
+        result = json.loads(done.read_text()) if done.exists() else trainer.fit(resume=started)
     counts = count_parameters(trainer.model)
     row = {
         **p, "model": cfg.model.name, **counts,
