@@ -22,7 +22,7 @@ from tqdm import tqdm
 from genrec.data.batches import EvalBatch, eval_batches, split_counts
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.metrics import metrics_from_ranks
-from genrec.models.base import SequentialRecommender, mask_items
+from genrec.models.base import SequentialRecommender, item_mask
 
 
 @torch.no_grad()
@@ -45,7 +45,7 @@ def target_ranks(
         bad = ~torch.isfinite(s)
         bad_scores += int(bad.sum())
         s = s.masked_fill(bad, float("-inf"))  # never ahead of a finite target
-        excluded = torch.isinf(mask_items(torch.zeros_like(s), batch.exclude, start, end))  # [B C]
+        excluded = item_mask(s.shape, batch.exclude, start, end)  # [B C]
         ids = torch.arange(start, end, device=user.device)
         ahead += ((s >= tgt) & ~excluded & (ids.unsqueeze(0) != targets.unsqueeze(1))).sum(1)
     if nonfinite is not None:

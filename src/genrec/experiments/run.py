@@ -49,11 +49,7 @@ def _train(cfg: ExperimentConfig, out_dir: str | Path, resume: bool) -> dict:
 def train_one(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, data: SequenceData | None = None) -> dict:
     """One task on one model (plus its refit when ``train.refit``), under the strategy the
     environment and config ask for (one process, DDP under torchrun, row-wise sharded table)."""
-    if cfg.train.num_threads:
-        import torch
-
-        torch.set_num_threads(cfg.train.num_threads)
-    strategy = make_strategy(cfg.train)
+    strategy = make_strategy(cfg.train)  # (the Trainer sets train.num_threads)
     try:
         if strategy.env.enabled and cfg.train.refit:
             raise ConfigError("train.refit and cascades run in one process; launch them without torchrun")

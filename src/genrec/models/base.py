@@ -255,11 +255,17 @@ class SequentialRecommender(nn.Module, Retriever):
         return best_s, best_i
 
 
-def mask_items(scores: torch.Tensor, items: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """Set scores [B, C] of the item ids in ``items`` [B, E] (ids start..end-1 map to columns) to -inf."""
+def item_mask(shape: torch.Size, items: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """[B, C] bool: True at the columns of the item ids in ``items`` [B, E] (ids start..end-1 map
+    to columns 0..C-1; id 0 is padding)."""
     cols = items - start
     keep = (items >= start) & (items < end) & (items != 0)
     cols = torch.where(keep, cols, torch.zeros_like(cols))
-    hits = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+    hits = torch.zeros(shape, dtype=torch.int32, device=items.device)
     hits.scatter_add_(1, cols, keep.to(torch.int32))  # duplicates add up; no write races
-    return scores.masked_fill(hits > 0, float("-inf"))
+    return hits > 0
+
+
+def mask_items(scores: torch.Tensor, items: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Set scores [B, C] of the item ids in ``items`` [B, E] (ids start..end-1 map to columns) to -inf."""
+    return scores.masked_fill(item_mask(scores.shape, items, start, end), float("-inf"))
