@@ -190,8 +190,9 @@ class EvalConfig:
     holds out blocks of K (ranking needs several impressions per user for GAUC)."""
     batch_size: int = 256
     """Users scored at once."""
-    item_chunk_size: int = 65536
-    """Items scored at once, so memory stays bounded on large catalogues."""
+    item_chunk_size: int = 8192
+    """Items scored at once, so memory stays bounded on large catalogues (a chunk's temporaries
+    are ~10 bytes x batch_size x item_chunk_size; smaller chunks keep the heap from growing)."""
 
     def __post_init__(self) -> None:
         _check_choice("eval.exclude_history", self.exclude_history, ("full", "input", "none"))

@@ -27,7 +27,7 @@ from genrec.models.base import SequentialRecommender, item_mask
 
 @torch.no_grad()
 def target_ranks(
-    model: SequentialRecommender, batch: EvalBatch, item_chunk_size: int = 65536, nonfinite: dict | None = None
+    model: SequentialRecommender, batch: EvalBatch, item_chunk_size: int = 8192, nonfinite: dict | None = None
 ) -> torch.Tensor:
     """[B] 0-based pessimistic rank of each target over the whole catalogue (inf if excluded).
     ``nonfinite``: a dict whose ``scores``/``targets`` counters are increased by the number of
@@ -38,16 +38,19 @@ def target_ranks(
     bad_tgt = ~torch.isfinite(tgt)
     tgt = tgt.masked_fill(bad_tgt, float("-inf"))  # a non-finite target: every other item is ahead
     ahead = torch.zeros(user.size(0), dtype=torch.long, device=user.device)
+    rows = torch.arange(user.size(0), device=user.device)
     bad_scores = 0
     for start in range(1, model.config.num_items + 1, item_chunk_size):
         end = min(start + item_chunk_size, model.config.num_items + 1)
-        s = model.score_items(user, start, end).float()  # [B C]
+        s = model.score_items(user, start, end).float()  # [B C], a fresh tensor: updated in place below
         bad = ~torch.isfinite(s)
         bad_scores += int(bad.sum())
-        s = s.masked_fill(bad, float("-inf"))  # never ahead of a finite target
-        excluded = item_mask(s.shape, batch.exclude, start, end)  # [B C]
-        ids = torch.arange(start, end, device=user.device)
-        ahead += ((s >= tgt) & ~excluded & (ids.unsqueeze(0) != targets.unsqueeze(1))).sum(1)
+        s.masked_fill_(bad, float("-inf"))  # never ahead of a finite target
+        before = s >= tgt  # [B C]
+        before.masked_fill_(item_mask(s.shape, batch.exclude, start, end), False)
+        inside = (targets >= start) & (targets < end)
+        before[rows[inside], targets[inside] - start] = False  # the target is not ahead of itself
+        ahead += before.sum(1)
     if nonfinite is not None:
         nonfinite["scores"] = nonfinite.get("scores", 0) + bad_scores
         nonfinite["targets"] = nonfinite.get("targets", 0) + int(bad_tgt.sum())

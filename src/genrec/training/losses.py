@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from genrec.config import TrainConfig
 from genrec.data.batches import TrainBatch
 from genrec.models.base import SequentialRecommender
+from genrec.training.logits import gathered_logits, softmax_cross_entropy
 
 
 def _positions(model: SequentialRecommender, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,8 +47,8 @@ def sampled_softmax_loss(
     neg = torch.randint(1, num_items + 1, (1 if share else T, num_negatives), device=q.device)
     if share:
         neg_logit = q @ model.item_vectors(neg[0]).T  # [T K]
-    else:
-        neg_logit = torch.einsum("td,tkd->tk", q, model.item_vectors(neg))  # [T K]
+    else:  # blockwise, never [T K D] (genrec.training.logits)
+        neg_logit = gathered_logits(q, model.item_vectors, neg, num_items)  # [T K]
     neg = neg.expand(T, -1)
     if hard is not None:  # [T m]: few per position, so a gather is cheap
         neg = torch.cat([neg, hard], dim=1)
@@ -75,9 +76,8 @@ def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommend
 
 
 def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
-    """Softmax over the whole catalogue."""
-    logits = (q @ model.item_vectors(start=1).T).float() / temperature  # [T I]
-    return F.cross_entropy(logits, pos - 1)
+    """Softmax over the whole catalogue, by item blocks (never [T, num_items] logits)."""
+    return softmax_cross_entropy(q, model.item_vectors(start=1), pos - 1, temperature)
 
 
 @dataclass(frozen=True)
