@@ -30,6 +30,13 @@ validation NDCG@10 after every epoch (leave-one-out, full catalogue, history exc
 reaches ``--target`` or ``--max-epochs``: epochs and wall seconds (training + validation) to get
 there. Test data is never read.
 
+Kernels mode (``--kernels``): the loss kernels alone, forward + backward, T=776 positions (a
+Beauty batch), D=64, unit-norm vectors, 1 thread: per-position negatives as the baseline computed
+them (normalise a [T, K, D] gather, einsum) and through :mod:`genrec.training.logits` (dense
+matmul + pick, or blockwise gathered dot: the per-element costs behind ``DENSE_RATIO``); the full
+softmax as the baseline (``F.cross_entropy`` over [T, items] logits), by blocks with the forward
+blocks kept or recomputed, and the floor of three [T x items x D] matmuls.
+
 Run alone on an idle machine; compare within one run (ratios), never across runs.
 """
 
@@ -170,6 +177,68 @@ def time_to_quality(target: float, max_epochs: int, extra: list[str]) -> None:
         print("  valid NDCG@10 by epoch: " + ", ".join(f"{c['valid_ndcg@10']:.4f}" for c in curve), flush=True)
 
 
+def kernels(reps: int) -> None:
+    import time
+
+    import torch
+    import torch.nn.functional as F
+
+    from genrec.training import logits as L
+
+    torch.set_num_threads(1)
+    T, D, tau = 776, 64, 0.05
+    gen = torch.Generator().manual_seed(0)
+
+    def timed(fn) -> float:
+        fn()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start) / reps * 1000
+
+    q = F.normalize(torch.randn(T, D, generator=gen), dim=-1).requires_grad_()
+    print(f"torch {torch.__version__}, 1 thread, T={T}, D={D}; milliseconds per forward + backward (mean of {reps} runs after one warm-up)\n")
+    print("| per-position negatives | items | K | baseline (gather + normalise + einsum) | dense matmul + pick | blockwise gathered dot | genrec picks | dense us/item | gathered us/negative | ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for V, K in ((12101, 128), (12101, 512), (12101, 2048), (3000, 512), (50000, 512)):
+        table = torch.randn(V + 1, D, generator=gen).requires_grad_()
+        ids = torch.randint(1, V + 1, (T, K), generator=gen)
+
+        def baseline():
+            torch.einsum("td,tkd->tk", q, F.normalize(table[ids], dim=-1)).sum().backward()
+
+        def through(fn):
+            return lambda: fn.apply(q, F.normalize(table, dim=-1), ids).sum().backward()
+
+        base, dense, gathered = timed(baseline), timed(through(L._DenseGather)), timed(through(L._GatheredDot))
+        pick = "dense" if V + 1 <= L.DENSE_RATIO * K else "gathered"
+        per_item, per_neg = dense / T / (V + 1) * 1000, gathered / T / K * 1000
+        print(f"| | {V} | {K} | {base:.1f} | {dense:.1f} | {gathered:.1f} | {pick} | {per_item:.4f} | {per_neg:.4f} | {per_neg / per_item:.0f} |", flush=True)
+    print("\n| full softmax | items | baseline (full logits) | blocks kept | blocks recomputed | 3-matmul floor |\n|---|---|---|---|---|---|")
+    for V in (12101, 50000):
+        table = F.normalize(torch.randn(V, D, generator=gen), dim=-1).requires_grad_()
+        target = torch.randint(0, V, (T,), generator=gen)
+
+        def baseline():
+            F.cross_entropy((q @ table.T) / tau, target).backward()
+
+        def blocked(cache):
+            def run():
+                saved, L.CACHE_BYTES = L.CACHE_BYTES, cache
+                try:
+                    L.softmax_cross_entropy(q, table, target, tau).backward()
+                finally:
+                    L.CACHE_BYTES = saved
+            return run
+
+        def floor():
+            with torch.no_grad():
+                s = q @ table.T
+                s @ table, s.T @ q
+
+        print(f"| | {V} | {timed(baseline):.1f} | {timed(blocked(1 << 40)):.1f} | {timed(blocked(0)):.1f} | {timed(floor):.1f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="651bf8c", help="git revision to compare against ('' = this tree only)")
@@ -180,8 +249,13 @@ def main() -> None:
     ap.add_argument("--time-to-quality", action="store_true")
     ap.add_argument("--target", type=float, default=0.05)
     ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--kernels", action="store_true", help="the loss kernels alone (see above)")
+    ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every run")
     args = ap.parse_args()
+    if args.kernels:
+        kernels(args.reps)
+        return
     if args.time_to_quality:
         time_to_quality(args.target, args.max_epochs, args.set)
         return

@@ -189,9 +189,12 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         tau, cols = ctx.temperature, ctx.cols
         scale = grad / (T * tau)  # d mean / d logit, times d logit / d (q . row)
         scaled = q / tau
-        grad_q = torch.zeros_like(q)
+        # probability x scale = exp(logit - shift) x factor, with one factor per row: applied to the
+        # [T, D] operands and results rather than to every [T, block] entry
+        factor = (shift - lse).exp_().mul_(scale).unsqueeze(1)
+        weighted_q = q * factor
+        acc = torch.zeros_like(q)
         grad_table = torch.empty_like(table)
-        factor = (shift - lse).exp_().mul_(scale).unsqueeze(1)  # exp(logit - shift) -> probability x scale
         buf = None if ctx.blocks else q.new_empty(T, min(N, cols))
         for i, s in enumerate(range(0, N, cols)):
             e = min(N, s + cols)
@@ -199,17 +202,16 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
                 p = ctx.blocks[i]
             else:
                 p = torch.addmm(shift.unsqueeze(1), scaled, table[s:e].T, beta=-1, out=buf[:, : e - s]).exp_()
-            p.mul_(factor)
-            grad_q.addmm_(p, table[s:e])
-            torch.mm(p.T, q, out=grad_table[s:e])
+            acc.addmm_(p, table[s:e])
+            torch.mm(p.T, weighted_q, out=grad_table[s:e])
         ctx.blocks = None
         # the target term, - q[t] . table[target[t]] / tau
-        grad_q.sub_(table[target] * scale)
+        grad_q = acc.mul_(factor).sub_(table[target] * scale)
         grad_table.index_add_(0, target, q * -scale)
         return grad_q, grad_table, None, None
 
 
-_TINY = 1e-30
+_TINY = 1e-20
 
 
 def _exp_sums(scaled: torch.Tensor, table: torch.Tensor, shift: torch.Tensor, cols: int, keep: bool):
