@@ -1,6 +1,7 @@
 """Markdown tables from a finished ``genrec scale`` folder (for RESULTS.md).
 
     python benchmarks/scale_report.py runs/scale-ml-100k
+    python benchmarks/scale_report.py benchmarks/scaling/ml-100k --replot   # fits.csv + plots again from results.csv
 
 Prints, per backbone, the test and validation NDCG@10 of every grid point (columns = layers x
 width, with non-embedding parameters), the change from the smallest to the largest model, and the
@@ -18,12 +19,29 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder")
     ap.add_argument("--metric", default="ndcg@10")
+    ap.add_argument("--replot", action="store_true", help="rewrite fits.csv and the plots from results.csv (no training)")
     args = ap.parse_args()
     folder = Path(args.folder)
+    if args.replot:
+        from genrec.experiments.scaling.fits import fits as fit_rows
+        from genrec.experiments.scaling.report import plot, write_csv
+
+        def number(v: str):
+            try:
+                return int(v)
+            except ValueError:
+                return float(v) if v not in ("", "None") else None
+
+        rows = [{k: v if k in ("backbone", "model") else number(v) for k, v in r.items()} for r in csv.DictReader(open(folder / "results.csv"))]
+        found = fit_rows(rows, args.metric)
+        write_csv(folder / "fits.csv", found)
+        for path in plot(rows, found, args.metric, folder):
+            print(f"wrote {path}")
     rows = list(csv.DictReader(open(folder / "results.csv")))
-    fits = {(f["group"], f["x"]): f for f in csv.DictReader(open(folder / "fits.csv"))}
-    sizes = sorted({(int(r["layers"]), int(r["width"])) for r in rows})
     m = args.metric
+    # the test fits (fits.csv also holds validation fits, metric valid_<m>; older files only test ones)
+    fits = {(f["group"], f["x"]): f for f in csv.DictReader(open(folder / "fits.csv")) if f.get("metric", f"test_{m}") == f"test_{m}"}
+    sizes = sorted({(int(r["layers"]), int(r["width"])) for r in rows})
     head = " | ".join(f"L{L} D{D}" for L, D in sizes)
     print(f"| backbone | {head} | largest - smallest | b (params), R² | b (FLOPs), R² | train s (all points) |")
     print("|---|" + "---|" * (len(sizes) + 4))

@@ -54,6 +54,7 @@ def test_scale_writes_results_fits_plots_and_skips_finished_points(tmp_path, swe
     assert int(wide["params_nonembedding"]) > int(narrow["params_nonembedding"])
     assert (out / "ndcg_at_10_vs_params.png").stat().st_size > 1000 and (out / "ndcg_at_10_vs_flops.png").exists()
     assert {f["group"] for f in first["fits"]} == {"hstu", "llama"}
+    assert {f["metric"] for f in first["fits"]} == {"valid_ndcg@10", "test_ndcg@10"}  # validation fitted too, not only test
     stamp = (out / "points" / "hstu-L1-D8-f1" / "row.json").stat().st_mtime_ns
     # second call: the finished points are reused, the remaining backbone runs
     assert main(["scale", str(sweep_file), "--out", str(out)]) == 0

@@ -14,6 +14,8 @@ from genrec.models.ops import Context
 VARIANTS = {
     "hstu": {"name": "hstu"},
     "hstu-no-rab": {"name": "hstu", "position_bias": False, "time_bias": False},
+    "hstu-softmax": {"name": "hstu", "attention": "softmax"},
+    "hstu-softmax-no-rab": {"name": "hstu", "attention": "softmax", "position_bias": False, "time_bias": False},
     "sasrec": {"name": "sasrec"},
     "sasrec-pre-ln": {"name": "sasrec", "residual": "pre_ln"},
     "sasrec-rab": {"name": "sasrec", "position_bias": True, "time_bias": True},

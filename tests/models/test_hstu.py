@@ -35,6 +35,7 @@ def _loop_layer(layer, x, ts, qts):
             heads = []
             for h in range(H):
                 acc = torch.zeros(dv, dtype=x.dtype)
+                scores, values = [], []
                 for j in range(i + 1):  # causal, diagonal included
                     q = proj[i][2 * H * dv + h * dqk : 2 * H * dv + (h + 1) * dqk]
                     k = proj[j][2 * H * dv + H * dqk + h * dqk : 2 * H * dv + H * dqk + (h + 1) * dqk]
@@ -43,7 +44,14 @@ def _loop_layer(layer, x, ts, qts):
                     if layer.rel_bias.ts_w is not None:
                         delta = max(abs(int(qts[b, i]) - int(ts[b, j])), 1)
                         s = s + layer.rel_bias.ts_w[min(128, int(math.floor(math.log(delta) / 0.301)))]
-                    acc = acc + F.silu(s) / L * v
+                    if cfg.attention == "softmax":  # the ablation: softmax(q.k / sqrt(d_qk) + rab) over keys 0..i
+                        scores.append(torch.dot(q, k) / math.sqrt(dqk) + (s - torch.dot(q, k)))
+                        values.append(v)
+                    else:
+                        acc = acc + F.silu(s) / L * v
+                if scores:
+                    weights = torch.softmax(torch.stack(scores), 0)
+                    acc = sum(w * v for w, v in zip(weights, values))
                 heads.append(acc)
             a = torch.cat(heads)
             y = u_i * F.layer_norm(a, (H * dv,), eps=1e-6)
@@ -51,9 +59,10 @@ def _loop_layer(layer, x, ts, qts):
     return out
 
 
+@pytest.mark.parametrize("attention", ["pointwise", "softmax"])
 @pytest.mark.parametrize("time_bias", [True, False])
-def test_layer_matches_loop_reference(time_bias):
-    model = _model(time_bias)
+def test_layer_matches_loop_reference(time_bias, attention):
+    model = _model(time_bias, attention=attention)
     torch.manual_seed(1)
     x = torch.randn(2, 5, 12)
     ts = torch.cumsum(torch.randint(1, 100_000, (2, 5)), dim=1)
@@ -108,3 +117,10 @@ def test_too_long_input_is_rejected():
     model = _model(time_bias=False)
     with pytest.raises(ValueError, match="max_seq_len"):
         model.encode(torch.ones(1, 9, dtype=torch.long))
+
+
+def test_unknown_attention_is_a_config_error():
+    from genrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.attention"):
+        HSTUConfig(num_items=3, attention="linear")

@@ -12,6 +12,9 @@ rab = learned scalar per relative position + learned scalar per log-bucketed tim
 Δ(i, j) = t[i+1] − t[j] (query i uses the next item's time; at the last history position that is
 the request time), shared across heads, one bias module per layer.
 
+``model.attention=softmax`` is the paper's ablation: A = softmax(Q Kᵀ / √d_qk + rab) over the
+visible keys in place of the pointwise SiLU, everything else unchanged.
+
 Deviations from the reference, on purpose: the attention normaliser is ``max_seq_len`` rather than
 the reference's padded length (``max_seq_len + 11`` there) — a constant either way, so outputs do not
 depend on how a batch is padded; sequences are right-padded dense tensors rather than jagged ones.
@@ -29,7 +32,7 @@ from torch import nn
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
 from genrec.models.layers import run_blocks
-from genrec.models.ops import Context, RelativeBias, hstu_attention
+from genrec.models.ops import Context, RelativeBias, hstu_attention, softmax_attention
 
 
 @dataclass
@@ -49,9 +52,14 @@ class HSTUConfig(ModelConfig):
     """Largest time bucket index; gaps beyond it share the last bucket."""
     time_bucket_divisor: float = 0.301
     """bucket = floor(ln(max(|Δt|, 1)) / divisor), Δt in seconds."""
+    attention: str = "pointwise"
+    """``pointwise``: SiLU(Q Kᵀ + rab) / max_seq_len (HSTU); ``softmax``: softmax(Q Kᵀ / √d_qk + rab)
+    over the visible keys (the paper's softmax ablation; U-gating, norms and biases unchanged)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.attention not in ("pointwise", "softmax"):
+            raise ConfigError(f"model.attention={self.attention!r}: expected 'pointwise' or 'softmax'")
         default = self.embedding_dim // self.num_heads
         self.attention_dim = self.attention_dim or default
         self.value_dim = self.value_dim or default
@@ -86,12 +94,16 @@ class HSTULayer(nn.Module):
         v = v.view(B, N, H, dv).transpose(1, 2)  # [B H Nq dv]
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
-        if ctx.is_causal:  # rows s..e-1 on demand: the blocked kernel never builds the N x N bias
-            bias = partial(self.rel_bias.causal_block, buckets=buckets)
-            mask = None
+        if cfg.attention == "softmax":  # every query sees >= 1 key: itself (causal, packed) or its history
+            bias = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)  # [B|1 Nq Nk] or None
+            a = softmax_attention(q, k, v, None if ctx.is_causal and bias is None else ctx.mask, bias, cfg.attn_dropout, self.training)
         else:
-            bias, mask = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets), ctx.mask  # [B|1 Nq Nk] or None
-        a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), mask, cfg.attn_dropout, self.training)
+            if ctx.is_causal:  # rows s..e-1 on demand: the blocked kernel never builds the N x N bias
+                bias = partial(self.rel_bias.causal_block, buckets=buckets)
+                mask = None
+            else:
+                bias, mask = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets), ctx.mask  # [B|1 Nq Nk] or None
+            a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), mask, cfg.attn_dropout, self.training)
         a = a.transpose(1, 2).reshape(B, N, H * dv)
         y = u * F.layer_norm(a, (H * dv,), eps=1e-6)
         return x + self.out(F.dropout(y, p=cfg.dropout, training=self.training)), (k, v)

@@ -16,7 +16,7 @@ the grid::
 
 Output: ``DIR/points/<point>/`` (an ordinary run folder per point; a finished point is never
 rerun, an interrupted one resumes from its ``last/`` checkpoint), ``DIR/results.csv`` (one row per
-finished point), ``DIR/fits.csv`` (per backbone: test metric = a · x^b, fitted by least squares in
+finished point), ``DIR/fits.csv`` (per backbone: validation and test metric = a · x^b, by least squares in
 log-log space, with R² in that space, x = non-embedding parameters or training FLOPs) and
 ``DIR/<metric>_vs_params.png`` / ``DIR/<metric>_vs_flops.png``.
 

@@ -1,4 +1,4 @@
-"""Power laws fitted to a sweep's finished points: test metric = a · x^b per backbone, x = non-embedding
+"""Power laws fitted to a sweep's finished points: validation and test metric = a · x^b per backbone, x = non-embedding
 parameters or training FLOPs, by least squares in log-log space."""
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ def group_rows(rows: list[dict]) -> dict[str, list[dict]]:
 
 
 def fits(rows: list[dict], metric: str) -> list[dict]:
-    """One fits.csv row per group and axis (params_nonembedding, flops) that has a fit."""
+    """One fits.csv row per group, split (validation, test) and axis (params_nonembedding, flops)
+    that has a fit."""
     out = []
     for label, grp in group_rows(rows).items():
-        y = np.array([r[f"test_{metric}"] for r in grp], dtype=float)
-        for axis in ("params_nonembedding", "flops"):
-            fit = power_law_fit(np.array([r[axis] for r in grp], dtype=float), y)
-            if fit:
-                out.append({"group": label, "x": axis, "metric": f"test_{metric}", "points": len(grp), **fit})
+        for split in ("valid", "test"):
+            key = f"{split}_{metric}"
+            pts = [r for r in grp if r.get(key) is not None]
+            y = np.array([r[key] for r in pts], dtype=float)
+            for axis in ("params_nonembedding", "flops"):
+                fit = power_law_fit(np.array([r[axis] for r in pts], dtype=float), y)
+                if fit:
+                    out.append({"group": label, "x": axis, "metric": key, "points": len(pts), **fit})
     return out

@@ -10,35 +10,53 @@ import numpy as np
 from genrec.experiments.scaling.fits import group_rows
 
 
+MARKERS = "osD^vP*X"
+
+
 def plot(rows: list[dict], fit_rows: list[dict], metric: str, out: Path) -> list[Path]:
-    """Test metric vs non-embedding parameters and vs training FLOPs, log-log, one line per backbone
-    with its fitted power law (dashed) and R² in the legend."""
+    """Validation (left) and test (right) metric vs non-embedding parameters and vs training FLOPs,
+    log-log. One colour per backbone (and data fraction); within it one marker and one line per
+    depth, joining that depth's widths in order of x, so depth and width read apart and no line
+    runs back on itself. The backbone's power law over all its points is dashed, with b and R² in
+    the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     paths = []
+    depths = sorted({r["layers"] for r in rows})
+    groups = sorted(group_rows(rows).items())
     for axis, xlabel, suffix in (("params_nonembedding", "non-embedding parameters", "params"), ("flops", "training FLOPs (estimate)", "flops")):
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, (label, grp) in enumerate(sorted(group_rows(rows).items())):
-            grp = sorted(grp, key=lambda r: r[axis])
-            x = np.array([r[axis] for r in grp], dtype=float)
-            y = np.array([r[f"test_{metric}"] for r in grp], dtype=float)
-            color = f"C{i % 10}"
-            fit = next((f for f in fit_rows if f["group"] == label and f["x"] == axis), None)
-            text = f"{label}" + (f": b={fit['b']:.3f}, R²={fit['r2']:.2f}" if fit else "")
-            ax.plot(x, y, "o-", color=color, label=text, alpha=0.8)
-            if fit:
-                xs = np.geomspace(x.min(), x.max(), 50)
-                ax.plot(xs, fit["a"] * xs ** fit["b"], "--", color=color, alpha=0.6)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"test {metric}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
+        fig, panels = plt.subplots(1, 2, figsize=(15, 5.2), sharex=True)
+        handles, labels = [], []
+        for ax, split in zip(panels, ("valid", "test")):
+            key = f"{split}_{metric}"
+            for i, (label, grp) in enumerate(groups):
+                color = f"C{i % 10}"
+                for depth in depths:
+                    line = sorted((r for r in grp if r["layers"] == depth and r.get(key) is not None), key=lambda r: r[axis])
+                    if line:
+                        (h,) = ax.plot([r[axis] for r in line], [r[key] for r in line], "-", marker=MARKERS[depths.index(depth) % len(MARKERS)],
+                                       color=color, alpha=0.8)
+                        if split == "test":
+                            handles.append(h)
+                            labels.append(f"{label}, {depth} layers (widths {'/'.join(str(r['width']) for r in line)})")
+                fit = next((f for f in fit_rows if f["group"] == label and f["x"] == axis and f["metric"] == key), None)
+                if fit:
+                    x = np.array([r[axis] for r in grp], dtype=float)
+                    xs = np.geomspace(x.min(), x.max(), 50)
+                    (h,) = ax.plot(xs, fit["a"] * xs ** fit["b"], "--", color=color, alpha=0.5)
+                    handles.append(h)
+                    labels.append(f"{label} {split} fit: b={fit['b']:+.3f}, R²={fit['r2']:.2f}")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{split} {metric}")
+            ax.set_title(f"{'validation' if split == 'valid' else 'test'} {metric} (each point: its best-validation epoch)", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+        fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.755, 0.5), fontsize=6, frameon=False)
+        fig.tight_layout(rect=(0, 0, 0.75, 1))
         path = out / f"{metric.replace('@', '_at_')}_vs_{suffix}.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
