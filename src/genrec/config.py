@@ -64,6 +64,11 @@ class DataConfig:
     """Repeat the user/item filters until both hold (iterative k-core); else one pass."""
     raw_integer_ids: bool = False
     """Use integer item ids as they are (catalogue 1..max id), as the HSTU reference does for MovieLens."""
+    item_features: str | None = None
+    """Item side information (``genrec.data.item_features``): a JSON / CSV / TSV / Parquet / u.item /
+    movies.dat file of per-item attributes, or ``auto`` for the registered dataset's own (Beauty,
+    Toys: S3-Rec attributes; ML-100K, ML-1M: genres and decade). Read by models with
+    ``model.item_features`` set."""
     verify_checksum: bool = True
     """Registered datasets: check the data file's size and published digest (turn off for a
     deliberately modified copy)."""

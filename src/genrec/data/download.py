@@ -101,6 +101,24 @@ DATASETS: dict[str, DatasetSpec] = {
     ]
 }
 
+
+ITEM_FEATURE_FILES: dict[str, DatasetSpec] = {
+    # data.item_features=auto: each dataset's own attribute file (genrec.data.item_features), checked like the logs
+    "beauty": DatasetSpec("beauty-attributes", "item-features", f"{S3REC}/Beauty_item2attributes.json", "Beauty_item2attributes.json",
+                          305_674, {"sha256": "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4"},
+                          description="S3-Rec Beauty item attributes (category and brand tokens)"),
+    "toys": DatasetSpec("toys-attributes", "item-features", f"{S3REC}/Toys_and_Games_item2attributes.json",
+                        "Toys_and_Games_item2attributes.json", 327_536,
+                        {"sha256": "d371acd25101eedac04afc727626464b7acec770c4eda708705d51eb76eb1ad0"},
+                        description="S3-Rec Toys and Games item attributes (numbered like s3rec/Toys_and_Games.txt only)"),
+    "ml-100k": DatasetSpec("ml-100k-items", "item-features", f"{GROUPLENS}/ml-100k.zip", "ml-100k/u.item", 236_344,
+                           {"sha256": "553841ebc7de3a0fd0d6b62a204ea30c1e651aacfb2814c7a6584ac52f2c5701"},
+                           archive_md5="0e33842e24a9c977be4e0107933c0723", description="MovieLens 100K genres and release dates"),
+    "ml-1m": DatasetSpec("ml-1m-movies", "item-features", f"{GROUPLENS}/ml-1m.zip", "ml-1m/movies.dat", 171_308,
+                         {"sha256": "0140fc2356357c1a851d0f52e893a1e4d3696df632c4141cea8d5bc3d621f0b9"},
+                         archive_md5="c4d9eecfca2ab87c1945afe126590906", description="MovieLens 1M genres and years"),
+}
+
 CUSTOM = {
     "format": "csv (any one-character delimiter), parquet, or any format above (data.format)",
     "url": None,

@@ -60,6 +60,16 @@ def wrap_interleaved(backbone: SequentialRecommender, head: HeadConfig) -> Inter
     return (GenerativeRecommender if head.retrieval else InterleavedRanker)(backbone, head)
 
 
+def attach_item_attributes(model: Model, tokens) -> None:
+    """Give a model built with ``model.item_features`` its attribute table (a [num_items + 1, M]
+    tensor of attribute token ids): the backbone's, for interleaved models."""
+    backbone = model.backbone if isinstance(model, InterleavedRanker) else model
+    if not isinstance(backbone, SequentialRecommender):
+        raise ConfigError(f"model.item_features: {type(model).__name__} reads no item attributes (the sequence backbones "
+                          f"{BACKBONES} do)")
+    backbone.load_item_attributes(tokens)
+
+
 def model_config_from_dict(raw: dict[str, Any]) -> ModelConfig:
     cls = model_config_class(raw.get("name", ""))
     names = {f.name for f in dataclasses.fields(cls)}
@@ -76,6 +86,6 @@ def preset(name: str) -> dict[str, Any]:
 __all__ = [
     "BACKBONES", "DIN", "DINConfig", "GPT", "GPTConfig", "GenerativeRecommender", "HeadConfig", "HFLlama", "HFLlamaConfig", "HSTU", "HSTUConfig",
     "InterleavedRanker", "ItemTable", "Llama", "LlamaConfig", "MODELS", "Model", "ModelConfig", "PRESETS", "Popularity", "PopularityConfig", "Ranker",
-    "Retriever", "SASRec", "SASRecConfig", "SequentialRecommender", "build_interleaved", "build_model",
+    "Retriever", "SASRec", "SASRecConfig", "SequentialRecommender", "attach_item_attributes", "build_interleaved", "build_model",
     "interleaved_tokens", "model_config_class", "model_config_from_dict", "preset", "wrap_interleaved",
 ]

@@ -54,8 +54,19 @@ class ModelConfig:
     """Dropout on the input embeddings and inside every block."""
     l2_normalize: bool = True
     """L2-normalise user and item vectors (cosine scores), as in the HSTU reference."""
+    item_features: str = "none"
+    """Item side information (needs ``data.item_features``): ``none``; ``sum``: an item's vector is
+    its id embedding plus the mean of its attribute embeddings; ``concat``: a linear map of the two
+    concatenated. The same vector is the input token and the output-side item vector, so items that
+    never occur in training are still scored through their attributes."""
+    num_attribute_tokens: int = 0
+    """Attribute vocabulary size (set from the data when ``item_features`` is on)."""
+    max_item_attributes: int = 0
+    """Most attribute tokens of one item (set from the data when ``item_features`` is on)."""
 
     def __post_init__(self) -> None:
+        if self.item_features not in ("none", "sum", "concat"):
+            raise ConfigError(f"model.item_features={self.item_features!r}: expected 'none', 'sum' or 'concat'")
         for key in ("max_seq_len", "embedding_dim", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
@@ -88,6 +99,18 @@ class SequentialRecommender(nn.Module, Retriever):
             raise ConfigError("model.num_items must be set (>= 1) before building a model")
         self.config = config
         self.item_embedding = ItemTable(config.num_items, config.embedding_dim)
+        if config.item_features != "none":
+            if config.num_attribute_tokens < 1 or config.max_item_attributes < 1:
+                raise ConfigError(f"model.item_features={config.item_features!r} needs the item attributes: set data.item_features "
+                                  "(a file, or auto for a dataset that has one)")
+            self.attribute_embedding = nn.EmbeddingBag(config.num_attribute_tokens + 1, config.embedding_dim, mode="mean", padding_idx=0)
+            nn.init.trunc_normal_(self.attribute_embedding.weight, std=0.02)
+            with torch.no_grad():
+                self.attribute_embedding.weight[0].zero_()
+            # item idx -> its attribute token ids (0 = none); filled from the data, saved with the model
+            self.register_buffer("item_attributes", torch.zeros(config.num_items + 1, config.max_item_attributes, dtype=torch.long))
+            if config.item_features == "concat":
+                self.feature_proj = nn.Linear(2 * config.embedding_dim, config.embedding_dim, bias=False)
         if self.absolute_positions:
             self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
             nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
@@ -103,7 +126,31 @@ class SequentialRecommender(nn.Module, Retriever):
 
     def embedding_parameters(self) -> int:
         n = self.item_embedding.weight.numel()
+        if self.config.item_features != "none":
+            n += self.attribute_embedding.weight.numel()
         return n + (self.pos_embedding.weight.numel() if self.absolute_positions else 0)
+
+    def load_item_attributes(self, tokens: torch.Tensor) -> None:
+        """Fill the attribute table [num_items + 1, max_item_attributes] (from
+        :class:`genrec.data.item_features.ItemFeatures`) of a model built with ``item_features``."""
+        if self.config.item_features == "none":
+            raise ConfigError("this model has model.item_features=none: it reads no item attributes")
+        if tuple(tokens.shape) != tuple(self.item_attributes.shape):
+            raise ConfigError(f"item attribute table {tuple(tokens.shape)} does not fit this model's {tuple(self.item_attributes.shape)}")
+        if int(tokens.max()) > self.config.num_attribute_tokens or int(tokens.min()) < 0:
+            raise ConfigError(f"item attribute ids must lie in 0..{self.config.num_attribute_tokens}")
+        self.item_attributes.copy_(tokens)
+
+    def item_rows(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids [...] -> the items' vectors before scaling or normalisation [..., D]: the id
+        embedding, with ``item_features`` fused with the mean of the item's attribute embeddings."""
+        e = self.item_embedding(ids)
+        if self.config.item_features == "none":
+            return e
+        attrs = self.attribute_embedding(self.item_attributes[ids.reshape(-1)]).view(*ids.shape, -1)  # items without any: 0
+        if self.config.item_features == "sum":
+            return e + attrs
+        return self.feature_proj(torch.cat([e, attrs], dim=-1))
 
     def compile_backbone(self, compile_fn) -> bool:
         self.transduce = compile_fn(self.transduce)
@@ -135,7 +182,7 @@ class SequentialRecommender(nn.Module, Retriever):
 
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
         """items [...] -> item embedding × √D [..., D] (the input scale of the HSTU reference)."""
-        return self.item_embedding(items) * math.sqrt(self.config.embedding_dim)
+        return self.item_rows(items) * math.sqrt(self.config.embedding_dim)
 
     def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [B, N, D] + learned absolute position (when the backbone has one) -> dropout.
@@ -196,7 +243,9 @@ class SequentialRecommender(nn.Module, Retriever):
 
     def item_vectors(self, ids: torch.Tensor | None = None, start: int = 0, end: int | None = None) -> torch.Tensor:
         """Output-side item vectors: for ``ids`` (any shape) -> [..., D], else rows start..end-1."""
-        vecs = self.item_embedding(ids) if ids is not None else self.item_embedding.weight[start:end]
+        if ids is None and self.config.item_features != "none":
+            ids = torch.arange(start, self.config.num_items + 1 if end is None else end, device=self.item_attributes.device)
+        vecs = self.item_rows(ids) if ids is not None else self.item_embedding.weight[start:end]
         return self._normalize(vecs)
 
     def user_vectors(

@@ -13,8 +13,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import torch
+
+from genrec.data.item_features import ItemFeatures, load_item_features
 from genrec.data.prepare import SequenceData
-from genrec.models import ModelConfig
+from genrec.errors import ConfigError
+from genrec.models import Model, ModelConfig, attach_item_attributes
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,18 @@ class BuildSpec:
     """Ranking tasks defined by the labels (empty for retrieval)."""
     task_kinds: tuple[str, ...] = ()
     """``binary``/``regression`` per ranking task."""
+    item_features: ItemFeatures | None = None
+    """Item attributes (``data.item_features``), read only when the model asks for them."""
 
     def model_config(self, model: ModelConfig) -> ModelConfig:
         """A copy of ``model`` with the data-decided fields set; ``model`` itself is not touched."""
         fields = {f.name for f in dataclasses.fields(model)}
         changes: dict = {"num_items": self.num_items}
+        if model.item_features != "none":
+            if self.item_features is None:
+                raise ConfigError(f"model.item_features={model.item_features!r} needs data.item_features (a file of item "
+                                  "attributes, or auto for a dataset that has one)")
+            changes.update(num_attribute_tokens=self.item_features.num_tokens, max_item_attributes=self.item_features.max_per_item)
         if "time_bias" in fields and not self.timestamps:
             changes["time_bias"] = False
         if "task_names" in fields and self.task_names:  # models that carry their tasks (DIN)
@@ -40,11 +51,26 @@ class BuildSpec:
 
     def notes(self, model: ModelConfig) -> list[str]:
         """Protocol notes about what :meth:`model_config` changed and why."""
+        notes = []
         wants_time_bias = "time_bias" in {f.name for f in dataclasses.fields(model)} and model.time_bias
         if wants_time_bias and not self.timestamps:
-            return ["time bias off: the dataset has no timestamps (position bias only)"]
-        return []
+            notes.append("time bias off: the dataset has no timestamps (position bias only)")
+        if model.item_features != "none" and self.item_features is not None:
+            st = self.item_features.stats
+            notes.append(f"item features ({model.item_features}): {self.item_features.source}, {st['attribute_tokens']} attribute "
+                         f"tokens, {st['items_with_attributes']} of {st['items']} items have any")
+        return notes
+
+    def attach(self, model: Model, config: ModelConfig) -> Model:
+        """Load the data-decided tables into a freshly built model (the item attributes)."""
+        if config.item_features != "none":
+            attach_item_attributes(model, torch.from_numpy(self.item_features.tokens))
+        return model
 
 
-def resolve_spec(data: SequenceData, task_names: tuple[str, ...] = (), task_kinds: tuple[str, ...] = ()) -> BuildSpec:
-    return BuildSpec(data.num_items, data.timestamps is not None, tuple(task_names), tuple(task_kinds))
+def resolve_spec(data: SequenceData, task_names: tuple[str, ...] = (), task_kinds: tuple[str, ...] = (), cfg=None) -> BuildSpec:
+    """The data's facts; with the experiment ``cfg``, also the item attributes its model asks for."""
+    features = None
+    if cfg is not None and cfg.model.item_features != "none" and cfg.data.item_features:
+        features = load_item_features(cfg.data, data.item_ids)
+    return BuildSpec(data.num_items, data.timestamps is not None, tuple(task_names), tuple(task_kinds), features)

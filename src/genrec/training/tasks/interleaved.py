@@ -39,7 +39,7 @@ class RankingTask:
         if cfg.train.pack or cfg.train.data_fraction < 1.0 or cfg.train.bucket_by_length:
             raise ConfigError("train.pack, train.bucket_by_length and train.data_fraction apply to retrieval training only")
         self.labels, self.label_spec = make_labels(data, cfg.task)
-        self.spec = resolve_spec(data, self.label_spec.names, self.label_spec.kinds)
+        self.spec = resolve_spec(data, self.label_spec.names, self.label_spec.kinds, cfg)
         self.model_config = self.spec.model_config(cfg.model)
         self.notes = self.spec.notes(cfg.model)
 
@@ -47,7 +47,7 @@ class RankingTask:
         head = HeadConfig(self.label_spec.names, self.label_spec.kinds, self.cfg.task.head_hidden_dim,
                           micro_batch=self.cfg.task.micro_batch, retrieval=self.kind == "unified",
                           action_token=self.cfg.task.action_token)
-        return build_interleaved(self.model_config, head)
+        return self.spec.attach(build_interleaved(self.model_config, head), self.model_config)
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
         return TrainBatches(self.data, self.cfg.model.max_seq_len, self.cfg.train.batch_size, include_valid=include_valid,

@@ -22,12 +22,12 @@ class RetrievalTask:
         if cfg.model.name not in (*BACKBONES, "popularity"):
             raise ConfigError(f"model.name={cfg.model.name!r} cannot do retrieval; use one of {BACKBONES}")
         self.cfg, self.data = cfg, data
-        self.spec = resolve_spec(data)
+        self.spec = resolve_spec(data, cfg=cfg)
         self.model_config = self.spec.model_config(cfg.model)
         self.notes = self.spec.notes(cfg.model)
 
     def build_model(self) -> Retriever:
-        return build_model(self.model_config)
+        return self.spec.attach(build_model(self.model_config), self.model_config)
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
         t = self.cfg.train

@@ -1,0 +1,241 @@
+"""Item side information: per-item attribute tokens (category, brand, genre, ...) from a file beside
+the log, mapped onto the prepared catalogue.
+
+``data.item_features`` names the file, or ``auto`` for a registered dataset's own attribute file
+(:data:`genrec.data.download.ITEM_FEATURE_FILES`: the S3-Rec ``*_item2attributes.json`` of Beauty
+and Toys, MovieLens ``u.item`` / ``movies.dat`` genres and release decade), found under
+``data.source``'s folder or ``$GENREC_SOURCE``, else downloaded and checked like the log.
+
+Formats (``.gz`` read directly):
+
+- JSON ``{item id: [attribute, ...]}`` (S3-Rec) or ``{item id: {field: value, ...}}``;
+- CSV / TSV / Parquet with a header: the item id column (``item_id``, ``item``, ``id``,
+  ``movieId``, ``asin``, else the first), every other column a field. Text values become
+  ``field=value`` tokens (``a|b`` is several values); numbers become ``field=q<k>`` with k the
+  value's decile over the file's items; booleans become ``field`` when true; empty cells nothing;
+- MovieLens ``u.item`` (19 genre flags and the release date) and ``movies.dat`` (``Genre|Genre``
+  and the year in the title): ``genre=...`` and ``decade=1990s`` tokens.
+
+Every token gets an id 1..A (most frequent first; 0 is padding); an item's row lists its token
+ids, padded to the longest row. Items the file lacks have no tokens (their vector is the id
+embedding alone); ids in the file that are not in the catalogue are ignored and counted. A model
+with ``model.item_features`` set adds the mean of its tokens' embeddings to the item's id
+embedding (or projects the two concatenated), on the input side and in the output-side item
+vectors, so an item that never occurs in training is still scored through its attributes.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from genrec.errors import ConfigError, DataFormatError
+
+ID_COLUMNS = ("item_id", "item", "id", "movieId", "asin")
+ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+                 "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
+
+
+@dataclass
+class ItemFeatures:
+    """Attribute tokens of the catalogue: ``tokens[i]`` lists item i's token ids (0 = padding;
+    row 0, the padding item, is empty)."""
+
+    tokens: np.ndarray  # [num_items + 1, M] int64
+    vocab: list[str]  # token id k -> vocab[k - 1]
+    source: str
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def max_per_item(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @staticmethod
+    def from_raw(raw: dict[str, list[str]], item_ids, source: str) -> "ItemFeatures":
+        """{raw item id: [token, ...]} and the catalogue's raw ids (item idx 1..I) -> the token table."""
+        index = {str(r): i + 1 for i, r in enumerate(item_ids)}
+        counts = Counter(t for k, toks in raw.items() if str(k) in index for t in set(toks))
+        vocab = sorted(counts, key=lambda t: (-counts[t], t))
+        tid = {t: k + 1 for k, t in enumerate(vocab)}
+        rows: list[list[int]] = [[] for _ in range(len(index) + 1)]
+        for key, toks in raw.items():
+            i = index.get(str(key))
+            if i is not None:
+                rows[i] = sorted({tid[t] for t in toks})
+        width = max(1, max(len(r) for r in rows))
+        table = np.zeros((len(rows), width), dtype=np.int64)
+        for i, r in enumerate(rows):
+            table[i, : len(r)] = r
+        covered = sum(1 for r in rows[1:] if r)
+        stats = {"items_with_attributes": covered, "items": len(rows) - 1, "attribute_tokens": len(vocab),
+                 "max_per_item": width, "ids_not_in_catalogue": sum(1 for k in raw if str(k) not in index)}
+        return ItemFeatures(table, vocab, source, stats)
+
+
+def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return io.TextIOWrapper(raw, encoding=encoding, newline="")
+
+
+def _base_name(path: Path) -> str:
+    return path.name.removesuffix(".gz")
+
+
+def _decade(year: str) -> list[str]:
+    return [f"decade={int(year) // 10 * 10}s"] if year.isdigit() else []
+
+
+def _read_u_item(path: Path) -> dict[str, list[str]]:
+    out = {}
+    with _open_text(path, "latin-1") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\r\n").split("|")
+            if len(parts) != 5 + len(ML100K_GENRES) or any(p not in ("0", "1") for p in parts[5:]):
+                raise DataFormatError(f"{path}, line {n}: expected id|title|date|video date|url|19 genre flags (0/1)")
+            genres = [f"genre={g}" for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1"]
+            out[parts[0]] = genres + _decade(parts[2][-4:])
+    return out
+
+
+def _read_movies_dat(path: Path) -> dict[str, list[str]]:
+    out = {}
+    with _open_text(path, "latin-1") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\r\n").split("::")
+            if len(parts) != 3:
+                raise DataFormatError(f"{path}, line {n}: expected MovieID::Title::Genres")
+            year = re.search(r"\((\d{4})\)\s*$", parts[1])
+            out[parts[0]] = [f"genre={g}" for g in parts[2].split("|") if g and g != "(no genres listed)"] + (_decade(year.group(1)) if year else [])
+    return out
+
+
+def _value_tokens(name: str, value) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, bool):
+        return [name] if value else []
+    if isinstance(value, list):
+        return [t for v in value for t in _value_tokens(name, v)]
+    return [f"{name}={v}" if name else str(v) for v in str(value).split("|") if v != ""]
+
+
+def _columns_to_tokens(ids: list[str], columns: dict[str, list], origin: str) -> dict[str, list[str]]:
+    """Columns of one table -> tokens per id: numbers by decile, text by value, booleans by flag."""
+    out: dict[str, list[str]] = {i: [] for i in ids}
+    for name, values in columns.items():
+        present = [v for v in values if v is not None and v != ""]
+        numeric = bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
+        if numeric:
+            finite = np.array([v for v in present if not (isinstance(v, float) and math.isnan(v))], dtype=float)
+            edges = np.quantile(finite, np.linspace(0.1, 0.9, 9)) if len(finite) else np.array([])
+            for i, v in zip(ids, values):
+                if v is not None and v != "" and not (isinstance(v, float) and math.isnan(v)):
+                    out[i].append(f"{name}=q{int(np.searchsorted(edges, float(v), side='right'))}")
+        else:
+            for i, v in zip(ids, values):
+                out[i] += _value_tokens(name, v)
+    return out
+
+
+def _read_table(path: Path) -> dict[str, list[str]]:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    base = _base_name(path)
+    try:
+        if base.endswith(".parquet"):
+            table = pq.read_table(path)
+        else:
+            opts = pacsv.ParseOptions(delimiter="\t" if base.endswith(".tsv") else ",")
+            with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+                table = pacsv.read_csv(f, parse_options=opts)
+    except Exception as exc:  # pyarrow names the row; we add the file
+        raise DataFormatError(f"{path}: unreadable item feature table ({exc})") from exc
+    names = table.column_names
+    id_col = next((c for c in ID_COLUMNS if c in names), names[0])
+    ids = [str(v) for v in table[id_col].to_pylist()]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, c in Counter(ids).items() if c > 1)
+        raise DataFormatError(f"{path}: item id {dup!r} appears on more than one row (column {id_col!r})")
+    columns = {c: table[c].to_pylist() for c in names if c != id_col}
+    return _columns_to_tokens(ids, columns, str(path))
+
+
+def _read_json(path: Path) -> dict[str, list[str]]:
+    try:
+        with _open_text(path) as f:
+            obj = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"{path}: expected an object {{item id: [attributes]}} or {{item id: {{field: value}}}}")
+    out: dict[str, list[str]] = {}
+    nested = [k for k, v in obj.items() if isinstance(v, dict)]
+    if nested and len(nested) != len(obj):
+        raise DataFormatError(f"{path}: mixes {{field: value}} objects and attribute lists (item {nested[0]!r})")
+    if nested:
+        ids = list(obj)
+        fields = sorted({f for v in obj.values() for f in v})
+        return _columns_to_tokens(ids, {f: [obj[i].get(f) for i in ids] for f in fields}, str(path))
+    for key, value in obj.items():
+        if not isinstance(value, list):
+            raise DataFormatError(f"{path}: item {key!r}: expected a list of attributes, got {type(value).__name__}")
+        out[str(key)] = [f"attr={v}" for v in value]
+    return out
+
+
+def read_item_features(path: str | Path) -> dict[str, list[str]]:
+    """{raw item id: [attribute token, ...]} from a feature file (formats: module docstring)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataFormatError(f"data.item_features={str(path)!r}: no such file")
+    base = _base_name(path)
+    if base == "u.item":
+        return _read_u_item(path)
+    if base == "movies.dat":
+        return _read_movies_dat(path)
+    if base.endswith(".json"):
+        return _read_json(path)
+    if base.endswith((".csv", ".tsv", ".parquet")):
+        return _read_table(path)
+    raise DataFormatError(f"{path}: unknown item feature format (JSON, CSV, TSV, Parquet, u.item, movies.dat)")
+
+
+def feature_file(data_cfg) -> Path:
+    """The file ``data.item_features`` names (``auto``: the registered dataset's own, located or downloaded)."""
+    if data_cfg.item_features != "auto":
+        return Path(data_cfg.item_features).expanduser()
+    from genrec.data.download import ITEM_FEATURE_FILES, fetch
+
+    spec = ITEM_FEATURE_FILES.get(data_cfg.dataset)
+    if spec is None:
+        raise ConfigError(f"data.item_features=auto: dataset {data_cfg.dataset!r} has no registered attribute file "
+                          f"(those that do: {sorted(ITEM_FEATURE_FILES)}); give a file path")
+    source = None
+    if data_cfg.source:
+        src = Path(data_cfg.source).expanduser()
+        source = str(src if src.is_dir() or src.suffix == ".zip" else src.parent)
+    return fetch(spec, data_cfg.cache_dir, source, data_cfg.verify_checksum)
+
+
+def load_item_features(data_cfg, item_ids) -> ItemFeatures:
+    """The attribute table of the prepared catalogue ``item_ids`` (raw ids of item idx 1..I)."""
+    path = feature_file(data_cfg)
+    return ItemFeatures.from_raw(read_item_features(path), item_ids, str(path))
