@@ -17,7 +17,9 @@ SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
 def test_config_builds(path):
     cfg = load_config(path)
     assert path.read_text().startswith(f"# genrec train configs/{path.parent.name}/{path.name}")
-    cfg.model.num_items = 10
+    cfg.model.num_items = 10  # decided by the data, as the attribute table's shape below
+    if cfg.model.item_features != "none":
+        cfg.model.num_attribute_tokens, cfg.model.max_item_attributes = 5, 3
     model = build_model(cfg.model)
     assert sum(t.numel() for t in [*model.parameters(), *model.buffers()]) > 0  # popularity: counts only
 
