@@ -114,8 +114,8 @@ def extract(rev: str, dest: Path) -> Path:
     archive = dest / "src.tar"
     with archive.open("wb") as f:
         subprocess.run(["git", "archive", rev, "src"], cwd=ROOT, stdout=f, check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(dest, filter="data")
+    with tarfile.open(archive) as tar:  # our own repository's files; the safe filter where this Python has it
+        tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     return dest / "src"
 
 
@@ -138,8 +138,9 @@ def epochs(trees: dict[str, Path | None], rounds: int, recipes: list[str], extra
             for tree, src in trees.items():
                 out = child(EPOCH_CHILD, [str(CONFIG), *COMMON, *RECIPES[recipe], *extra], src)
                 res = json.loads(out.strip().splitlines()[-1])
-                if src is not None and not res["genrec"].startswith(str(src)):
-                    raise SystemExit(f"the baseline run imported {res['genrec']}, not the extracted tree {src}")
+                expected = str(src) if src is not None else str(ROOT / "src")
+                if not res["genrec"].startswith(expected):
+                    raise SystemExit(f"the {tree} run imported {res['genrec']}, not {expected}")
                 seconds.setdefault((recipe, tree), []).append(res["seconds"])
                 cpu = res["user_s"] + res["sys_s"]
                 print(f"| {recipe} | {tree} | {r + 1} | {res['seconds']:.2f} | {res['targets_per_s']:.0f} | {res['user_s']:.1f} "
@@ -248,7 +249,7 @@ def main() -> None:
     ap.add_argument("--run-epochs", type=int, default=3)
     ap.add_argument("--time-to-quality", action="store_true")
     ap.add_argument("--target", type=float, default=0.05)
-    ap.add_argument("--max-epochs", type=int, default=60)
+    ap.add_argument("--max-epochs", type=lambda v: max(1, int(v)), default=60)
     ap.add_argument("--kernels", action="store_true", help="the loss kernels alone (see above)")
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--set", nargs="*", default=[], help="overrides for every run")

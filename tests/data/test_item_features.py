@@ -45,6 +45,26 @@ def test_csv_text_multivalue_numeric_and_empty(tmp_path):
     assert got["i10"] == []  # empty cells give nothing
 
 
+def test_csv_ids_keep_their_leading_zeros(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,brand\n007,acme\n0205616461,zen\n")
+    f = ItemFeatures.from_raw(read_item_features(path), ["007", "0205616461"], str(path))
+    assert f.stats["items_with_attributes"] == 2 and f.stats["ids_not_in_catalogue"] == 0
+
+
+def test_a_file_that_matches_no_item_is_an_error(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,brand\nx1,acme\n")
+    with pytest.raises(DataFormatError, match="no item of the catalogue has attributes"):
+        load_item_features(DataConfig(item_features=str(path)), np.array(["1", "2"]))
+
+
+def test_empty_id_tensors():
+    model = _model()
+    assert model.item_vectors(torch.zeros(0, dtype=torch.long)).shape == (0, 8)
+    assert model.item_vectors(torch.zeros(3, 0, dtype=torch.long)).shape == (3, 0, 8)
+
+
 def test_tsv_and_parquet(tmp_path):
     tsv = tmp_path / "items.tsv"
     tsv.write_text("asin\tbrand\nB1\tacme\nB2\tzen\n")
@@ -157,13 +177,14 @@ def test_training_run_with_item_features(tmp_path, synthetic_csv):
     assert main(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert any("item features (concat)" in n and "6 attribute tokens, 40 of 40 items" in n for n in metrics["protocol"]["notes"])
-    feats.unlink()  # the checkpoint carries the attribute table
+    feats.unlink()  # the checkpoint carries the attribute table: eval and serving need no feature file
+    assert main(["eval", str(tmp_path / "run" / "best")]) == 0
     rec = Recommender.load(tmp_path / "run" / "best")
     out = rec.recommend(["i3", "i4"], k=5)
     assert len(out) == 5
 
 
-def test_auto_reads_the_registered_file_from_the_source_folder(tmp_path):
+def test_auto_reads_the_registered_file_from_the_source_folder(tmp_path, monkeypatch):
     folder = tmp_path / "s3rec"
     folder.mkdir()
     (folder / "Beauty_item2attributes.json").write_text(json.dumps({"1": [5], "2": [5, 6]}))
@@ -171,6 +192,14 @@ def test_auto_reads_the_registered_file_from_the_source_folder(tmp_path):
                      cache_dir=str(tmp_path / "cache"))
     f = load_item_features(cfg, np.array(["1", "2"]))
     assert f.vocab == ["attr=5", "attr=6"] and f.tokens.tolist() == [[0, 0], [1, 0], [1, 2]]
+    # not beside the log: $GENREC_SOURCE folders are searched next
+    elsewhere = tmp_path / "shared"
+    elsewhere.mkdir()
+    (elsewhere / "Beauty_item2attributes.json").write_text(json.dumps({"2": [7]}))
+    monkeypatch.setenv("GENREC_SOURCE", str(elsewhere))
+    cfg = DataConfig(dataset="beauty", source=str(tmp_path / "log" / "Beauty.txt"), item_features="auto", verify_checksum=False,
+                     cache_dir=str(tmp_path / "cache"))
+    assert load_item_features(cfg, np.array(["1", "2"])).tokens.tolist() == [[0], [0], [1]]
     with pytest.raises(ConfigError, match="no registered attribute file"):
         load_item_features(DataConfig(dataset="instruments", item_features="auto"), np.array(["1"]))
 

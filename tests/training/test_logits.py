@@ -87,6 +87,18 @@ def test_softmax_cross_entropy_matches_full_logits(small_blocks, monkeypatch, ca
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * norm)
 
 
+def test_softmax_cross_entropy_frozen_table_and_no_double_backward():
+    q, table, _ = _inputs()
+    frozen = table.detach()
+    loss = L.softmax_cross_entropy(q, frozen, torch.tensor([1] * q.size(0)), 0.05)
+    (g,) = torch.autograd.grad(loss, q, create_graph=False)
+    torch.testing.assert_close(g, torch.autograd.grad(F.cross_entropy(q @ frozen.T / 0.05, torch.tensor([1] * q.size(0))), q)[0])
+    loss = L.softmax_cross_entropy(q, table, torch.tensor([1] * q.size(0)), 0.05)
+    (g,) = torch.autograd.grad(loss, q, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|double backward|not differentiable|does not require grad"):
+        g.sum().backward()
+
+
 def test_softmax_cross_entropy_by_hand():
     # two items at logits 0 and ln 3 (temperature 1): p = (1/4, 3/4); target 0 -> loss ln 4
     q = torch.tensor([[1.0]], requires_grad=True)

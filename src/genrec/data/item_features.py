@@ -32,6 +32,7 @@ import io
 import json
 import math
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,21 +156,25 @@ def _columns_to_tokens(ids: list[str], columns: dict[str, list], origin: str) ->
 
 
 def _read_table(path: Path) -> dict[str, list[str]]:
+    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
     base = _base_name(path)
+
+    def read_csv(types: dict | None = None):
+        opts = pacsv.ParseOptions(delimiter="\t" if base.endswith(".tsv") else ",")
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+            return pacsv.read_csv(f, parse_options=opts, convert_options=pacsv.ConvertOptions(column_types=types or {}))
+
     try:
-        if base.endswith(".parquet"):
-            table = pq.read_table(path)
-        else:
-            opts = pacsv.ParseOptions(delimiter="\t" if base.endswith(".tsv") else ",")
-            with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-                table = pacsv.read_csv(f, parse_options=opts)
+        table = pq.read_table(path) if base.endswith(".parquet") else read_csv()
+        names = table.column_names
+        id_col = next((c for c in ID_COLUMNS if c in names), names[0])
+        if not base.endswith(".parquet") and table.schema.field(id_col).type != pa.string():
+            table = read_csv({id_col: pa.string()})  # ids as written ("007" stays "007"), like the log's
     except Exception as exc:  # pyarrow names the row; we add the file
         raise DataFormatError(f"{path}: unreadable item feature table ({exc})") from exc
-    names = table.column_names
-    id_col = next((c for c in ID_COLUMNS if c in names), names[0])
     ids = [str(v) for v in table[id_col].to_pylist()]
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in Counter(ids).items() if c > 1)
@@ -228,14 +233,32 @@ def feature_file(data_cfg) -> Path:
     if spec is None:
         raise ConfigError(f"data.item_features=auto: dataset {data_cfg.dataset!r} has no registered attribute file "
                           f"(those that do: {sorted(ITEM_FEATURE_FILES)}); give a file path")
-    source = None
-    if data_cfg.source:
+    if data_cfg.source:  # beside the log first (that folder only, not below it)
         src = Path(data_cfg.source).expanduser()
-        source = str(src if src.is_dir() or src.suffix == ".zip" else src.parent)
-    return fetch(spec, data_cfg.cache_dir, source, data_cfg.verify_checksum)
+        folder = src if src.is_dir() else src.parent
+        for name in (Path(spec.member).name, Path(spec.member).name + ".gz"):
+            if (folder / name).is_file():
+                return fetch(spec, data_cfg.cache_dir, str(folder / name), data_cfg.verify_checksum)
+    try:  # then $GENREC_SOURCE folders, the download cache, or the download
+        return fetch(spec, data_cfg.cache_dir, None, data_cfg.verify_checksum)
+    except (DataFormatError, OSError) as exc:
+        raise DataFormatError(f"data.item_features=auto: {spec.description} ({Path(spec.member).name}) is not beside the log, "
+                              f"in $GENREC_SOURCE or in the cache, and could not be downloaded ({exc}); give its path") from exc
 
 
 def load_item_features(data_cfg, item_ids) -> ItemFeatures:
-    """The attribute table of the prepared catalogue ``item_ids`` (raw ids of item idx 1..I)."""
+    """The attribute table of the prepared catalogue ``item_ids`` (raw ids of item idx 1..I).
+    A file none of whose ids is in the catalogue is an error (the wrong file, or ids written
+    differently); one that covers under half the catalogue gets a warning."""
     path = feature_file(data_cfg)
-    return ItemFeatures.from_raw(read_item_features(path), item_ids, str(path))
+    raw = read_item_features(path)
+    features = ItemFeatures.from_raw(raw, item_ids, str(path))
+    st = features.stats
+    if st["items_with_attributes"] == 0:
+        raise DataFormatError(f"{path}: no item of the catalogue has attributes here: {len(raw)} ids in the file, "
+                              f"{st['ids_not_in_catalogue']} of them unknown (file ids e.g. {list(raw)[:3]}, catalogue ids e.g. "
+                              f"{[str(i) for i in list(item_ids)[:3]]}); is it the right file?")
+    if st["items_with_attributes"] < st["items"] / 2:
+        print(f"genrec: warning: {path}: only {st['items_with_attributes']} of {st['items']} items have attributes",
+              file=sys.stderr)
+    return features

@@ -147,7 +147,7 @@ class SequentialRecommender(nn.Module, Retriever):
         e = self.item_embedding(ids)
         if self.config.item_features == "none":
             return e
-        attrs = self.attribute_embedding(self.item_attributes[ids.reshape(-1)]).view(*ids.shape, -1)  # items without any: 0
+        attrs = self.attribute_embedding(self.item_attributes[ids.reshape(-1)]).view(*ids.shape, self.config.embedding_dim)  # items without any: 0
         if self.config.item_features == "sum":
             return e + attrs
         return self.feature_proj(torch.cat([e, attrs], dim=-1))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch.autograd.function import once_differentiable
 
 BLOCK_BYTES = 2 << 20
 """Target size of one block's temporary (bytes): small enough to stay in cache, large enough for
@@ -75,6 +76,7 @@ class _GatheredDot(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     @_fp32
     def backward(ctx, grad: torch.Tensor):
         q, table, idx = ctx.saved_tensors
@@ -116,6 +118,7 @@ class _DenseGather(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable
     @_fp32
     def backward(ctx, grad: torch.Tensor):
         q, table, idx = ctx.saved_tensors
@@ -168,7 +171,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, table: torch.Tensor, target: torch.Tensor, temperature: float) -> torch.Tensor:
         T, N = q.size(0), table.size(0)
         cols = _rows_per_block(T, q.element_size())
-        keep = T * N * q.element_size() <= CACHE_BYTES
+        keep = T * N * q.element_size() <= CACHE_BYTES and any(ctx.needs_input_grad[:2])  # no backward: nothing to keep
         scaled = q / temperature
         shift = scaled.norm(dim=1) * table.norm(dim=1).max()  # >= every logit of the row
         total, blocks = _exp_sums(scaled, table, shift, cols, keep)
@@ -182,6 +185,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         return (lse - pos).mean()
 
     @staticmethod
+    @once_differentiable
     @_fp32
     def backward(ctx, grad: torch.Tensor):
         q, table, target, lse, shift = ctx.saved_tensors
@@ -194,7 +198,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         factor = (shift - lse).exp_().mul_(scale).unsqueeze(1)
         weighted_q = q * factor
         acc = torch.zeros_like(q)
-        grad_table = torch.empty_like(table)
+        grad_table = torch.empty_like(table) if ctx.needs_input_grad[1] else None  # a frozen table needs none
         buf = None if ctx.blocks else q.new_empty(T, min(N, cols))
         for i, s in enumerate(range(0, N, cols)):
             e = min(N, s + cols)
@@ -203,11 +207,13 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             else:
                 p = torch.addmm(shift.unsqueeze(1), scaled, table[s:e].T, beta=-1, out=buf[:, : e - s]).exp_()
             acc.addmm_(p, table[s:e])
-            torch.mm(p.T, weighted_q, out=grad_table[s:e])
+            if grad_table is not None:
+                torch.mm(p.T, weighted_q, out=grad_table[s:e])
         ctx.blocks = None
         # the target term, - q[t] . table[target[t]] / tau
         grad_q = acc.mul_(factor).sub_(table[target] * scale)
-        grad_table.index_add_(0, target, q * -scale)
+        if grad_table is not None:
+            grad_table.index_add_(0, target, q * -scale)
         return grad_q, grad_table, None, None
 
 

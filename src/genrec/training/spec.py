@@ -11,6 +11,8 @@ protocol as ``notes``.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,8 +33,13 @@ class BuildSpec:
     """Ranking tasks defined by the labels (empty for retrieval)."""
     task_kinds: tuple[str, ...] = ()
     """``binary``/``regression`` per ranking task."""
-    item_features: ItemFeatures | None = None
-    """Item attributes (``data.item_features``), read only when the model asks for them."""
+    features: Callable[[], ItemFeatures] | None = None
+    """Reads the item attributes (``data.item_features``) for a model that asks for them, when first
+    needed: building a model reads them; evaluating a checkpoint (which carries them) never does."""
+
+    @functools.cached_property
+    def item_features(self) -> ItemFeatures | None:
+        return self.features() if self.features is not None else None
 
     def model_config(self, model: ModelConfig) -> ModelConfig:
         """A copy of ``model`` with the data-decided fields set; ``model`` itself is not touched."""
@@ -72,5 +79,5 @@ def resolve_spec(data: SequenceData, task_names: tuple[str, ...] = (), task_kind
     """The data's facts; with the experiment ``cfg``, also the item attributes its model asks for."""
     features = None
     if cfg is not None and cfg.model.item_features != "none" and cfg.data.item_features:
-        features = load_item_features(cfg.data, data.item_ids)
+        features = functools.partial(load_item_features, cfg.data, data.item_ids)
     return BuildSpec(data.num_items, data.timestamps is not None, tuple(task_names), tuple(task_kinds), features)

@@ -17,7 +17,7 @@ from genrec.experiments.scaling.fits import fits
 from genrec.experiments.scaling.flops import count_parameters, training_flops
 from genrec.experiments.scaling.report import plot, write_csv
 
-BASE_MODEL_FIELDS = ("max_seq_len", "dropout", "l2_normalize", "num_heads")
+BASE_MODEL_FIELDS = ("max_seq_len", "dropout", "l2_normalize", "num_heads", "item_features")
 """Model fields a point takes from the base config; the rest of ``model`` is the backbone's own."""
 
 

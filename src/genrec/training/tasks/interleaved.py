@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import time
 
 import torch
@@ -40,8 +42,16 @@ class RankingTask:
             raise ConfigError("train.pack, train.bucket_by_length and train.data_fraction apply to retrieval training only")
         self.labels, self.label_spec = make_labels(data, cfg.task)
         self.spec = resolve_spec(data, self.label_spec.names, self.label_spec.kinds, cfg)
-        self.model_config = self.spec.model_config(cfg.model)
-        self.notes = self.spec.notes(cfg.model)
+
+    @functools.cached_property
+    def model_config(self):
+        """The model config with the data's facts (catalogue size, attribute table shape); computed
+        when first needed, so evaluating a checkpoint never reads the item feature file again."""
+        return self.spec.model_config(self.cfg.model)
+
+    @functools.cached_property
+    def notes(self) -> list[str]:
+        return self.spec.notes(self.cfg.model)
 
     def build_model(self) -> InterleavedRanker:
         head = HeadConfig(self.label_spec.names, self.label_spec.kinds, self.cfg.task.head_hidden_dim,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from genrec.data.batches import TrainBatch, TrainBatches
@@ -23,8 +25,16 @@ class RetrievalTask:
             raise ConfigError(f"model.name={cfg.model.name!r} cannot do retrieval; use one of {BACKBONES}")
         self.cfg, self.data = cfg, data
         self.spec = resolve_spec(data, cfg=cfg)
-        self.model_config = self.spec.model_config(cfg.model)
-        self.notes = self.spec.notes(cfg.model)
+
+    @functools.cached_property
+    def model_config(self):
+        """The model config with the data's facts (catalogue size, attribute table shape); computed
+        when first needed, so evaluating a checkpoint never reads the item feature file again."""
+        return self.spec.model_config(self.cfg.model)
+
+    @functools.cached_property
+    def notes(self) -> list[str]:
+        return self.spec.notes(self.cfg.model)
 
     def build_model(self) -> Retriever:
         return self.spec.attach(build_model(self.model_config), self.model_config)
