@@ -1,0 +1,80 @@
+"""Test metrics of finished runs on all users and on the users whose test item is rare in training.
+
+    GENREC_SOURCE=../shared/data python benchmarks/subgroups.py /tmp/bench/ablation/beauty-hstu/seed* \
+        /tmp/bench/ablation/beauty-hstu-side/seed* --rare 5
+
+For each run folder: its best checkpoint's test ranks, recomputed with the run's own saved
+protocol (leave-one-out, full catalogue, history excluded, exactly as metrics.json's test), then
+NDCG@10 and HR@10 over all test users and over the "rare-target" users: those whose test item
+occurs at most ``--rare`` times among the training interactions (the items before each user's
+validation and test items; the counts are the same for every model of one dataset). Runs that
+share a parent folder (the seeds of one row of ``benchmarks/ablation.py``) are summarised as the
+mean over seeds ± the standard error of that mean. Test data is only read, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genrec.checkpoint import load_model
+from genrec.config import ExperimentConfig
+from genrec.data.batches import split_block, train_end
+from genrec.data.prepare import load_prepared, prepare
+from genrec.evaluation.evaluator import split_ranks
+from genrec.evaluation.metrics import per_user
+
+
+def training_counts(data, holdout: int) -> np.ndarray:
+    """[num_items + 1] interactions of each item among the training positions."""
+    starts, lengths = data.offsets[:-1], data.lengths
+    position = np.arange(len(data.items)) - np.repeat(starts, lengths)
+    n_train = np.repeat(train_end(data, False, holdout) - starts, lengths)
+    return np.bincount(data.items[position < n_train], minlength=data.num_items + 1)
+
+
+def run_metrics(run: Path, rare: int) -> dict:
+    model, _, experiment = load_model(run / "best")
+    cfg = ExperimentConfig.from_dict(experiment)
+    data = load_prepared(prepare(cfg.data))
+    ranks = split_ranks(model, data, "test", cfg.eval)  # users in split_block order
+    users, target_pos = split_block(data, "test", cfg.eval.holdout)
+    counts = training_counts(data, cfg.eval.holdout)
+    is_rare = torch.from_numpy(counts[data.items[target_pos]] <= rare)
+    values = per_user(ranks, [10])
+    out = {"users": len(ranks), "rare_users": int(is_rare.sum())}
+    for name in ("ndcg@10", "hr@10"):
+        out[f"all {name}"] = values[name].mean().item()
+        out[f"rare {name}"] = values[name][is_rare].mean().item() if bool(is_rare.any()) else math.nan
+    return out
+
+
+def cell(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--rare", type=int, default=5, help="a test item is rare when it has at most this many training interactions")
+    args = ap.parse_args()
+    rows: dict[str, list[dict]] = {}
+    for run in args.runs:
+        rows.setdefault(run.parent.name, []).append(run_metrics(run, args.rare))
+    cols = ("all ndcg@10", "all hr@10", "rare ndcg@10", "rare hr@10")
+    print(f"test split; rare = test item with <= {args.rare} training interactions; mean ± standard error over seeds\n")
+    print("| row | seeds | users (rare) | " + " | ".join(cols) + " |\n|---|---|---|" + "---|" * len(cols))
+    for name, res in rows.items():
+        print(f"| {name} | {len(res)} | {res[0]['users']} ({res[0]['rare_users']}) | "
+              + " | ".join(cell([r[c] for r in res]) for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
