@@ -158,8 +158,8 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     """mean over t of logsumexp_j(q[t] . table[j] / tau) - q[t] . table[target[t]] / tau.
 
     Each row's exponentials are shifted by an upper bound of its logits known before any block is
-    scored (Cauchy-Schwarz: |q[t]| max_j |table[j]| / tau), so a block is one ``addmm`` (logit -
-    shift) and one in-place ``exp``: no max pass, no rescaling. Where that bound sits so far above
+    scored (Cauchy-Schwarz: |q[t]| max_j |table[j]| / tau), so a block is one matmul (the shift
+    rides along as an extra column) and one in-place ``exp``: no max pass, no rescaling. Where that bound sits so far above
     a row's logits that its sum underflows (unnormalised vectors, tiny temperatures), the call
     falls back to shifting by the exact row maximum (a second pass). When all blocks fit in
     :data:`CACHE_BYTES` they are kept for the backward pass (which only rescales them: three
@@ -205,7 +205,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             if ctx.blocks:
                 p = ctx.blocks[i]
             else:
-                p = torch.addmm(shift.unsqueeze(1), scaled, table[s:e].T, beta=-1, out=buf[:, : e - s]).exp_()
+                p = torch.mm(_shifted(scaled, shift), _with_ones(table[s:e]).T, out=buf[:, : e - s]).exp_()
             acc.addmm_(p, table[s:e])
             if grad_table is not None:
                 torch.mm(p.T, weighted_q, out=grad_table[s:e])
@@ -220,18 +220,28 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 _TINY = 1e-20
 
 
+def _shifted(scaled: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """[T, D] queries with -shift appended: against :func:`_with_ones` rows one matmul gives
+    logit - shift, so no separate pass over the [T, block] scores subtracts it."""
+    return torch.cat([scaled, -shift.unsqueeze(1)], dim=1)
+
+
+def _with_ones(rows: torch.Tensor) -> torch.Tensor:
+    return torch.cat([rows, rows.new_ones(rows.size(0), 1)], dim=1)
+
+
 def _exp_sums(scaled: torch.Tensor, table: torch.Tensor, shift: torch.Tensor, cols: int, keep: bool):
     """Per row, sum_j exp(scaled . table[j] - shift), by blocks of ``cols`` items; with ``keep``
     also the blocks of exponentials themselves (for the backward pass)."""
     T, N = scaled.size(0), table.size(0)
     total = scaled.new_zeros(T)
-    neg_shift = shift.unsqueeze(1)
+    q_aug, t_aug = _shifted(scaled, shift), _with_ones(table)
     buf = None if keep else scaled.new_empty(T, min(N, cols))
     blocks = []
     for s in range(0, N, cols):
         e = min(N, s + cols)
-        out = None if keep else buf[:, : e - s]
-        block = torch.addmm(neg_shift, scaled, table[s:e].T, beta=-1, out=out).exp_()
+        block = torch.mm(q_aug, t_aug[s:e].T) if keep else torch.mm(q_aug, t_aug[s:e].T, out=buf[:, : e - s])
+        block.exp_()
         total += block.sum(1)
         if keep:
             blocks.append(block)
