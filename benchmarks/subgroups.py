@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,8 @@ from genrec.data.batches import split_block, train_end
 from genrec.data.prepare import load_prepared, prepare
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import per_user
+
+from ablation import cell  # benchmarks/ablation.py: mean ± standard error over seeds
 
 
 def training_counts(data, holdout: int) -> np.ndarray:
@@ -52,12 +53,6 @@ def run_metrics(run: Path, rare: int) -> dict:
         out[f"all {name}"] = values[name].mean().item()
         out[f"rare {name}"] = values[name][is_rare].mean().item() if bool(is_rare.any()) else math.nan
     return out
-
-
-def cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
 
 
 def main() -> None:

@@ -75,6 +75,20 @@ class BuildSpec:
         return model
 
 
+class SpecDerived:
+    """For tasks (with ``self.spec`` and ``self.cfg``): the model config and protocol notes the data
+    decides, computed when first needed, so evaluating a checkpoint never reads the item feature
+    file again (the checkpoint carries the attributes)."""
+
+    @functools.cached_property
+    def model_config(self) -> ModelConfig:
+        return self.spec.model_config(self.cfg.model)
+
+    @functools.cached_property
+    def notes(self) -> list[str]:
+        return self.spec.notes(self.cfg.model)
+
+
 def resolve_spec(data: SequenceData, task_names: tuple[str, ...] = (), task_kinds: tuple[str, ...] = (), cfg=None) -> BuildSpec:
     """The data's facts; with the experiment ``cfg``, also the item attributes its model asks for."""
     features = None

@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import time
 
 import torch
@@ -23,13 +21,13 @@ from genrec.evaluation.ranking import evaluate_ranking
 from genrec.models import GenerativeRecommender, HeadConfig, InterleavedRanker, build_interleaved
 from genrec.training.enhancer import enhance
 from genrec.training.losses import sampled_softmax_loss, ranking_loss
-from genrec.training.spec import resolve_spec
+from genrec.training.spec import SpecDerived, resolve_spec
 from genrec.training.weighting import build_weighter
 
 RANKING_LOSS_DESC = "ranking: BCE per binary task, MSE per regression task, summed"
 
 
-class RankingTask:
+class RankingTask(SpecDerived):
     """The ranking head over interleaved sequences; the retrieval side is not trained."""
 
     kind = "ranking"
@@ -42,16 +40,6 @@ class RankingTask:
             raise ConfigError("train.pack, train.bucket_by_length and train.data_fraction apply to retrieval training only")
         self.labels, self.label_spec = make_labels(data, cfg.task)
         self.spec = resolve_spec(data, self.label_spec.names, self.label_spec.kinds, cfg)
-
-    @functools.cached_property
-    def model_config(self):
-        """The model config with the data's facts (catalogue size, attribute table shape); computed
-        when first needed, so evaluating a checkpoint never reads the item feature file again."""
-        return self.spec.model_config(self.cfg.model)
-
-    @functools.cached_property
-    def notes(self) -> list[str]:
-        return self.spec.notes(self.cfg.model)
 
     def build_model(self) -> InterleavedRanker:
         head = HeadConfig(self.label_spec.names, self.label_spec.kinds, self.cfg.task.head_hidden_dim,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from genrec.data.batches import TrainBatch, TrainBatches
@@ -12,10 +10,10 @@ from genrec.evaluation.evaluator import evaluate
 from genrec.models import BACKBONES, Retriever, build_model
 from genrec.errors import ConfigError
 from genrec.training.losses import LOSSES, retrieval_loss
-from genrec.training.spec import resolve_spec
+from genrec.training.spec import SpecDerived, resolve_spec
 
 
-class RetrievalTask:
+class RetrievalTask(SpecDerived):
     kind = "retrieval"
     all_parameters_used = True
     trainable = True
@@ -25,16 +23,6 @@ class RetrievalTask:
             raise ConfigError(f"model.name={cfg.model.name!r} cannot do retrieval; use one of {BACKBONES}")
         self.cfg, self.data = cfg, data
         self.spec = resolve_spec(data, cfg=cfg)
-
-    @functools.cached_property
-    def model_config(self):
-        """The model config with the data's facts (catalogue size, attribute table shape); computed
-        when first needed, so evaluating a checkpoint never reads the item feature file again."""
-        return self.spec.model_config(self.cfg.model)
-
-    @functools.cached_property
-    def notes(self) -> list[str]:
-        return self.spec.notes(self.cfg.model)
 
     def build_model(self) -> Retriever:
         return self.spec.attach(build_model(self.model_config), self.model_config)
