@@ -13,8 +13,9 @@ the allocator maps and unmaps the temporaries every step. Here:
   entries are picked out (:class:`_DenseGather`; cheaper because a matmul runs near the machine's
   peak while a gather is bound by memory);
 - :func:`softmax_cross_entropy` is the full-catalogue softmax cross-entropy by item blocks: the
-  forward keeps a running log-sum-exp, the backward recomputes each block's logits, so memory is
-  ``T x block`` whatever the catalogue size and time follows the FLOPs.
+  forward sums each block's exponentials (shifted by a bound known in advance), the backward
+  reuses the blocks when they fit in :data:`CACHE_BYTES` and recomputes them otherwise, so memory
+  is at most that or one ``T x block`` block whatever the catalogue size, and time follows the FLOPs.
 
 Both are exact (same values as the dense expressions up to float rounding; tested in
 ``tests/training/test_logits.py``); ``benchmarks/engine.py`` measures them against the
@@ -30,15 +31,16 @@ from torch.autograd.function import once_differentiable
 
 BLOCK_BYTES = 2 << 20
 """Target size of one block's temporary (bytes): small enough to stay in cache, large enough for
-the matmuls to run near peak (measured in ``benchmarks/engine.py``)."""
+the matmuls to run near peak (blocks of 1-16 MB timed within noise of each other on the CPU
+measured; on GPUs larger blocks are likely better, not measured)."""
 CACHE_BYTES = 64 << 20
 """The full softmax keeps its forward blocks for the backward pass when they fit in this many bytes
 (a T x num_items fp32 array), so that memory is at most this much, or one block, whatever the
 catalogue size."""
 DENSE_RATIO = 32
 """Score through a dense matmul when the distinct rows number at most this many times the
-negatives per position: on the CPUs measured a gathered (memory-bound) dot costs 25-60x a matmul's
-multiply-add per element (``benchmarks/RESULTS.md``, "Engine")."""
+negatives per position: on the CPU measured a gathered (memory-bound) dot costs 25-50x a matmul's
+multiply-add per element (``benchmarks/engine.py --kernels``; ``benchmarks/RESULTS.md``, "Engine")."""
 
 
 def _rows_per_block(width: int, item_bytes: int = 4) -> int:
