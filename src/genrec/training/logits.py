@@ -161,8 +161,8 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
     Each row's exponentials are shifted by an upper bound of its logits known before any block is
     scored (Cauchy-Schwarz: |q[t]| max_j |table[j]| / tau), so a block is one matmul (the shift
-    rides along as an extra column) and one in-place ``exp``: no max pass, no rescaling. Where that bound sits so far above
-    a row's logits that its sum underflows (unnormalised vectors, tiny temperatures), the call
+    rides along as an extra column) and one in-place ``exp``: no max pass, no rescaling. Where that
+    bound sits so far above a row's logits that its sum underflows (unnormalised vectors, tiny temperatures), the call
     falls back to shifting by the exact row maximum (a second pass). When all blocks fit in
     :data:`CACHE_BYTES` they are kept for the backward pass (which only rescales them: three
     matmuls per step instead of four); otherwise the backward recomputes each block and memory stays
@@ -201,13 +201,15 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         weighted_q = q * factor
         acc = torch.zeros_like(q)
         grad_table = torch.empty_like(table) if ctx.needs_input_grad[1] else None  # a frozen table needs none
-        buf = None if ctx.blocks else q.new_empty(T, min(N, cols))
+        buf = q_aug = None
+        if not ctx.blocks:
+            buf, q_aug = q.new_empty(T, min(N, cols)), _shifted(scaled, shift)
         for i, s in enumerate(range(0, N, cols)):
             e = min(N, s + cols)
             if ctx.blocks:
                 p = ctx.blocks[i]
             else:
-                p = torch.mm(_shifted(scaled, shift), _with_ones(table[s:e]).T, out=buf[:, : e - s]).exp_()
+                p = torch.mm(q_aug, _with_ones(table[s:e]).T, out=buf[:, : e - s]).exp_()
             acc.addmm_(p, table[s:e])
             if grad_table is not None:
                 torch.mm(p.T, weighted_q, out=grad_table[s:e])
