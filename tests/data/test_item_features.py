@@ -204,6 +204,19 @@ def test_auto_reads_the_registered_file_from_the_source_folder(tmp_path, monkeyp
         load_item_features(DataConfig(dataset="instruments", item_features="auto"), np.array(["1"]))
 
 
+def test_auto_reads_the_file_inside_the_official_zip(tmp_path):
+    import zipfile
+
+    flags = ["0"] * 19
+    flags[8] = "1"  # Drama
+    with zipfile.ZipFile(tmp_path / "ml-100k.zip", "w") as z:
+        z.writestr("ml-100k/u.item", "1|A Film (1994)|01-Jan-1994||http://x|" + "|".join(flags) + "\n")
+    cfg = DataConfig(dataset="ml-100k", source=str(tmp_path / "ml-100k.zip"), item_features="auto", verify_checksum=False,
+                     cache_dir=str(tmp_path / "cache"))
+    f = load_item_features(cfg, np.array(["1"]))
+    assert f.vocab == ["decade=1990s", "genre=Drama"] and f.tokens.tolist() == [[0, 0], [1, 2]]
+
+
 def test_beauty_attributes_from_shared_data():
     path = shared_file("amazon-2014-5core/s3rec/Beauty_item2attributes.json.gz")
     f = ItemFeatures.from_raw(read_item_features(path), [str(i) for i in range(1, 12102)], str(path))

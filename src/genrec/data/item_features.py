@@ -233,8 +233,13 @@ def feature_file(data_cfg) -> Path:
     if spec is None:
         raise ConfigError(f"data.item_features=auto: dataset {data_cfg.dataset!r} has no registered attribute file "
                           f"(those that do: {sorted(ITEM_FEATURE_FILES)}); give a file path")
-    if data_cfg.source:  # beside the log first (that folder only, not below it)
+    if data_cfg.source:  # inside the official archive given as the source, or beside the log (that folder only)
         src = Path(data_cfg.source).expanduser()
+        if src.suffix == ".zip" and src.is_file():
+            try:
+                return fetch(spec, data_cfg.cache_dir, str(src), data_cfg.verify_checksum)
+            except DataFormatError:
+                pass  # not in this archive: look further
         folder = src if src.is_dir() else src.parent
         for name in (Path(spec.member).name, Path(spec.member).name + ".gz"):
             if (folder / name).is_file():
