@@ -30,6 +30,9 @@ COLUMN_NAMES: dict[str, tuple[str, ...]] = {
 ``data.columns`` is not given. ``user`` and ``item`` must be found; ``timestamp`` and ``rating``
 are used when found."""
 
+ITEM_ID_COLUMNS = ("item_id", "item", "id", "movieId", "asin")
+"""The item id column of a per-item file (serving metadata, item attributes), first found wins."""
+
 TIME_FORMATS = (
     "unix seconds (an integer, or a decimal such as 1112486027.5) or an ISO-8601 date or date-time "
     "(2015-03-04, 2015-03-04T12:30:00, 2015-03-04 12:30:00.5, with an optional Z or +02:00 offset; "

@@ -197,6 +197,11 @@ def _from_archive(archive: Path, member: str, dest: Path) -> Path:
     return dest
 
 
+def base_name(path: Path) -> str:
+    """The file name without a ``.gz`` suffix (what names the format)."""
+    return path.name.removesuffix(".gz")
+
+
 def _find_in_folder(folder: Path, member: str, other_names: tuple[str, ...] = ()) -> Path:
     names = [Path(member).name, *other_names]
     for name in names:

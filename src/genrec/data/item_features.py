@@ -26,9 +26,7 @@ vectors, so an item that never occurs in training is still scored through its at
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import json
 import math
 import re
@@ -39,9 +37,11 @@ from pathlib import Path
 
 import numpy as np
 
+from genrec.data.columns import ITEM_ID_COLUMNS
+from genrec.data.download import ITEM_FEATURE_FILES, base_name, fetch
+from genrec.data.loaders import open_text
 from genrec.errors import ConfigError, DataFormatError
 
-ID_COLUMNS = ("item_id", "item", "id", "movieId", "asin")
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
                  "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western")
 
@@ -86,45 +86,38 @@ class ItemFeatures:
         return ItemFeatures(table, vocab, source, stats)
 
 
-def _open_text(path: Path, encoding: str = "utf-8") -> io.TextIOBase:
-    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
-    return io.TextIOWrapper(raw, encoding=encoding, newline="")
-
-
-def _base_name(path: Path) -> str:
-    return path.name.removesuffix(".gz")
-
-
 def _decade(year: str) -> list[str]:
     return [f"decade={int(year) // 10 * 10}s"] if year.isdigit() else []
 
 
-def _read_u_item(path: Path) -> dict[str, list[str]]:
+def _read_movielens(path: Path, sep: str, expected: str, tokens) -> dict[str, list[str]]:
+    """A MovieLens item file: one ``sep``-separated line per movie, id first; ``tokens(parts)`` gives
+    the movie's tokens, or None for a malformed line (an error naming the file, line and format)."""
     out = {}
-    with _open_text(path, "latin-1") as f:
+    with open_text(path, "latin-1") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            parts = line.rstrip("\r\n").split("|")
-            if len(parts) != 5 + len(ML100K_GENRES) or any(p not in ("0", "1") for p in parts[5:]):
-                raise DataFormatError(f"{path}, line {n}: expected id|title|date|video date|url|19 genre flags (0/1)")
-            genres = [f"genre={g}" for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1"]
-            out[parts[0]] = genres + _decade(parts[2][-4:])
+            parts = line.rstrip("\r\n").split(sep)
+            found = tokens(parts)
+            if found is None:
+                raise DataFormatError(f"{path}, line {n}: expected {expected}")
+            out[parts[0]] = found
     return out
 
 
-def _read_movies_dat(path: Path) -> dict[str, list[str]]:
-    out = {}
-    with _open_text(path, "latin-1") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\r\n").split("::")
-            if len(parts) != 3:
-                raise DataFormatError(f"{path}, line {n}: expected MovieID::Title::Genres")
-            year = re.search(r"\((\d{4})\)\s*$", parts[1])
-            out[parts[0]] = [f"genre={g}" for g in parts[2].split("|") if g and g != "(no genres listed)"] + (_decade(year.group(1)) if year else [])
-    return out
+def _u_item_tokens(parts: list[str]) -> list[str] | None:
+    if len(parts) != 5 + len(ML100K_GENRES) or any(p not in ("0", "1") for p in parts[5:]):
+        return None
+    return [f"genre={g}" for g, flag in zip(ML100K_GENRES, parts[5:]) if flag == "1"] + _decade(parts[2][-4:])
+
+
+def _movies_dat_tokens(parts: list[str]) -> list[str] | None:
+    if len(parts) != 3:
+        return None
+    year = re.search(r"\((\d{4})\)\s*$", parts[1])
+    genres = [f"genre={g}" for g in parts[2].split("|") if g and g != "(no genres listed)"]
+    return genres + (_decade(year.group(1)) if year else [])
 
 
 def _value_tokens(name: str, value) -> list[str]:
@@ -137,7 +130,7 @@ def _value_tokens(name: str, value) -> list[str]:
     return [f"{name}={v}" if name else str(v) for v in str(value).split("|") if v != ""]
 
 
-def _columns_to_tokens(ids: list[str], columns: dict[str, list], origin: str) -> dict[str, list[str]]:
+def _columns_to_tokens(ids: list[str], columns: dict[str, list]) -> dict[str, list[str]]:
     """Columns of one table -> tokens per id: numbers by decile, text by value, booleans by flag."""
     out: dict[str, list[str]] = {i: [] for i in ids}
     for name, values in columns.items():
@@ -160,7 +153,7 @@ def _read_table(path: Path) -> dict[str, list[str]]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    base = _base_name(path)
+    base = base_name(path)
 
     def read_csv(types: dict | None = None):
         opts = pacsv.ParseOptions(delimiter="\t" if base.endswith(".tsv") else ",")
@@ -170,7 +163,7 @@ def _read_table(path: Path) -> dict[str, list[str]]:
     try:
         table = pq.read_table(path) if base.endswith(".parquet") else read_csv()
         names = table.column_names
-        id_col = next((c for c in ID_COLUMNS if c in names), names[0])
+        id_col = next((c for c in ITEM_ID_COLUMNS if c in names), names[0])
         if not base.endswith(".parquet") and table.schema.field(id_col).type != pa.string():
             table = read_csv({id_col: pa.string()})  # ids as written ("007" stays "007"), like the log's
     except Exception as exc:  # pyarrow names the row; we add the file
@@ -180,12 +173,12 @@ def _read_table(path: Path) -> dict[str, list[str]]:
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise DataFormatError(f"{path}: item id {dup!r} appears on more than one row (column {id_col!r})")
     columns = {c: table[c].to_pylist() for c in names if c != id_col}
-    return _columns_to_tokens(ids, columns, str(path))
+    return _columns_to_tokens(ids, columns)
 
 
 def _read_json(path: Path) -> dict[str, list[str]]:
     try:
-        with _open_text(path) as f:
+        with open_text(path) as f:
             obj = json.load(f)
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
@@ -198,7 +191,7 @@ def _read_json(path: Path) -> dict[str, list[str]]:
     if nested:
         ids = list(obj)
         fields = sorted({f for v in obj.values() for f in v})
-        return _columns_to_tokens(ids, {f: [obj[i].get(f) for i in ids] for f in fields}, str(path))
+        return _columns_to_tokens(ids, {f: [obj[i].get(f) for i in ids] for f in fields})
     for key, value in obj.items():
         if not isinstance(value, list):
             raise DataFormatError(f"{path}: item {key!r}: expected a list of attributes, got {type(value).__name__}")
@@ -211,11 +204,11 @@ def read_item_features(path: str | Path) -> dict[str, list[str]]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataFormatError(f"data.item_features={str(path)!r}: no such file")
-    base = _base_name(path)
+    base = base_name(path)
     if base == "u.item":
-        return _read_u_item(path)
+        return _read_movielens(path, "|", "id|title|date|video date|url|19 genre flags (0/1)", _u_item_tokens)
     if base == "movies.dat":
-        return _read_movies_dat(path)
+        return _read_movielens(path, "::", "MovieID::Title::Genres", _movies_dat_tokens)
     if base.endswith(".json"):
         return _read_json(path)
     if base.endswith((".csv", ".tsv", ".parquet")):
@@ -227,8 +220,6 @@ def feature_file(data_cfg) -> Path:
     """The file ``data.item_features`` names (``auto``: the registered dataset's own, located or downloaded)."""
     if data_cfg.item_features != "auto":
         return Path(data_cfg.item_features).expanduser()
-    from genrec.data.download import ITEM_FEATURE_FILES, fetch
-
     spec = ITEM_FEATURE_FILES.get(data_cfg.dataset)
     if spec is None:
         raise ConfigError(f"data.item_features=auto: dataset {data_cfg.dataset!r} has no registered attribute file "

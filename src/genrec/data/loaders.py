@@ -31,10 +31,10 @@ from genrec.data.columns import ACTION_PREFIX, SCHEMA, BadValue, convert_columns
 from genrec.errors import DataFormatError
 
 
-def open_text(path: Path) -> io.TextIOBase:
+def open_text(path: Path, encoding: str = "utf-8-sig") -> io.TextIOBase:
     if str(path).endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8-sig", errors="replace", newline="")
-    return open(path, encoding="utf-8-sig", errors="replace", newline="")
+        return gzip.open(path, "rt", encoding=encoding, errors="replace", newline="")
+    return open(path, encoding=encoding, errors="replace", newline="")
 
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:

@@ -25,9 +25,11 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from genrec.data.columns import ITEM_ID_COLUMNS
+from genrec.data.download import base_name
 from genrec.errors import DataFormatError
 
-ID_COLUMNS = ("item_id", "item", "id", "movieId", "asin")
+ID_COLUMNS = ITEM_ID_COLUMNS
 TITLE_COLUMNS = ("title", "name")
 
 # dataset name -> (file names, folder the file must sit under or None)
@@ -89,16 +91,12 @@ def _open_text(path: Path, encoding: str = "utf-8") -> str:
     return raw.decode(encoding)
 
 
-def _base_name(path: Path) -> str:
-    return path.name.removesuffix(".gz")
-
-
 def read_metadata(path: str | Path) -> dict[str, dict]:
     """{raw item id: {"title": ..., other fields}} from a metadata file (formats: module docstring)."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such metadata file")
-    name = _base_name(path)
+    name = base_name(path)
     try:
         if name == "u.item":
             return _read_separated(_open_text(path, "latin-1"), "|", ("title", "release_date", "video_release_date", "imdb_url"))
