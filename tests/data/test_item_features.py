@@ -150,6 +150,10 @@ def test_model_without_attributes_is_a_clear_error():
         HSTU(HSTUConfig(num_items=4, item_features="sum"))
     with pytest.raises(ConfigError, match="item_features"):
         HSTUConfig(num_items=4, item_features="average")
+    from genrec.models import Popularity, PopularityConfig
+
+    with pytest.raises(ConfigError, match="reads no item attributes"):  # not a sequence backbone: said, not ignored
+        attach_item_attributes(Popularity(PopularityConfig(num_items=4)), torch.zeros(5, 2, dtype=torch.long))
     model = _model()
     with pytest.raises(ConfigError, match="does not fit"):
         attach_item_attributes(model, torch.zeros(3, 2, dtype=torch.long))

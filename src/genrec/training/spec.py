@@ -68,9 +68,10 @@ class BuildSpec:
                          f"tokens, {st['items_with_attributes']} of {st['items']} items have any")
         return notes
 
-    def attach(self, model: Model, config: ModelConfig) -> Model:
-        """Load the data-decided tables into a freshly built model (the item attributes)."""
-        if config.item_features != "none":
+    def attach(self, model: Model) -> Model:
+        """Load the data-decided tables into a freshly built model: the item attributes, when its
+        config asks for them (only then is :attr:`features` set)."""
+        if self.features is not None:
             attach_item_attributes(model, torch.from_numpy(self.item_features.tokens))
         return model
 

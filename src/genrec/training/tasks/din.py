@@ -15,7 +15,7 @@ class DINTask(RankingTask):
     """Same labels, batches and evaluation as :class:`RankingTask`; another model and step."""
 
     def build_model(self) -> DIN:
-        return self.spec.attach(build_model(self.model_config), self.model_config)  # item_features: a clear error for DIN
+        return self.spec.attach(build_model(self.model_config))  # item_features: a clear error for DIN
 
     def loss(self, model: DIN, batch: FeedbackBatch, epoch: int) -> tuple[torch.Tensor, dict]:
         valid = batch.items != 0  # [B n]

@@ -45,7 +45,7 @@ class RankingTask(SpecDerived):
         head = HeadConfig(self.label_spec.names, self.label_spec.kinds, self.cfg.task.head_hidden_dim,
                           micro_batch=self.cfg.task.micro_batch, retrieval=self.kind == "unified",
                           action_token=self.cfg.task.action_token)
-        return self.spec.attach(build_interleaved(self.model_config, head), self.model_config)
+        return self.spec.attach(build_interleaved(self.model_config, head))
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
         return TrainBatches(self.data, self.cfg.model.max_seq_len, self.cfg.train.batch_size, include_valid=include_valid,

@@ -23,7 +23,7 @@ class PopularityTask(RetrievalTask):
         super().__init__(cfg, data)
 
     def build_model(self) -> Popularity:
-        model = self.spec.attach(build_model(self.model_config), self.model_config)  # item_features: a clear error
+        model = self.spec.attach(build_model(self.model_config))  # item_features: a clear error
         starts, lengths = self.data.offsets[:-1], self.data.lengths
         n_train = np.repeat(train_end(self.data, False, self.cfg.eval.holdout) - starts, lengths)  # per interaction
         position = np.arange(len(self.data.items)) - np.repeat(starts, lengths)  # within its user

@@ -25,7 +25,7 @@ class RetrievalTask(SpecDerived):
         self.spec = resolve_spec(data, cfg=cfg)
 
     def build_model(self) -> Retriever:
-        return self.spec.attach(build_model(self.model_config), self.model_config)
+        return self.spec.attach(build_model(self.model_config))
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
         t = self.cfg.train
