@@ -69,6 +69,21 @@ class DataConfig:
     movies.dat file of per-item attributes, or ``auto`` for the registered dataset's own (Beauty,
     Toys: S3-Rec attributes; ML-100K, ML-1M: genres and decade). Read by models with
     ``model.item_features`` set."""
+    behaviour: str = ""
+    """Multi-behaviour (``genrec.data.behaviours``): which per-interaction value is its behaviour
+    type: ``rating`` (rating levels) or the name of an action column (``data.action_columns``, e.g.
+    a 0/1/2 click/cart/buy code). Empty: one behaviour. Needs ``behaviour_values``."""
+    behaviour_values: list[float] = field(default_factory=list)
+    """The behaviour vocabulary in order (behaviour ids 1..B), e.g. ``[1, 2, 3, 4, 5]`` for ratings;
+    an interaction whose value is not listed is an error naming it."""
+    target_behaviours: list[float] = field(default_factory=list)
+    """Retrieval predicts only interactions with these behaviour values (e.g. ``[4, 5]``: the next
+    positively rated item) and the splits hold out each user's last two of them; every interaction
+    is still read. Empty: every interaction is a target."""
+    read_behaviours: str = "all"
+    """What the model reads: ``all`` interactions, or only ``targets`` (those with a target
+    behaviour: the positives-only baseline). Evaluation is the same either way: the same targets,
+    and every earlier interaction excluded from the ranking."""
     verify_checksum: bool = True
     """Registered datasets: check the data file's size and published digest (turn off for a
     deliberately modified copy)."""
@@ -82,6 +97,18 @@ class DataConfig:
         unknown = set(self.columns) - {"user", "item", "timestamp", "rating"}
         if unknown:
             raise ConfigError(f"data.columns has unknown keys {sorted(unknown)}")
+        _check_choice("data.read_behaviours", self.read_behaviours, ("all", "targets"))
+        if (self.behaviour_values or self.target_behaviours) and not self.behaviour:
+            raise ConfigError("data.behaviour_values / data.target_behaviours need data.behaviour (rating or an action column)")
+        if self.behaviour and not self.behaviour_values:
+            raise ConfigError(f"data.behaviour={self.behaviour!r} needs data.behaviour_values, the behaviour vocabulary in order "
+                              "(e.g. [1, 2, 3, 4, 5] for ratings)")
+        if len(set(self.behaviour_values)) != len(self.behaviour_values):
+            raise ConfigError(f"data.behaviour_values={self.behaviour_values} repeats a value")
+        if set(self.target_behaviours) - set(self.behaviour_values):
+            raise ConfigError(f"data.target_behaviours={self.target_behaviours} are not all in data.behaviour_values={self.behaviour_values}")
+        if self.read_behaviours == "targets" and not self.target_behaviours:
+            raise ConfigError("data.read_behaviours=targets needs data.target_behaviours")
         self.delimiter = {"\\t": "\t", "tab": "\t"}.get(self.delimiter.lower(), self.delimiter)
         if len(self.delimiter) != 1:
             raise ConfigError(f"data.delimiter={self.delimiter!r} must be one character (a tab: data.delimiter='\\t' or tab)")
@@ -347,6 +374,9 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:  # checks that span sections
+        if self.data.behaviour and (self.task.kind != "retrieval" or self.eval.holdout != 1):
+            raise ConfigError("data.behaviour (multi-behaviour) is for retrieval (task.kind=retrieval) with eval.holdout=1; "
+                              "ranking tasks read feedback through task.labels instead")
         if self.train.item_table == "rowwise" and (self.task.kind != "retrieval" or self.train.refit):
             raise ConfigError("train.item_table=rowwise is for retrieval training (task.kind=retrieval) without train.refit")
         if self.distill.teacher and (self.task.kind != "retrieval" or self.train.refit or self.train.item_table != "local"):

@@ -32,6 +32,7 @@ class Query(NamedTuple):
     query_time: torch.Tensor | None  # [1] the request time, when given
     labels: torch.Tensor | None  # [1, n, A] feedback of those items, when the model reads it
     known: list[int]  # item idx of the whole known history (excluded from top-k)
+    behaviours: torch.Tensor | None = None  # [1, n] behaviour ids of those items, when the model reads them
 
 
 class Recommender:
@@ -48,8 +49,9 @@ class Recommender:
     - histories are raw item ids (as in the source data, compared as strings), oldest first, with
       one timestamp (unix seconds) per item when the model has a time bias, and one feedback value
       per ranking task per item (a scalar, or a list for several tasks) when it reads feedback
-      (ranking, unified and DIN checkpoints); ``query_time`` is the request time (default: the last
-      history item's);
+      (ranking, unified and DIN checkpoints), or one behaviour value per item (e.g. its rating)
+      when it reads behaviours (``model.behaviour_embedding``; the values of the training config's
+      ``data.behaviour_values``); ``query_time`` is the request time (default: the last history item's);
     - histories longer than the model's limit (``model.max_seq_len`` interactions) keep their
       newest items; ``recommend`` still excludes every known history item, not only those kept;
     - unknown ids raise :class:`~genrec.errors.UnknownItemError` naming them, or are dropped (with
@@ -97,6 +99,11 @@ class Recommender:
     def reads_feedback(self) -> bool:
         """Whether requests must give the feedback of each history item."""
         return self.model.reads_feedback
+
+    @property
+    def reads_behaviours(self) -> bool:
+        """Whether requests must give each history item's behaviour (as ``feedback``)."""
+        return self.model.reads_behaviours
 
     @property
     def task_names(self) -> list[str]:
@@ -151,11 +158,31 @@ class Recommender:
             raise ValueError(f"feedback needs {history_len} entries (one per history item) of {len(names)} value(s) each")
         return torch.tensor([[rows[p] for p in kept]], dtype=torch.float32, device=self.device)
 
+    def _behaviours(self, feedback: Sequence | None, history_len: int, kept: list[int]) -> torch.Tensor | None:
+        """Per-history-item behaviour values -> [1, n] behaviour ids (1..B in the order of the
+        training config's ``data.behaviour_values``) for the kept items."""
+        if not self.reads_behaviours:
+            return None
+        data = self.experiment.get("data") or {}
+        vocab = [float(v) for v in data.get("behaviour_values") or []]
+        what = f"data.behaviour={data.get('behaviour')!r}, one of {vocab}"
+        if feedback is None or len(feedback) != history_len:
+            raise ValueError(f"this model reads behaviours: give feedback with one value per history item ({what})")
+        ids = []
+        for v in feedback:
+            value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+            if value not in vocab:
+                raise ValueError(f"behaviour {v!r} is not one of the model's behaviour values ({what})")
+            ids.append(vocab.index(value) + 1)
+        return torch.tensor([[ids[p] for p in kept]], device=self.device)
+
     def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback) -> Query:
         idx, kept = self._encode_ids(history, ignore_unknown)
         L = self.model.max_history
         labels = self._labels(feedback, len(history), kept)
         labels = None if labels is None else labels[:, -L:]
+        behaviours = self._behaviours(feedback, len(history), kept)
+        behaviours = None if behaviours is None else behaviours[:, -L:]
         ts = None
         if self.model.uses_timestamps:
             if timestamps is None or len(timestamps) != len(history):
@@ -163,7 +190,7 @@ class Recommender:
             ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=self.device)
         items = torch.tensor([idx[-L:]], device=self.device)
         qt = None if query_time is None else torch.tensor([int(query_time)], device=self.device)
-        return Query(items, ts, qt, labels, idx)
+        return Query(items, ts, qt, labels, idx, behaviours)
 
     def _candidates(self, candidates: Sequence) -> torch.Tensor:
         """Raw candidate ids -> [1, C] item idx; unknown candidates always raise."""
@@ -178,7 +205,7 @@ class Recommender:
     def _query(self, model: Retriever, x: Query) -> torch.Tensor:
         """[1, D] next-item query vector of one request."""
         with torch.inference_mode():
-            user = model.user_vectors(x.items, x.timestamps, x.query_time, x.labels)
+            user = model.user_vectors(x.items, x.timestamps, x.query_time, x.labels, x.behaviours)
         _check_finite(user, "query vector")
         return user
 
@@ -216,6 +243,7 @@ class Recommender:
         ts = torch.zeros(B, N, dtype=torch.long, device=self.device) if model.uses_timestamps else None
         qt = torch.zeros(B, dtype=torch.long, device=self.device) if model.uses_timestamps else None
         labels = torch.zeros(B, N, len(self.task_names), device=self.device) if self.reads_feedback else None
+        behaviours = torch.zeros(B, N, dtype=torch.long, device=self.device) if self.reads_behaviours else None
         for b, q in enumerate(queries):
             n = q.items.size(1)
             items[b, :n] = q.items[0]
@@ -224,8 +252,10 @@ class Recommender:
                 qt[b] = q.timestamps[0, -1] if q.query_time is None else q.query_time[0]  # the model's own default
             if labels is not None:
                 labels[b, :n] = q.labels[0]
+            if behaviours is not None:
+                behaviours[b, :n] = q.behaviours[0]
         with torch.inference_mode():
-            user = model.user_vectors(items, ts, qt, labels)  # [B D]
+            user = model.user_vectors(items, ts, qt, labels, behaviours)  # [B D]
         _check_finite(user, "query vectors")
         return user
 

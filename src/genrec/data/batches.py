@@ -9,6 +9,11 @@ impressions for GAUC): users with n >= 2K + 1 interactions hold out their last K
 before for validation; the retrieval target of a block is its first item (the next item after the
 history), the ranking impressions are all K. K = 1 is exactly the leave-one-out split above.
 
+With target behaviours (multi-behaviour data, :mod:`genrec.data.behaviours`) the held-out items
+are each user's last two *target* interactions, a training position has a target only when the
+next interaction is one, and the model may read only some interactions (:func:`reads`); the
+excluded items stay every earlier interaction.
+
 Training windows (:class:`TrainBatches`) take each user's last ``max_seq_len + 1`` training items:
 inputs are all but the last, targets all but the first (a loss at every position). With ``labels``
 (ranking and unified tasks) a window is the user's last ``max_seq_len`` interactions with their
@@ -40,10 +45,11 @@ class TrainBatch:
     timestamps: torch.Tensor | None  # [B N]
     query_timestamps: torch.Tensor | None  # [B N] time of the target at each position
     segments: torch.Tensor | None = None  # [B N] packed rows: sequence id of each token (0 = padding)
+    behaviours: torch.Tensor | None = None  # [B N] behaviour id of each input (multi-behaviour data), 0 = padding
 
     def to(self, device: torch.device) -> "TrainBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return TrainBatch(move(self.items), move(self.targets), move(self.timestamps), move(self.query_timestamps), move(self.segments))
+        return TrainBatch(*(move(t) for t in vars(self).values()))
 
     @property
     def num_targets(self) -> int:
@@ -83,21 +89,49 @@ class EvalBatch:
     labels: torch.Tensor | None = None  # [B N A] feedback of the history items (interleaved models)
     candidates: torch.Tensor | None = None  # [B K] the held-out block (ranking impressions)
     candidate_labels: torch.Tensor | None = None  # [B K A] their feedback
+    behaviours: torch.Tensor | None = None  # [B N] behaviour id of each history item (multi-behaviour data)
 
     def to(self, device: torch.device | str) -> "EvalBatch":
         return EvalBatch(*(None if t is None else t.to(device) for t in vars(self).values()))
 
 
+def _target_mask(data: SequenceData) -> np.ndarray | None:
+    """[T] bool: interactions that may be retrieval targets (None: all; see genrec.data.behaviours)."""
+    return None if data.behaviours is None else data.behaviours.targets
+
+
+def _counts(mask: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """[U+1] running count of ``mask`` at each user's first offset (cumulative, 0-prefixed)."""
+    return np.concatenate([[0], np.cumsum(mask)])[offsets]
+
+
 def evaluable(data: SequenceData, holdout: int = 1) -> np.ndarray:
-    """[U] bool: users long enough to hold out a validation and a test block of ``holdout`` items."""
-    return data.lengths >= 2 * holdout + 1
+    """[U] bool: users long enough to hold out a validation and a test block of ``holdout`` items
+    (with target behaviours: users with at least three target interactions)."""
+    mask = _target_mask(data)
+    if mask is None:
+        return data.lengths >= 2 * holdout + 1
+    return np.diff(_counts(mask, data.offsets)) >= 2 * holdout + 1
+
+
+def _block_start(data: SequenceData, split: str, holdout: int, users: np.ndarray) -> np.ndarray:
+    """Offset of the first item of each of ``users``' ``split`` block: the last ``holdout`` items
+    (test) and the ``holdout`` before them (valid), or, with target behaviours, the user's last
+    (test) and second-to-last (valid) target interaction."""
+    back = 2 if split == "valid" else 1
+    mask = _target_mask(data)
+    if mask is None:
+        return data.offsets[1:][users] - holdout * back
+    positions = np.flatnonzero(mask)
+    return positions[_counts(mask, data.offsets)[1:][users] - back]
 
 
 def train_end(data: SequenceData, include_valid: bool = False, holdout: int = 1) -> np.ndarray:
     """[U] end offset (exclusive) of each user's training items; ``include_valid`` also trains
     on the validation block (for a refit after model selection; the test block stays out)."""
     ends = data.offsets[1:].copy()
-    ends[evaluable(data, holdout)] -= holdout * (1 if include_valid else 2)
+    users = np.flatnonzero(evaluable(data, holdout))
+    ends[users] = _block_start(data, "test" if include_valid else "valid", holdout, users)
     return ends
 
 
@@ -106,7 +140,36 @@ def split_block(data: SequenceData, split: str, holdout: int = 1) -> tuple[np.nd
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     users = np.flatnonzero(evaluable(data, holdout))
-    return users, data.offsets[1:][users] - holdout * (2 if split == "valid" else 1)
+    return users, _block_start(data, split, holdout, users)
+
+
+@dataclass
+class Reads:
+    """The interactions a model reads, as flat arrays with per-user ``offsets`` (every interaction,
+    or with ``data.read_behaviours: targets`` only those with a target behaviour). ``at[p]`` is the
+    read position of the interaction at data position p (reads before p), so a data range
+    [a, b) reads ``items[at[a]:at[b]]``."""
+
+    offsets: np.ndarray  # [U+1]
+    items: np.ndarray  # [R]
+    targets: np.ndarray  # [R] the item, or 0 where it may not be a retrieval target
+    timestamps: np.ndarray | None  # [R]
+    behaviours: np.ndarray | None  # [R] behaviour ids
+    at: np.ndarray  # [T+1]
+
+
+def reads(data: SequenceData) -> Reads:
+    """What the model reads of ``data`` (all of it, unless behaviours say otherwise)."""
+    beh = data.behaviours
+    T = len(data.items)
+    tgt = data.items if beh is None or beh.targets is None else np.where(beh.targets, data.items, 0)
+    ids = None if beh is None else beh.ids
+    if beh is None or beh.reads is None:
+        return Reads(data.offsets, data.items, tgt, data.timestamps, ids, np.arange(T + 1))
+    keep = beh.reads
+    at = np.concatenate([[0], np.cumsum(keep)])
+    pick = lambda a: None if a is None else a[keep]  # noqa: E731
+    return Reads(at[data.offsets], data.items[keep], tgt[keep], pick(data.timestamps), pick(ids), at)
 
 
 def shard_rows(batches: list[np.ndarray], rank: int, world: int) -> Iterator[np.ndarray]:
@@ -163,15 +226,23 @@ class TrainBatches:
     ):
         if labels is not None and (pack or bucket_by_length or fraction < 1.0):
             raise ValueError("feedback windows support neither packing, length bucketing nor a data fraction")
-        ends = train_end(data, include_valid, holdout)
+        if labels is not None and data.behaviours is not None:
+            raise ValueError("feedback windows do not read multi-behaviour data (data.behaviour is for retrieval)")
+        self.reads = r = reads(data)
+        ends = r.at[train_end(data, include_valid, holdout)]  # in read positions
         # retrieval: inputs + one more item for the last target; feedback: the interactions themselves
         window, shortest = (max_seq_len + 1, 2) if labels is None else (max_seq_len, 1)
-        starts = np.maximum(data.offsets[:-1], ends - window)
+        starts = np.maximum(r.offsets[:-1], ends - window)
         keep = ends - starts >= shortest
+        # targets per window (positions 1.. of the window; fewer than its length with target behaviours)
+        has_target = np.concatenate([[0], np.cumsum(r.targets != 0)])
+        self._window_targets = np.maximum(has_target[ends] - has_target[np.minimum(starts + 1, ends)], 0)
+        if labels is None:
+            keep &= self._window_targets > 0  # a window without any target trains nothing
         if fraction < 1.0:  # a fixed subset of users, the same for every epoch and on resume
             chosen = np.random.default_rng(seed).permutation(data.num_users)[: max(1, round(fraction * data.num_users))]
             keep &= np.isin(np.arange(data.num_users), chosen)
-        self.starts, self.ends = starts[keep], ends[keep]
+        self.starts, self.ends, self._window_targets = starts[keep], ends[keep], self._window_targets[keep]
         self.data, self.batch_size, self.bucket, self.pack = data, batch_size, bucket_by_length, pack
         self.labels = labels
 
@@ -183,7 +254,7 @@ class TrainBatches:
     def num_tokens(self) -> int:
         """Training targets per epoch (retrieval), or interactions per epoch (feedback windows:
         each gives one item and one action token)."""
-        return int((self.ends - self.starts - (1 if self.labels is None else 0)).sum())
+        return int((self.ends - self.starts).sum() if self.labels is not None else self._window_targets.sum())
 
     def __len__(self) -> int:
         return -(-self.num_users // self.batch_size)
@@ -220,31 +291,38 @@ class TrainBatches:
         n = e - s - 1  # inputs per window
         groups = pack_rows(n, int(n.max()))
         N = int(n.max())
-        items, targets, segments = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(3))
-        has_ts = self.data.timestamps is not None
+        r = self.reads
+        items, targets, segments, beh = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(4))
+        has_ts = r.timestamps is not None
         ts, qts = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(2))
-        for r, group in enumerate(groups):
+        for row, group in enumerate(groups):
             col = 0
             for seg, i in enumerate(group, start=1):
                 a, b, k = s[i], e[i], n[i]
-                items[r, col : col + k], targets[r, col : col + k] = self.data.items[a : b - 1], self.data.items[a + 1 : b]
+                items[row, col : col + k], targets[row, col : col + k] = r.items[a : b - 1], r.targets[a + 1 : b]
                 if has_ts:
-                    ts[r, col : col + k], qts[r, col : col + k] = self.data.timestamps[a : b - 1], self.data.timestamps[a + 1 : b]
-                segments[r, col : col + k] = seg
+                    ts[row, col : col + k], qts[row, col : col + k] = r.timestamps[a : b - 1], r.timestamps[a + 1 : b]
+                if r.behaviours is not None:
+                    beh[row, col : col + k] = r.behaviours[a : b - 1]
+                segments[row, col : col + k] = seg
                 col += k
         t = (torch.from_numpy(ts), torch.from_numpy(qts)) if has_ts else (None, None)
-        return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), *t, torch.from_numpy(segments))
+        return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), *t, torch.from_numpy(segments),
+                          None if r.behaviours is None else torch.from_numpy(beh))
 
     def _batch(self, rows: np.ndarray) -> TrainBatch:
         s, e = self.starts[rows], self.ends[rows]
         N = int((e - s).max()) - 1
-        items = _pad_rows(self.data.items, s, e - 1, N)
-        targets = _pad_rows(self.data.items, s + 1, e, N)
-        ts = qts = None
-        if self.data.timestamps is not None:
-            ts = torch.from_numpy(_pad_rows(self.data.timestamps, s, e - 1, N))
-            qts = torch.from_numpy(_pad_rows(self.data.timestamps, s + 1, e, N))
-        return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), ts, qts)
+        r = self.reads
+        items = _pad_rows(r.items, s, e - 1, N)
+        targets = _pad_rows(r.targets, s + 1, e, N)
+        ts = qts = beh = None
+        if r.timestamps is not None:
+            ts = torch.from_numpy(_pad_rows(r.timestamps, s, e - 1, N))
+            qts = torch.from_numpy(_pad_rows(r.timestamps, s + 1, e, N))
+        if r.behaviours is not None:
+            beh = torch.from_numpy(_pad_rows(r.behaviours, s, e - 1, N))
+        return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), ts, qts, None, beh)
 
 
 def eval_batches(
@@ -260,28 +338,37 @@ def eval_batches(
     """Batches for ``split`` in {"valid", "test"} over evaluable users (see :func:`evaluable`).
     ``labels`` [T, A]: feedback per interaction, for the history (models that read it) and the
     held-out block (ranking impressions)."""
+    if labels is not None and data.behaviours is not None:
+        raise ValueError("feedback labels and multi-behaviour data do not go together (data.behaviour is for retrieval)")
     users, target_pos = split_block(data, split, holdout)
     # shortest histories first: batches pad to their longest row, so similar lengths waste less
     order = np.argsort(np.minimum(data.lengths[users], max_seq_len + 2 * holdout), kind="stable")
     users, target_pos = users[order], target_pos[order]
     first = data.offsets[:-1][users]
+    r = reads(data)  # the history is what the model reads; exclusions and targets are data positions
     for i in range(0, len(users), batch_size):
         u, t, f = users[i : i + batch_size], target_pos[i : i + batch_size], first[i : i + batch_size]
-        s = np.maximum(f, t - max_seq_len)
-        items = _pad_rows(data.items, s, t, int((t - s).max()))
-        ex_start = {"full": f, "input": s, "none": t}[exclude_history]
-        exclude = _pad_rows(data.items, ex_start, t, max(int((t - ex_start).max()), 1))
-        ts = qt = None
+        e = r.at[t]  # the read history ends just before the target
+        s = np.maximum(r.offsets[u], e - max_seq_len)
+        items = _pad_rows(r.items, s, e, int((e - s).max()))
+        if exclude_history == "input":
+            exclude = _pad_rows(r.items, s, e, max(int((e - s).max()), 1))
+        else:
+            ex_start = f if exclude_history == "full" else t
+            exclude = _pad_rows(data.items, ex_start, t, max(int((t - ex_start).max()), 1))
+        ts = qt = beh = None
         if data.timestamps is not None:
-            ts = torch.from_numpy(_pad_rows(data.timestamps, s, t, items.shape[1]))
-            qt = torch.from_numpy(data.timestamps[t] if query_time == "target" else data.timestamps[t - 1])
+            ts = torch.from_numpy(_pad_rows(r.timestamps, s, e, items.shape[1]))
+            qt = torch.from_numpy(data.timestamps[t] if query_time == "target" else r.timestamps[e - 1])
+        if r.behaviours is not None:
+            beh = torch.from_numpy(_pad_rows(r.behaviours, s, e, items.shape[1]))
         lab = cand_lab = None
         if labels is not None:
             lab = torch.from_numpy(pad_rows_2d(labels, s, t, items.shape[1]))
             cand_lab = torch.from_numpy(pad_rows_2d(labels, t, t + holdout, holdout))
         yield EvalBatch(
             torch.from_numpy(u), torch.from_numpy(items), ts, qt, torch.from_numpy(data.items[t]), torch.from_numpy(exclude), lab,
-            torch.from_numpy(_pad_rows(data.items, t, t + holdout, holdout)), cand_lab,
+            torch.from_numpy(_pad_rows(data.items, t, t + holdout, holdout)), cand_lab, beh,
         )
 
 

@@ -28,6 +28,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,9 @@ import pyarrow.parquet as pq
 from genrec.errors import DataFormatError
 from genrec.data.download import DATASETS, DatasetSpec, cache_root, fetch, locate
 from genrec.data.loaders import ACTION_PREFIX, read_interactions
+
+if TYPE_CHECKING:
+    from genrec.data.behaviours import Behaviours
 
 PREPARE_VERSION = 3
 
@@ -55,6 +59,7 @@ class SequenceData:
     ratings: np.ndarray | None = None  # [T] float64 (NaN where a row has none), None when no row has one
     actions: np.ndarray | None = None  # [T, A] float32 action signals (clicks, likes, watch time, ...)
     action_names: tuple[str, ...] = ()  # the A action column names
+    behaviours: Behaviours | None = None  # behaviour types, targets and reads (set in memory by genrec.data.behaviours)
 
     @property
     def num_users(self) -> int:

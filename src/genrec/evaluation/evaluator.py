@@ -32,7 +32,7 @@ def target_ranks(
     """[B] 0-based pessimistic rank of each target over the whole catalogue (inf if excluded).
     ``nonfinite``: a dict whose ``scores``/``targets`` counters are increased by the number of
     non-finite item scores and target scores met (they rank last, see the module docstring)."""
-    user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels).float()  # [B D]
+    user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels, batch.behaviours).float()  # [B D]
     targets = batch.targets
     tgt = model.score_candidates(user, targets.unsqueeze(1)).float()  # [B 1]
     bad_tgt = ~torch.isfinite(tgt)
@@ -81,8 +81,17 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
         "input": f"the items of the model input (last {max_seq_len})",
         "none": "nothing",
     }[eval_cfg.exclude_history]
+    split_text = split_desc(split, eval_cfg.holdout)
+    beh = {}
+    if data.behaviours is not None:
+        beh["behaviours"] = data.behaviours.description
+        if data.behaviours.targets is not None:
+            which = "second-to-last" if split == "valid" else "last"
+            split_text = (f"leave-one-out over target behaviours, {split} ({which} target-behaviour interaction per user with "
+                          ">= 3 of them; history = every earlier interaction the model reads)")
     return {
-        "split": split_desc(split, eval_cfg.holdout),
+        "split": split_text,
+        **beh,
         "ranking": f"full catalogue ({data.num_items} items), not sampled",
         "excluded_from_ranking": excluded + "; a target inside that set counts as a miss",
         "ties": "pessimistic (equal scores rank ahead of the target)",

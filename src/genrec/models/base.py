@@ -63,6 +63,11 @@ class ModelConfig:
     """Attribute vocabulary size (set from the data when ``item_features`` is on)."""
     max_item_attributes: int = 0
     """Most attribute tokens of one item (set from the data when ``item_features`` is on)."""
+    behaviour_embedding: bool = False
+    """Multi-behaviour (needs ``data.behaviour``): add a learned embedding of each history
+    interaction's behaviour (e.g. its rating level) to its token."""
+    num_behaviours: int = 0
+    """Behaviour vocabulary size (set from the data when ``behaviour_embedding`` is on)."""
 
     def __post_init__(self) -> None:
         if self.item_features not in ("none", "sum", "concat"):
@@ -111,6 +116,13 @@ class SequentialRecommender(nn.Module, Retriever):
             self.register_buffer("item_attributes", torch.zeros(config.num_items + 1, config.max_item_attributes, dtype=torch.long))
             if config.item_features == "concat":
                 self.feature_proj = nn.Linear(2 * config.embedding_dim, config.embedding_dim, bias=False)
+        if config.behaviour_embedding:
+            if config.num_behaviours < 1:
+                raise ConfigError("model.behaviour_embedding needs the behaviours: set data.behaviour and data.behaviour_values")
+            self.behaviour_table = nn.Embedding(config.num_behaviours + 1, config.embedding_dim, padding_idx=0)
+            nn.init.trunc_normal_(self.behaviour_table.weight, std=0.02)
+            with torch.no_grad():
+                self.behaviour_table.weight[0].zero_()
         if self.absolute_positions:
             self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
             nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
@@ -128,6 +140,8 @@ class SequentialRecommender(nn.Module, Retriever):
         n = self.item_embedding.weight.numel()
         if self.config.item_features != "none":
             n += self.attribute_embedding.weight.numel()
+        if self.config.behaviour_embedding:
+            n += self.behaviour_table.weight.numel()
         return n + (self.pos_embedding.weight.numel() if self.absolute_positions else 0)
 
     def load_item_attributes(self, tokens: torch.Tensor) -> None:
@@ -161,6 +175,10 @@ class SequentialRecommender(nn.Module, Retriever):
         """Whether ``encode`` reads timestamps (a time bias is on)."""
         return False
 
+    @property
+    def reads_behaviours(self) -> bool:
+        return self.config.behaviour_embedding
+
     # ---- to implement -------------------------------------------------------------------------
     def transduce(
         self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None, layer_outputs: list | None = None
@@ -180,9 +198,15 @@ class SequentialRecommender(nn.Module, Retriever):
             raise ValueError(f"this {self.config.name} has time_bias on: pass timestamps and query timestamps")
         return rel_bias.buckets(ctx.k_time, ctx.q_time)
 
-    def embed_items(self, items: torch.Tensor) -> torch.Tensor:
-        """items [...] -> item embedding × √D [..., D] (the input scale of the HSTU reference)."""
-        return self.item_rows(items) * math.sqrt(self.config.embedding_dim)
+    def embed_items(self, items: torch.Tensor, behaviours: torch.Tensor | None = None) -> torch.Tensor:
+        """items [...] -> item embedding × √D [..., D] (the input scale of the HSTU reference); with
+        ``behaviour_embedding``, plus the embedding of each item's ``behaviours`` [...] (ids, 0 = none)."""
+        x = self.item_rows(items)
+        if self.config.behaviour_embedding:
+            if behaviours is None:
+                raise ValueError("this model reads behaviours (model.behaviour_embedding): pass one per history item")
+            x = x + self.behaviour_table(behaviours)
+        return x * math.sqrt(self.config.embedding_dim)
 
     def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """x [B, N, D] + learned absolute position (when the backbone has one) -> dropout.
@@ -200,11 +224,13 @@ class SequentialRecommender(nn.Module, Retriever):
         timestamps: torch.Tensor | None = None,
         query_timestamps: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
+        behaviours: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only. With
         ``segments`` [B, N] (packed rows, see :meth:`Context.packed`), each row holds several
-        sequences and a token sees only the earlier tokens of its own sequence."""
-        h, _ = self.transduce(self.embed_items(items), self._context(items, timestamps, query_timestamps, segments))
+        sequences and a token sees only the earlier tokens of its own sequence. ``behaviours``
+        [B, N]: each item's behaviour id (read when ``reads_behaviours``)."""
+        h, _ = self.transduce(self.embed_items(items, behaviours), self._context(items, timestamps, query_timestamps, segments))
         return self._normalize(h)
 
     def encode_layers(
@@ -213,12 +239,13 @@ class SequentialRecommender(nn.Module, Retriever):
         timestamps: torch.Tensor | None = None,
         query_timestamps: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
+        behaviours: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`encode` plus the hidden state leaving each layer (layer-aligned distillation):
         (encode's output [B, N, D], ``num_layers`` tensors [B, N, W], W = :attr:`layer_width`).
         The states are the residual stream after each layer, before any final norm or output map."""
         layers: list[torch.Tensor] = []
-        h, _ = self.transduce(self.embed_items(items), self._context(items, timestamps, query_timestamps, segments), None, layers)
+        h, _ = self.transduce(self.embed_items(items, behaviours), self._context(items, timestamps, query_timestamps, segments), None, layers)
         return self._normalize(h), layers
 
     @property
@@ -254,9 +281,11 @@ class SequentialRecommender(nn.Module, Retriever):
         timestamps: torch.Tensor | None = None,
         query_time: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        behaviours: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """History items [B, N] (right-padded, each row non-empty) -> [B, D] next-item query vector.
-        ``labels`` (feedback per history item) is read only by models over interleaved sequences."""
+        ``labels`` (feedback per history item) is read only by models over interleaved sequences,
+        ``behaviours`` [B, N] only by models with ``behaviour_embedding``."""
         lengths = (items != 0).sum(dim=1)
         if bool((lengths == 0).any()):
             raise ValueError("every history must contain at least one item")
@@ -265,7 +294,8 @@ class SequentialRecommender(nn.Module, Retriever):
             rows = torch.arange(items.size(0), device=items.device)
             last = timestamps[rows, lengths - 1]
             query_ts = next_timestamps(timestamps, lengths, last if query_time is None else query_time)
-        h = self.encode(items, timestamps, query_ts)  # [B N D]
+        extra = {} if behaviours is None else {"behaviours": behaviours}  # (subclasses may override encode without it)
+        h = self.encode(items, timestamps, query_ts, **extra)  # [B N D]
         return h[torch.arange(items.size(0), device=items.device), lengths - 1]
 
     def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:

@@ -140,7 +140,8 @@ class Service:
         return {
             "checkpoint": str(self.checkpoint), "weights_sha256": self.digest, "loaded_at": self.loaded_at,
             "kind": self.kind, "num_items": model.num_items, "max_history": model.max_history,
-            "uses_timestamps": model.uses_timestamps, "reads_feedback": self.rec.reads_feedback, "tasks": self.rec.task_names,
+            "uses_timestamps": model.uses_timestamps, "reads_feedback": self.rec.reads_feedback,
+            "reads_behaviours": self.rec.reads_behaviours, "tasks": self.rec.task_names,
             "index": None if self.index is None else self.index.describe(),
             "metadata": {"source": self.catalog.source, "titles": self.catalog.has_titles},
             "data": exp.get("data"), "model": exp.get("model"), "task": exp.get("task"),

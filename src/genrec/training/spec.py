@@ -33,6 +33,8 @@ class BuildSpec:
     """Ranking tasks defined by the labels (empty for retrieval)."""
     task_kinds: tuple[str, ...] = ()
     """``binary``/``regression`` per ranking task."""
+    num_behaviours: int = 0
+    """Behaviour vocabulary size of multi-behaviour data (0: none; ``data.behaviour``)."""
     features: Callable[[], ItemFeatures] | None = None
     """Reads the item attributes (``data.item_features``) for a model that asks for them, when first
     needed: building a model reads them; evaluating a checkpoint (which carries them) never does."""
@@ -50,6 +52,11 @@ class BuildSpec:
                 raise ConfigError(f"model.item_features={model.item_features!r} needs data.item_features (a file of item "
                                   "attributes, or auto for a dataset that has one)")
             changes.update(num_attribute_tokens=self.item_features.num_tokens, max_item_attributes=self.item_features.max_per_item)
+        if model.behaviour_embedding:
+            if self.num_behaviours < 1:
+                raise ConfigError("model.behaviour_embedding needs behaviours: set data.behaviour (rating or an action column) "
+                                  "and data.behaviour_values")
+            changes["num_behaviours"] = self.num_behaviours
         if "time_bias" in fields and not self.timestamps:
             changes["time_bias"] = False
         if "task_names" in fields and self.task_names:  # models that carry their tasks (DIN)
@@ -66,6 +73,8 @@ class BuildSpec:
             st = self.item_features.stats
             notes.append(f"item features ({model.item_features}): {self.item_features.source}, {st['attribute_tokens']} attribute "
                          f"tokens, {st['items_with_attributes']} of {st['items']} items have any")
+        if model.behaviour_embedding and self.num_behaviours:
+            notes.append(f"behaviour embedding: {self.num_behaviours} behaviours (data.behaviour) added to each history token")
         return notes
 
     def attach(self, model: Model) -> Model:
@@ -95,4 +104,5 @@ def resolve_spec(data: SequenceData, task_names: tuple[str, ...] = (), task_kind
     features = None
     if cfg is not None and cfg.model.item_features != "none" and cfg.data.item_features:
         features = functools.partial(load_item_features, cfg.data, data.item_ids)
-    return BuildSpec(data.num_items, data.timestamps is not None, tuple(task_names), tuple(task_kinds), features)
+    num_behaviours = 0 if data.behaviours is None else data.behaviours.num
+    return BuildSpec(data.num_items, data.timestamps is not None, tuple(task_names), tuple(task_kinds), num_behaviours, features)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from genrec.data.batches import TrainBatches
+from genrec.data.behaviours import with_behaviours
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError
 from genrec.models import Model
@@ -73,6 +74,7 @@ def build_task(cfg, data: SequenceData) -> Task:
     from genrec.training.tasks.retrieval import RetrievalTask
 
     kind = cfg.task.kind
+    data = with_behaviours(data, cfg.data)  # multi-behaviour: targets and reads (no-op without data.behaviour)
     if cfg.distill.teacher:  # a distilled student: evaluated here; trained (with its teacher) by genrec.experiments.distill
         from genrec.training.tasks.distill import DistillTask
 

@@ -180,7 +180,7 @@ class DistillTask(RetrievalTask):
 
     def loss(self, model: DistillationModel, batch: TrainBatch, epoch: int) -> tuple[torch.Tensor, dict]:
         d, t, student = self.cfg.distill, self.cfg.train, model.student
-        h, states = student.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments)  # [B N D], N_s x [B N W]
+        h, states = student.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours)  # [B N D], N_s x [B N W]
         has = batch.targets != 0
         pos = batch.targets[has]  # [T]
         main = LOSSES[t.loss].fn(h[has], pos, student, t)
@@ -223,7 +223,7 @@ class DistillTask(RetrievalTask):
         teacher = self.teacher
         if teacher.item_embedding.weight.device != batch.items.device:
             teacher.to(batch.items.device)
-        _, states = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments)
+        _, states = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours)
         if len(states) != teacher.config.num_layers:
             raise RuntimeError(f"the {teacher.config.name} teacher returned {len(states)} layer states for "
                                f"{teacher.config.num_layers} layers")

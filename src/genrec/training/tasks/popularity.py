@@ -27,7 +27,10 @@ class PopularityTask(RetrievalTask):
         starts, lengths = self.data.offsets[:-1], self.data.lengths
         n_train = np.repeat(train_end(self.data, False, self.cfg.eval.holdout) - starts, lengths)  # per interaction
         position = np.arange(len(self.data.items)) - np.repeat(starts, lengths)  # within its user
-        model.fit_counts(torch.from_numpy(self.data.items[position < n_train]))
+        counted = position < n_train
+        if self.data.behaviours is not None and self.data.behaviours.targets is not None:
+            counted &= self.data.behaviours.targets  # popularity among the behaviours retrieval predicts
+        model.fit_counts(torch.from_numpy(self.data.items[counted]))
         return model
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
@@ -35,4 +38,5 @@ class PopularityTask(RetrievalTask):
                             holdout=self.cfg.eval.holdout)
 
     def describe(self) -> dict:
-        return {"task": "retrieval", "loss": "none: item popularity (interaction counts over the training split), no training"}
+        counted = "target-behaviour interaction" if self.data.behaviours is not None and self.data.behaviours.targets is not None else "interaction"
+        return {"task": "retrieval", "loss": f"none: item popularity ({counted} counts over the training split), no training"}
