@@ -69,6 +69,11 @@ class DataConfig:
     movies.dat file of per-item attributes, or ``auto`` for the registered dataset's own (Beauty,
     Toys: S3-Rec attributes; ML-100K, ML-1M: genres and decade). Read by models with
     ``model.item_features`` set."""
+    domains: list[str] = field(default_factory=list)
+    """Multi-domain (``genrec.data.domains``): several logs trained as one, each a registered dataset
+    (``beauty-p5``) or a log file; users joined by raw id, items kept apart, one row per (user,
+    domain) with the user's other-domain training interactions as context, evaluation per domain
+    over that domain's catalogue. Replaces ``dataset``/``source``. Empty: one log."""
     behaviour: str = ""
     """Multi-behaviour (``genrec.data.behaviours``): which per-interaction value is its behaviour
     type: ``rating`` (rating levels) or the name of an action column (``data.action_columns``, e.g.
@@ -98,6 +103,9 @@ class DataConfig:
         if unknown:
             raise ConfigError(f"data.columns has unknown keys {sorted(unknown)}")
         _check_choice("data.read_behaviours", self.read_behaviours, ("all", "targets"))
+        if self.domains and (self.behaviour or self.source or self.dataset != "custom" or self.item_features):
+            raise ConfigError("data.domains replaces data.dataset / data.source, and does not combine with data.behaviour or "
+                              "data.item_features yet (a domain's behaviours are its own domain vs the others' context)")
         if (self.behaviour_values or self.target_behaviours) and not self.behaviour:
             raise ConfigError("data.behaviour_values / data.target_behaviours need data.behaviour (rating or an action column)")
         if self.behaviour and not self.behaviour_values:
@@ -374,8 +382,8 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:  # checks that span sections
-        if self.data.behaviour and (self.task.kind != "retrieval" or self.eval.holdout != 1):
-            raise ConfigError("data.behaviour (multi-behaviour) is for retrieval (task.kind=retrieval) with eval.holdout=1; "
+        if (self.data.behaviour or self.data.domains) and (self.task.kind != "retrieval" or self.eval.holdout != 1):
+            raise ConfigError("data.behaviour and data.domains are for retrieval (task.kind=retrieval) with eval.holdout=1; "
                               "ranking tasks read feedback through task.labels instead")
         if self.train.item_table == "rowwise" and (self.task.kind != "retrieval" or self.train.refit):
             raise ConfigError("train.item_table=rowwise is for retrieval training (task.kind=retrieval) without train.refit")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from genrec.data.domains import item_ranges
 from genrec.data.prepare import SequenceData
 
 
@@ -90,6 +91,7 @@ class EvalBatch:
     candidates: torch.Tensor | None = None  # [B K] the held-out block (ranking impressions)
     candidate_labels: torch.Tensor | None = None  # [B K A] their feedback
     behaviours: torch.Tensor | None = None  # [B N] behaviour id of each history item (multi-behaviour data)
+    item_range: torch.Tensor | None = None  # [B 2] multi-domain: ids [first, end) of the target's domain, the items ranked
 
     def to(self, device: torch.device | str) -> "EvalBatch":
         return EvalBatch(*(None if t is None else t.to(device) for t in vars(self).values()))
@@ -369,6 +371,7 @@ def eval_batches(
         yield EvalBatch(
             torch.from_numpy(u), torch.from_numpy(items), ts, qt, torch.from_numpy(data.items[t]), torch.from_numpy(exclude), lab,
             torch.from_numpy(_pad_rows(data.items, t, t + holdout, holdout)), cand_lab, beh,
+            None if (ranges := item_ranges(data, data.items[t])) is None else torch.from_numpy(ranges),
         )
 
 

@@ -67,7 +67,13 @@ def behaviour_values(data: SequenceData, column: str) -> np.ndarray:
 def with_behaviours(data: SequenceData, data_cfg) -> SequenceData:
     """``data`` with its :class:`Behaviours` set from ``data_cfg`` (unchanged when
     ``data.behaviour`` is empty, or when they are already set)."""
-    if not data_cfg.behaviour or data.behaviours is not None:
+    if data.behaviours is not None:
+        return data
+    if data_cfg.domains:  # the row's own domain is its target behaviour (genrec.data.domains)
+        from genrec.data.domains import domain_behaviours
+
+        return dataclasses.replace(data, behaviours=domain_behaviours(data))
+    if not data_cfg.behaviour:
         return data
     values = behaviour_values(data, data_cfg.behaviour)
     vocab = np.asarray(data_cfg.behaviour_values, dtype=np.float64)

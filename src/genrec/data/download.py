@@ -48,6 +48,8 @@ class DatasetSpec:
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
 S3REC = "https://raw.githubusercontent.com/aHuiWang/CIKM2020-S3Rec/master/data"
 SNAP = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
+P5 = "https://raw.githubusercontent.com/WangXFng/RDRec/4055c3028d3afbd57a0fffd54076825836b7cad7/data"
+"""P5's Beauty/Toys files as re-published by the RDRec authors (sequential.txt + datamaps.json)."""
 
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
@@ -85,6 +87,20 @@ DATASETS: dict[str, DatasetSpec] = {
             "toys", "sequences", f"{S3REC}/Toys_and_Games.txt", "Toys_and_Games.txt", 922_166,
             {"sha256": "176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f"},
             description="Amazon 2014 5-core Toys and Games, S3-Rec sequences: 19,412 users, 11,924 items, no timestamps",
+        ),
+        DatasetSpec(
+            "beauty-p5", "p5-sequences", f"{P5}/beauty/sequential.txt", "sequential.txt", 1_090_094,
+            {"sha256": "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"},
+            description="Amazon 2014 5-core Beauty in P5 form (the S3-Rec sequences, same file) with datamaps.json beside "
+            "it: users are Amazon reviewer ids, items ASINs, so it joins Toys by user (data.domains)",
+            local_names=("p5/beauty/sequential.txt", "beauty/sequential.txt"),
+        ),
+        DatasetSpec(
+            "toys-p5", "p5-sequences", f"{P5}/toys/sequential.txt", "sequential.txt", 921_692,
+            {"sha256": "fa1cff57550387966440a93219753b97df62269455b3497612cdca3e8db0ceee"},
+            description="Amazon 2014 5-core Toys and Games in P5 form with datamaps.json beside it (a different numbering "
+            "from the S3-Rec toys file; reviewer ids and ASINs): joins Beauty by user (data.domains)",
+            local_names=("p5/toys/sequential.txt", "toys/sequential.txt"),
         ),
         DatasetSpec(
             "instruments", "amazon-reviews-json", f"{SNAP}/reviews_Musical_Instruments_5.json.gz",
@@ -203,7 +219,8 @@ def base_name(path: Path) -> str:
 
 
 def _find_in_folder(folder: Path, member: str, other_names: tuple[str, ...] = ()) -> Path:
-    names = [Path(member).name, *other_names]
+    # names with a folder part first (``p5/toys/sequential.txt``): several datasets share a file name
+    names = [n for n in other_names if "/" in n] + [Path(member).name] + [n for n in other_names if "/" not in n]
     for name in names:
         for candidate in (name.removesuffix(".gz"), name.removesuffix(".gz") + ".gz"):
             hits = sorted(folder.rglob(candidate))

@@ -169,6 +169,31 @@ def read_sequence_file(path: Path) -> pa.Table:
     return pa.table([users, items, pa.nulls(n, pa.int64()), pa.nulls(n, pa.float64())], schema=SCHEMA)
 
 
+def read_p5_sequences(path: Path) -> pa.Table:
+    """P5 sequences (``sequential.txt``: ``user item item ...``, as :func:`read_sequence_file`)
+    with the ``datamaps.json`` beside them (``{"id2user": {id: reviewerID}, "id2item": {id: asin}}``):
+    the raw ids become the Amazon reviewer ids and ASINs, so logs of several domains join by user."""
+    maps_path = next((p for p in (path.parent / "datamaps.json", path.parent / "datamaps.json.gz") if p.exists()), None)
+    if maps_path is None:
+        raise DataFormatError(f"{path}: format p5-sequences needs the datamaps.json (or .gz) of the same P5 folder beside it")
+    with open_text(maps_path) as f:
+        try:
+            maps = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{maps_path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(maps, dict) or not isinstance(maps.get("id2user"), dict) or not isinstance(maps.get("id2item"), dict):
+        raise DataFormatError(f"{maps_path}: expected an object with 'id2user' and 'id2item' maps")
+    table = read_sequence_file(path)
+    mapped = {}
+    for col, key in (("user", "id2user"), ("item", "id2item")):
+        ids = table[col].to_pylist()
+        missing = sorted({i for i in ids if i not in maps[key]}, key=str)
+        if missing:
+            raise DataFormatError(f"{maps_path}: {len(missing)} {col} ids of {path} are not in {key}, e.g. {missing[:5]}")
+        mapped[col] = pa.array([str(maps[key][i]) for i in ids], pa.string())
+    return table.set_column(0, "user", mapped["user"]).set_column(1, "item", mapped["item"])
+
+
 def _records(path: Path, delimiter: str) -> Iterator[tuple[int, str, list[str]]]:
     """(first line number, raw text, fields) of each CSV record, read by Python's csv module with
     strict quoting: the slow, exact reader behind every line number of an error."""
@@ -331,6 +356,7 @@ FORMATS: dict[str, Callable[[Path], pa.Table]] = {
     "amazon-ratings-csv": read_amazon_ratings_csv,
     "amazon-reviews-json": read_amazon_reviews_json,
     "sequences": read_sequence_file,
+    "p5-sequences": read_p5_sequences,
 }
 """Formats with a fixed layout; ``csv`` and ``parquet`` (generic, with ``data.columns``) come on top."""
 

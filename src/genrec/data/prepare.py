@@ -220,7 +220,8 @@ def resolve_spec(data_cfg) -> DatasetSpec | None:
     return DATASETS[data_cfg.dataset]
 
 
-def _key(obj: object) -> str:
+def config_key(obj: object) -> str:
+    """A short stable hash of a JSON-able object (names prepared folders)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -259,13 +260,17 @@ def prepare(data_cfg) -> Path:
     """Make sure the dataset described by a :class:`~genrec.config.DataConfig` is prepared; return
     its folder. A prepared copy is found by key (see the module docstring); the raw file is read
     only when there is none, and is not needed when there is one."""
+    if data_cfg.domains:  # several logs joined into one (genrec.data.domains)
+        from genrec.data.domains import prepare_domains
+
+        return prepare_domains(data_cfg)
     spec = resolve_spec(data_cfg)
     settings = _settings(data_cfg, spec)
     root = cache_root(data_cfg.cache_dir) / "prepared"
-    stem = f"{spec.name if spec else Path(data_cfg.source).stem.split('.')[0]}-{_key(settings)}"
+    stem = f"{spec.name if spec else Path(data_cfg.source).stem.split('.')[0]}-{config_key(settings)}"
     pinned = spec is not None and data_cfg.verify_checksum and bool(spec.member_digests)
-    if pinned and (root / f"{stem}-{_key(spec.member_digests)}" / "stats.json").exists():
-        return root / f"{stem}-{_key(spec.member_digests)}"
+    if pinned and (root / f"{stem}-{config_key(spec.member_digests)}" / "stats.json").exists():
+        return root / f"{stem}-{config_key(spec.member_digests)}"
     path = locate(spec, data_cfg.cache_dir, data_cfg.source) if spec else _custom_file(data_cfg.source)
     if path is None and (cached := _newest(root, stem)):
         print(f"genrec: {data_cfg.source or spec.name} is not on this machine; using its prepared copy {cached}", file=sys.stderr)
@@ -276,7 +281,7 @@ def prepare(data_cfg) -> Path:
         path = fetch(spec, data_cfg.cache_dir, str(path) if path else None, check=data_cfg.verify_checksum)
     st = path.stat()
     content = spec.member_digests if pinned else {"path": str(path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
-    folder = root / f"{stem}-{_key(content)}"
+    folder = root / f"{stem}-{config_key(content)}"
     if (folder / "stats.json").exists():
         return folder
     fmt = settings["fmt"]
@@ -284,6 +289,11 @@ def prepare(data_cfg) -> Path:
     interactions, data = build_sequences(table, settings["min_user"], settings["min_item"], data_cfg.kcore, settings["raw_ids"], origin=str(path))
     data.stats["format"] = fmt
     _report(data.stats)
+    return write_prepared(folder, interactions, data)
+
+
+def write_prepared(folder: Path, interactions: pa.Table, data: SequenceData) -> Path:
+    """Write a prepared dataset folder atomically (a temporary name, renamed into place)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}-"))
     try:

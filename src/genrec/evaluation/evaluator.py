@@ -19,7 +19,8 @@ from collections.abc import Iterable
 import torch
 from tqdm import tqdm
 
-from genrec.data.batches import EvalBatch, eval_batches, split_counts
+from genrec.data.batches import EvalBatch, eval_batches, split_block, split_counts
+from genrec.data.domains import domain_of_items
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.metrics import metrics_from_ranks
 from genrec.models.base import SequentialRecommender, item_mask
@@ -48,6 +49,9 @@ def target_ranks(
         s.masked_fill_(bad, float("-inf"))  # never ahead of a finite target
         before = s >= tgt  # [B C]
         before.masked_fill_(item_mask(s.shape, batch.exclude, start, end), False)
+        if batch.item_range is not None:  # multi-domain: only the target domain's catalogue is ranked
+            ids = torch.arange(start, end, device=s.device)
+            before &= (ids >= batch.item_range[:, :1]) & (ids < batch.item_range[:, 1:])
         inside = (targets >= start) & (targets < end)
         before[rows[inside], targets[inside] - start] = False  # the target is not ahead of itself
         ahead += before.sum(1)
@@ -92,7 +96,10 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
     return {
         "split": split_text,
         **beh,
-        "ranking": f"full catalogue ({data.num_items} items), not sampled",
+        "ranking": (f"full catalogue ({data.num_items} items), not sampled" if not data.stats.get("domains") else
+                    "full catalogue of the target's domain ("
+                    + ", ".join(f"{d['name']}: {d['end_item'] - d['first_item']} items" for d in data.stats["domains"])
+                    + "), not sampled; metrics also per domain (<domain>/<metric>)"),
         "excluded_from_ranking": excluded + "; a target inside that set counts as a miss",
         "ties": "pessimistic (equal scores rank ahead of the target)",
         "nonfinite_scores": "NaN/inf scores rank last (counted in nonfinite_scores / nonfinite_targets)",
@@ -114,11 +121,12 @@ def split_ranks(
     model: SequentialRecommender, data: SequenceData, split: str, eval_cfg, device: torch.device | str = "cpu", labels=None,
     nonfinite: dict | None = None,
 ) -> torch.Tensor:
-    """[users] rank of every evaluated user's ``split`` target (see :func:`target_ranks`).
-    ``labels`` [T, A]: per-interaction feedback, for models that read it (interleaved sequences)."""
+    """[users] rank of every evaluated user's ``split`` target (see :func:`target_ranks`), in the
+    order of :func:`~genrec.data.batches.split_block` (ascending user index), whatever order the
+    batches come in. ``labels`` [T, A]: per-interaction feedback, for models that read it."""
     was_training = model.training
     model.eval()
-    all_ranks = []
+    all_ranks, all_users = [], []
     nonfinite = {} if nonfinite is None else nonfinite
     batches = eval_batches(
         data, split, model.max_history, eval_cfg.batch_size, eval_cfg.exclude_history, eval_cfg.query_time, eval_cfg.holdout, labels
@@ -126,8 +134,27 @@ def split_ranks(
     for batch in progress(batches, data, split, eval_cfg):
         batch = EvalBatch(*(None if t is None else t.to(device) for t in vars(batch).values()))
         all_ranks.append(target_ranks(model, batch, eval_cfg.item_chunk_size, nonfinite).cpu())
+        all_users.append(batch.users.cpu())
     model.train(was_training)
-    return torch.cat(all_ranks)
+    if not all_ranks:
+        return torch.zeros(0, dtype=torch.float64)
+    return torch.cat(all_ranks)[torch.argsort(torch.cat(all_users))]  # batches are sorted by length
+
+
+def per_domain(ranks: torch.Tensor, data: SequenceData, split: str, eval_cfg) -> dict:
+    """Multi-domain data: every metric again per target domain, as ``<domain>/<metric>`` (plus
+    ``<domain>/users``); empty for single-domain data. ``ranks`` in split_block order."""
+    if not data.stats.get("domains"):
+        return {}
+    _, target_pos = split_block(data, split, eval_cfg.holdout)
+    domain = torch.from_numpy(domain_of_items(data, data.items[target_pos]))
+    out = {}
+    for d, info in enumerate(data.stats["domains"]):
+        chosen = domain == d
+        if bool(chosen.any()):
+            out.update({f"{info['name']}/{k}": v for k, v in metrics_from_ranks(ranks[chosen], eval_cfg.ks).items()})
+        out[f"{info['name']}/users"] = int(chosen.sum())
+    return out
 
 
 def evaluate(
@@ -140,5 +167,6 @@ def evaluate(
     metrics["targets_in_excluded_history"] = int(torch.isinf(ranks).sum())
     metrics["nonfinite_scores"] = nonfinite.get("scores", 0)
     metrics["nonfinite_targets"] = nonfinite.get("targets", 0)
+    metrics.update(per_domain(ranks, data, split, eval_cfg))
     warn_nonfinite(nonfinite, split)
     return {"metrics": metrics, "protocol": protocol(data, split, eval_cfg, model.max_history, len(ranks))}

@@ -74,7 +74,8 @@ class BuildSpec:
             notes.append(f"item features ({model.item_features}): {self.item_features.source}, {st['attribute_tokens']} attribute "
                          f"tokens, {st['items_with_attributes']} of {st['items']} items have any")
         if model.behaviour_embedding and self.num_behaviours:
-            notes.append(f"behaviour embedding: {self.num_behaviours} behaviours (data.behaviour) added to each history token")
+            notes.append(f"behaviour embedding: {self.num_behaviours} behaviour ids (data.behaviour, or own/context x domain for "
+                         "data.domains) added to each history token")
         return notes
 
     def attach(self, model: Model) -> Model:

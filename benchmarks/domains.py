@@ -1,0 +1,104 @@
+"""Multi-domain Beauty + Toys: joint vs single-domain models, per domain, on all users, on the
+users who are in both domains, and on those users as if new to the domain (cold).
+
+    GENREC_SOURCE=../shared/data python benchmarks/ablation.py --out /tmp/bench/domains \
+        --rows beauty-toys/hstu beauty-toys/hstu-beauty beauty-toys/hstu-toys --seeds 42 --jobs 2
+    GENREC_SOURCE=../shared/data python benchmarks/domains.py /tmp/bench/domains/beauty-toys-hstu*/seed42
+
+For each run (its ``best`` checkpoint, selected on validation) and each domain it evaluates, the
+test split (leave-one-out, the domain's full catalogue, history excluded):
+
+- ``all``: every user of the domain;
+- ``both``: the users who are in both domains (2,073 in the P5 files); the joint model reads their
+  other-domain training items as context, the single-domain model does not;
+- ``cold``: the same users with their history in the target domain cut to its last 2 items
+  (the joint model keeps the context): the next item for a user new to the domain.
+
+Rows are run folders grouped by their parent folder (one per config), mean ± standard error over
+seeds when there are several. Test metrics are read; nothing here chooses anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from genrec.checkpoint import load_model
+from genrec.config import DataConfig, ExperimentConfig
+from genrec.data.batches import split_block
+from genrec.data.behaviours import with_behaviours
+from genrec.data.domains import cold_rows, domain_of_items, rows_with_context
+from genrec.data.prepare import load_prepared, prepare
+from genrec.evaluation.evaluator import split_ranks
+from genrec.evaluation.metrics import per_user
+
+from ablation import cell  # benchmarks/ablation.py: mean ± standard error over seeds
+
+COLD_KEEP = 2
+
+
+def users_in_both(cfg: ExperimentConfig) -> set[str]:
+    """Row ids (``<domain>:<user>``) of the users who are in both domains of the joint data."""
+    joint = load_prepared(prepare(DataConfig(domains=["beauty-p5", "toys-p5"], cache_dir=cfg.data.cache_dir)))
+    return set(joint.user_ids[rows_with_context(joint)])
+
+
+def by_domain(model, data, cfg, subset: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """{domain: {ndcg@10, hr@10, users}} on the test split of ``data`` (rows ``subset`` only)."""
+    data = with_behaviours(data, cfg.data)
+    ranks = split_ranks(model, data, "test", cfg.eval)  # split_block order
+    users, target_pos = split_block(data, "test", cfg.eval.holdout)
+    domain = domain_of_items(data, data.items[target_pos])
+    keep = np.ones(len(users), dtype=bool) if subset is None else subset[users]
+    values = per_user(ranks, [10])
+    out = {}
+    for d, info in enumerate(data.stats["domains"]):
+        chosen = keep & (domain == d)
+        if chosen.any():
+            out[info["name"]] = {m: values[m].numpy()[chosen].mean() for m in ("ndcg@10", "hr@10")} | {"users": int(chosen.sum())}
+    return out
+
+
+def run_metrics(run: Path, both: set[str] | None) -> dict[str, dict[str, dict]]:
+    model, _, experiment = load_model(run / "best")
+    cfg = ExperimentConfig.from_dict(experiment)
+    data = load_prepared(prepare(cfg.data))
+    both = users_in_both(cfg) if both is None else both
+    in_both = np.isin(data.user_ids.astype(str), list(both))
+    return {
+        "all": by_domain(model, data, cfg),
+        "both": by_domain(model, data, cfg, in_both),
+        "cold": by_domain(model, cold_rows(data, COLD_KEEP, in_both), cfg),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    args = ap.parse_args()
+    results: dict[str, list[dict]] = {}
+    both = None
+    for run in args.runs:
+        if both is None:
+            both = users_in_both(ExperimentConfig.from_dict(load_model(run / "best")[2]))
+        results.setdefault(run.parent.name, []).append(run_metrics(run, both))
+    print(f"test split, leave-one-out, each domain's full catalogue, history excluded; best-validation checkpoint; "
+          f"both = users in both domains; cold = those users with their target-domain history cut to its last {COLD_KEEP} "
+          "items; mean ± standard error over seeds\n")
+    groups = ("all", "both", "cold")
+    print("| run | domain | " + " | ".join(f"{g} NDCG@10 | {g} HR@10" for g in groups) + " | users (all / both) |")
+    print("|---|---|" + "---|---|" * len(groups) + "---|")
+    for name, res in results.items():
+        for domain in res[0]["all"]:
+            cells = []
+            for g in groups:
+                for m in ("ndcg@10", "hr@10"):
+                    cells.append(cell([r[g][domain][m] for r in res]) if domain in res[0][g] else "-")
+            users = f"{res[0]['all'][domain]['users']} / {res[0]['both'].get(domain, {}).get('users', 0)}"
+            print(f"| {name} | {domain} | " + " | ".join(cells) + f" | {users} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Multi-domain data: the join, training-only context, per-domain ranking ranges, cold rows."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genrec.config import DataConfig, ExperimentConfig
+from genrec.data.batches import TrainBatches, eval_batches, split_block
+from genrec.data.behaviours import with_behaviours
+from genrec.data.domains import cold_rows, merge_domains, rows_with_context
+from genrec.data.loaders import read_p5_sequences
+from genrec.data.prepare import SequenceData, load_prepared, prepare
+from genrec.errors import ConfigError, DataFormatError
+
+
+def _domain(users: list[str], rows: list[list[int]], ts: list[list[int]] | None = None) -> SequenceData:
+    items = np.concatenate([np.asarray(r) for r in rows])
+    lengths = [len(r) for r in rows]
+    num_items = int(items.max())
+    return SequenceData(np.concatenate([[0], np.cumsum(lengths)]), items,
+                        None if ts is None else np.concatenate([np.asarray(t) for t in ts]),
+                        np.asarray([f"x{i}" for i in range(1, num_items + 1)], dtype=object), np.asarray(users, dtype=object), {})
+
+
+def _two():
+    a = _domain(["ann", "bob"], [[1, 2, 3, 4, 5], [2, 3, 4]])  # 5 items
+    b = _domain(["cat", "ann"], [[1, 2, 3], [3, 1, 2, 4]])  # 4 items
+    return merge_domains([("a", a), ("b", b)])
+
+
+def test_join_keeps_items_apart_and_reads_only_other_domains_training_items():
+    m = _two()
+    assert m.num_items == 9 and m.item_ids[5] == "b:x1"  # b's items follow a's
+    assert list(m.user_ids) == ["a:ann", "a:bob", "b:cat", "b:ann"]
+    rows = [m.items[m.offsets[u] : m.offsets[u + 1]].tolist() for u in range(m.num_users)]
+    codes = [m.actions[m.offsets[u] : m.offsets[u + 1], 0].astype(int).tolist() for u in range(m.num_users)]
+    # ann in a: her b items 3 1 (training; 2 4 are b's validation and test) come first as context (code 2 + 1)
+    assert rows[0] == [8, 6, 1, 2, 3, 4, 5] and codes[0] == [3, 3, 0, 0, 0, 0, 0]
+    # ann in b: her a training items 1 2 3 (4, 5 held out in a) as context (code 2 + 0)
+    assert rows[3] == [1, 2, 3, 8, 6, 7, 9] and codes[3] == [2, 2, 2, 1, 1, 1, 1]
+    assert rows[1] == [2, 3, 4] and rows[2] == [6, 7, 8]
+    assert rows_with_context(m).tolist() == [True, False, False, True]
+    assert m.stats["domains"][1] == {"name": "b", "first_item": 6, "end_item": 10, "users": 2, "interactions": 7,
+                                     "users_in_other_domains": 1, "source": None}
+
+
+def test_splits_targets_and_ranking_ranges_follow_the_rows_domain():
+    d = with_behaviours(_two(), DataConfig(domains=["a", "b"]))
+    users, test = split_block(d, "test")
+    _, valid = split_block(d, "valid")
+    assert d.items[test].tolist() == [5, 4, 8, 9] and d.items[valid].tolist() == [4, 3, 7, 7]
+    tb = TrainBatches(d, max_seq_len=10, batch_size=10)
+    (batch,) = list(tb.epoch(0, 0))
+    got = sorted((r[r != 0].tolist(), t[r != 0].tolist()) for r, t in zip(batch.items.numpy(), batch.targets.numpy()))
+    # context positions have no target; a's ann trains on 1 2 3 after her context
+    assert ([8, 6, 1, 2], [0, 1, 2, 3]) in got and ([1, 2, 3, 8], [0, 0, 8, 6]) in got
+    (ev,) = list(eval_batches(d, "test", max_seq_len=10, batch_size=10))
+    ranges = {int(t): r for t, r in zip(ev.targets, ev.item_range.tolist())}
+    assert ranges[5] == [1, 6] and ranges[9] == [6, 10]
+
+
+def test_target_ranks_only_count_the_targets_domain():
+    from genrec.evaluation.evaluator import per_domain, target_ranks
+    from genrec.models.base import ModelConfig, SequentialRecommender
+
+    class Fixed(SequentialRecommender):  # every item scores its id: higher ids rank first
+        def user_vectors(self, items, timestamps=None, query_time=None, labels=None, behaviours=None):
+            return torch.ones(items.size(0), 1)
+
+        def score_items(self, user, start=1, end=None):
+            return torch.arange(start, end, dtype=torch.float32).expand(user.size(0), -1).clone()
+
+        def score_candidates(self, user, candidates):
+            return candidates.float()
+
+    d = with_behaviours(_two(), DataConfig(domains=["a", "b"]))
+    model = Fixed(ModelConfig(name="fixed", num_items=9))
+    (ev,) = list(eval_batches(d, "test", max_seq_len=10, batch_size=10, exclude_history="none"))
+    ranks = dict(zip(ev.targets.tolist(), target_ranks(model, ev).tolist()))
+    assert ranks == {5: 0.0, 4: 1.0, 8: 1.0, 9: 0.0}  # b's items (6..9) never outrank an a target
+    cfg = ExperimentConfig().eval
+    out = per_domain(torch.tensor([0.0, 1.0, 1.0, 0.0]), d, "test", cfg)
+    assert out["a/users"] == 2 and out["b/hr@1"] == 0.5
+
+
+def test_cold_rows_keep_context_and_the_last_items():
+    d = _two()
+    cold = cold_rows(d, keep=2)
+    rows = [cold.items[cold.offsets[u] : cold.offsets[u + 1]].tolist() for u in range(cold.num_users)]
+    assert list(cold.user_ids) == ["a:ann", "b:ann"] and rows == [[8, 6, 3, 4, 5], [1, 2, 3, 6, 7, 9]]
+    d = with_behaviours(cold, DataConfig(domains=["a", "b"]))
+    (ev,) = list(eval_batches(d, "test", max_seq_len=10, batch_size=10))
+    assert sorted(ev.targets.tolist()) == [5, 9]
+    only_bob = cold_rows(_two(), keep=2, rows=np.array([False, True, False, False]))
+    assert list(only_bob.user_ids) == ["a:bob"]
+
+
+def test_timestamped_domains_are_merged_by_time():
+    a = _domain(["ann"], [[1, 2, 3, 4]], [[10, 30, 50, 70]])
+    b = _domain(["ann"], [[1, 2, 3]], [[20, 40, 60]])
+    m = merge_domains([("a", a), ("b", b)])
+    # ann in a reads b's one training item (b's item 1 = id 5, at time 20) where it happened
+    assert m.items[: m.offsets[1]].tolist() == [1, 5, 2, 3, 4] and m.timestamps[: m.offsets[1]].tolist() == [10, 20, 30, 50, 70]
+    assert m.stats["context_order"] == "by time"
+
+
+def test_config_and_p5_loader_errors(tmp_path):
+    with pytest.raises(ConfigError, match="replaces data.dataset"):
+        DataConfig(domains=["a"], dataset="beauty")
+    with pytest.raises(ConfigError, match="for retrieval"):
+        ExperimentConfig.from_dict({"data": {"domains": ["a", "b"]}, "task": {"kind": "ranking"}})
+    with pytest.raises(ConfigError, match="twice"):
+        merge_domains([("a", _domain(["u"], [[1, 2, 3]])), ("a", _domain(["u"], [[1, 2, 3]]))])
+    seq = tmp_path / "sequential.txt"
+    seq.write_text("1 1 2 3\n2 2 3\n")
+    with pytest.raises(DataFormatError, match="needs the datamaps.json"):
+        read_p5_sequences(seq)
+    (tmp_path / "datamaps.json").write_text(json.dumps({"id2user": {"1": "ANN", "2": "BOB"}, "id2item": {"1": "B1", "2": "B2"}}))
+    with pytest.raises(DataFormatError, match=r"datamaps.json: 1 item ids .* \['3'\]"):
+        read_p5_sequences(seq)
+    (tmp_path / "datamaps.json").write_text(json.dumps({"id2user": {"1": "ANN", "2": "BOB"}, "id2item": {"1": "B1", "2": "B2", "3": "B3"}}))
+    table = read_p5_sequences(seq)
+    assert table["user"].to_pylist() == ["ANN"] * 3 + ["BOB"] * 2 and table["item"].to_pylist()[:3] == ["B1", "B2", "B3"]
+
+
+def test_prepare_joins_logs_by_user(tmp_path):
+    a, b = tmp_path / "beauty.csv", tmp_path / "toys.csv"
+    a.write_text("user_id,item_id\n" + "".join(f"u{u},a{u + i}\n" for u in range(4) for i in range(5)))
+    b.write_text("user_id,item_id\n" + "".join(f"u{u},b{u + i}\n" for u in range(2, 6) for i in range(4)))
+    cfg = DataConfig(domains=[str(a), str(b)], cache_dir=str(tmp_path / "c"))
+    folder = prepare(cfg)
+    assert folder.name.startswith("domains-beauty+toys-") and prepare(cfg) == folder
+    d = load_prepared(folder)
+    assert d.num_users == 8 and [x["users_in_other_domains"] for x in d.stats["domains"]] == [2, 2]
+    assert d.item_ids[0] == "beauty:a0" and d.action_names == ("domain",)
+
+
+def test_joint_training_reports_each_domain(tmp_path):
+    from genrec.experiments.run import train
+
+    rng = np.random.default_rng(0)
+    a, b = tmp_path / "beauty.csv", tmp_path / "toys.csv"
+    # walks i -> i+1 in each domain; users u0..u29 in beauty, u20..u49 in toys (10 in both)
+    a.write_text("user_id,item_id\n" + "".join(f"u{u},a{(s + i) % 15}\n" for u in range(30) for s in [int(rng.integers(15))] for i in range(6)))
+    b.write_text("user_id,item_id\n" + "".join(f"u{u},b{(s + i) % 12}\n" for u in range(20, 50) for s in [int(rng.integers(12))] for i in range(6)))
+    cfg = ExperimentConfig.from_dict({
+        "data": {"domains": [str(a), str(b)], "cache_dir": str(tmp_path / "c")},
+        "model": {"name": "sasrec", "max_seq_len": 8, "embedding_dim": 16, "num_layers": 1, "behaviour_embedding": True},
+        "train": {"epochs": 2, "batch_size": 16, "num_negatives": 8, "lr": 0.01},
+    })
+    result = train(cfg, tmp_path / "run")
+    test = result["test"]
+    assert test["beauty/users"] == 30 and test["toys/users"] == 30
+    assert test["ndcg@10"] == pytest.approx((test["beauty/ndcg@10"] + test["toys/ndcg@10"]) / 2)
+    assert "target's domain (beauty: 15 items, toys: 12 items)" in result["protocol"]["ranking"]
