@@ -9,7 +9,8 @@ NDCG@10 and HR@10 over all test users and over the "rare-target" users: those wh
 occurs at most ``--rare`` times among the training interactions (the items before each user's
 validation and test items; the counts are the same for every model of one dataset). Runs that
 share a parent folder (the seeds of one row of ``benchmarks/ablation.py``) are summarised as the
-mean over seeds ± the standard error of that mean. Test data is only read, never used to choose.
+mean over seeds ± the standard error of that mean; a single run shows its test set's own standard
+error (per-user std / sqrt(users)). Test data is only read, never used to choose.
 """
 
 from __future__ import annotations
@@ -50,9 +51,18 @@ def run_metrics(run: Path, rare: int) -> dict:
     values = per_user(ranks, [10])
     out = {"users": len(ranks), "rare_users": int(is_rare.sum())}
     for name in ("ndcg@10", "hr@10"):
-        out[f"all {name}"] = values[name].mean().item()
-        out[f"rare {name}"] = values[name][is_rare].mean().item() if bool(is_rare.any()) else math.nan
+        for group, chosen in (("all", torch.ones_like(is_rare)), ("rare", is_rare)):
+            v = values[name][chosen]
+            out[f"{group} {name}"] = v.mean().item() if len(v) else math.nan
+            out[f"{group} {name} se"] = (v.std() / math.sqrt(len(v))).item() if len(v) > 1 else math.nan
     return out
+
+
+def with_test_se(res: list[dict], col: str) -> str:
+    """A cell over seeds; with one seed, the value and the test set's own standard error."""
+    if len(res) == 1:
+        return f"{res[0][col]:.4f} (SE {res[0][col + ' se']:.4f})"
+    return cell([r[col] for r in res])
 
 
 def main() -> None:
@@ -64,11 +74,12 @@ def main() -> None:
     for run in args.runs:
         rows.setdefault(run.parent.name, []).append(run_metrics(run, args.rare))
     cols = ("all ndcg@10", "all hr@10", "rare ndcg@10", "rare hr@10")
-    print(f"test split; rare = test item with <= {args.rare} training interactions; mean ± standard error over seeds\n")
+    print(f"test split; rare = test item with <= {args.rare} training interactions; mean ± standard error over seeds "
+          "(one seed: the test set's standard error)\n")
     print("| row | seeds | users (rare) | " + " | ".join(cols) + " |\n|---|---|---|" + "---|" * len(cols))
     for name, res in rows.items():
         print(f"| {name} | {len(res)} | {res[0]['users']} ({res[0]['rare_users']}) | "
-              + " | ".join(cell([r[c] for r in res]) for c in cols) + " |")
+              + " | ".join(with_test_se(res, c) for c in cols) + " |")
 
 
 if __name__ == "__main__":
