@@ -69,6 +69,11 @@ class DataConfig:
     movies.dat file of per-item attributes, or ``auto`` for the registered dataset's own (Beauty,
     Toys: S3-Rec attributes; ML-100K, ML-1M: genres and decade). Read by models with
     ``model.item_features`` set."""
+    cold_items: float = 0.0
+    """Cold-item check: this fraction of the catalogue (a fixed random draw, the same for every run
+    of one dataset) never occurs in training, neither as input nor as target; the items stay in
+    the catalogue and in every history and target of evaluation, so ``benchmarks/subgroups.py``
+    can measure whether they are retrieved (through their attributes, ``model.item_features``)."""
     domains: list[str] = field(default_factory=list)
     """Multi-domain (``genrec.data.domains``): several logs trained as one, each a registered dataset
     (``beauty-p5``) or a log file; users joined by raw id, items kept apart, one row per (user,
@@ -103,6 +108,8 @@ class DataConfig:
         if unknown:
             raise ConfigError(f"data.columns has unknown keys {sorted(unknown)}")
         _check_choice("data.read_behaviours", self.read_behaviours, ("all", "targets"))
+        if not 0.0 <= self.cold_items < 1.0:
+            raise ConfigError(f"data.cold_items={self.cold_items} must be in [0, 1)")
         if self.domains and (self.behaviour or self.source or self.dataset != "custom" or self.item_features):
             raise ConfigError("data.domains replaces data.dataset / data.source, and does not combine with data.behaviour or "
                               "data.item_features yet (a domain's behaviours are its own domain vs the others' context)")
@@ -382,6 +389,8 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:  # checks that span sections
+        if self.data.cold_items and self.task.kind != "retrieval":
+            raise ConfigError("data.cold_items (the cold-item check) is for retrieval (task.kind=retrieval)")
         if (self.data.behaviour or self.data.domains) and (self.task.kind != "retrieval" or self.eval.holdout != 1):
             raise ConfigError("data.behaviour and data.domains are for retrieval (task.kind=retrieval) with eval.holdout=1; "
                               "ranking tasks read feedback through task.labels instead")

@@ -108,3 +108,17 @@ def test_data_fraction_out_of_range_is_a_clear_error():
     for bad in (0.0, 1.5):
         with pytest.raises(ConfigError, match="train.data_fraction"):
             ExperimentConfig.from_dict({"train": {"data_fraction": bad}})
+
+
+def test_cold_items_never_occur_in_training_but_stay_in_evaluation():
+    from genrec.data.batches import cold_item_ids
+
+    ids = cold_item_ids(100, 0.1)
+    assert len(ids) == 10 and ids.tolist() == cold_item_ids(100, 0.1).tolist() and 1 <= ids.min() and ids.max() <= 100
+    d = _data()  # user 0 trains on 1..4, user 1 on 7 8
+    tb = TrainBatches(d, max_seq_len=3, batch_size=10, skip_items=np.array([2, 8]))
+    batch = next(tb.epoch(seed=0, epoch=0))
+    rows = {tuple(r[r != 0].tolist()): tuple(t[t != 0].tolist()) for r, t in zip(batch.items.numpy(), batch.targets.numpy())}
+    assert rows == {(1, 3): (3, 4)}  # 2 and 8 are gone as inputs and targets; user 1 has one item left
+    (t,) = list(eval_batches(d, "test", max_seq_len=3, batch_size=10))
+    assert 2 in t.items.tolist()[0] and t.exclude.tolist()[1] == [1, 2, 3, 4, 5]  # evaluation still sees them

@@ -168,3 +168,10 @@ def test_auto_precision_is_decided_once_and_written_into_the_protocol(tmp_path, 
     fp32 = train(_cfg(synthetic_csv, tmp_path / "c", epochs=2, device="cpu", precision="fp32"), tmp_path / "fp32")
     assert fp32["protocol"]["precision"] == "fp32"
     assert auto["test"] == fp32["test"] and auto["valid"] == fp32["valid"]  # auto -> fp32 is exactly fp32
+
+
+def test_cold_items_are_stated_in_the_protocol(tmp_path, synthetic_csv):
+    raw = _cfg(synthetic_csv, tmp_path / "c", epochs=1).to_dict()
+    raw["data"]["cold_items"] = 0.25
+    result = train(ExperimentConfig.from_dict(raw), tmp_path / "run")
+    assert result["protocol"]["cold_items"].startswith("10 of 40 items (25%, a fixed draw) never occur in training")

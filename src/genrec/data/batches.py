@@ -160,15 +160,26 @@ class Reads:
     at: np.ndarray  # [T+1]
 
 
-def reads(data: SequenceData) -> Reads:
-    """What the model reads of ``data`` (all of it, unless behaviours say otherwise)."""
+def cold_item_ids(num_items: int, fraction: float) -> np.ndarray:
+    """The ``data.cold_items`` draw: ``round(fraction x num_items)`` item ids out of 1..num_items,
+    sorted; a fixed seed, so every run on one catalogue holds out the same items."""
+    count = round(fraction * num_items)
+    return np.sort(np.random.default_rng(0).choice(np.arange(1, num_items + 1), size=count, replace=False))
+
+
+def reads(data: SequenceData, skip_items: np.ndarray | None = None) -> Reads:
+    """What the model reads of ``data`` (all of it, unless behaviours say otherwise), without the
+    interactions with ``skip_items`` (the cold-item check's held-out items, training only)."""
     beh = data.behaviours
     T = len(data.items)
     tgt = data.items if beh is None or beh.targets is None else np.where(beh.targets, data.items, 0)
     ids = None if beh is None else beh.ids
-    if beh is None or beh.reads is None:
+    keep = None if beh is None else beh.reads
+    if skip_items is not None and len(skip_items):
+        kept = ~np.isin(data.items, skip_items)
+        keep = kept if keep is None else keep & kept
+    if keep is None:
         return Reads(data.offsets, data.items, tgt, data.timestamps, ids, np.arange(T + 1))
-    keep = beh.reads
     at = np.concatenate([[0], np.cumsum(keep)])
     pick = lambda a: None if a is None else a[keep]  # noqa: E731
     return Reads(at[data.offsets], data.items[keep], tgt[keep], pick(data.timestamps), pick(ids), at)
@@ -224,13 +235,15 @@ class TrainBatches:
     def __init__(
         self, data: SequenceData, max_seq_len: int, batch_size: int, bucket_by_length: bool = False,
         include_valid: bool = False, holdout: int = 1, pack: bool = False, fraction: float = 1.0, seed: int = 0,
-        labels: np.ndarray | None = None,
+        labels: np.ndarray | None = None, skip_items: np.ndarray | None = None,
     ):
         if labels is not None and (pack or bucket_by_length or fraction < 1.0):
             raise ValueError("feedback windows support neither packing, length bucketing nor a data fraction")
         if labels is not None and data.behaviours is not None:
             raise ValueError("feedback windows do not read multi-behaviour data (data.behaviour is for retrieval)")
-        self.reads = r = reads(data)
+        if labels is not None and skip_items is not None:
+            raise ValueError("feedback windows cannot skip items")
+        self.reads = r = reads(data, skip_items)
         ends = r.at[train_end(data, include_valid, holdout)]  # in read positions
         # retrieval: inputs + one more item for the last target; feedback: the interactions themselves
         window, shortest = (max_seq_len + 1, 2) if labels is None else (max_seq_len, 1)

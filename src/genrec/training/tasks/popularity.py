@@ -30,6 +30,8 @@ class PopularityTask(RetrievalTask):
         counted = position < n_train
         if self.data.behaviours is not None and self.data.behaviours.targets is not None:
             counted &= self.data.behaviours.targets  # popularity among the behaviours retrieval predicts
+        if self.cold_items is not None:
+            counted &= ~np.isin(self.data.items, self.cold_items)  # never seen in training
         model.fit_counts(torch.from_numpy(self.data.items[counted]))
         return model
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from genrec.data.batches import TrainBatch, TrainBatches
+from genrec.data.batches import TrainBatch, TrainBatches, cold_item_ids
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.evaluator import evaluate
 from genrec.models import BACKBONES, Retriever, build_model
@@ -31,8 +32,13 @@ class RetrievalTask(SpecDerived):
         t = self.cfg.train
         return TrainBatches(
             self.data, self.cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout, t.pack,
-            t.data_fraction, t.seed,
+            t.data_fraction, t.seed, skip_items=self.cold_items,
         )
+
+    @property
+    def cold_items(self) -> np.ndarray | None:
+        """Item ids held out of training entirely (``data.cold_items``), or None."""
+        return cold_item_ids(self.data.num_items, self.cfg.data.cold_items) if self.cfg.data.cold_items else None
 
     def loss(self, model: Retriever, batch: TrainBatch, epoch: int) -> tuple[torch.Tensor, dict]:
         return retrieval_loss(model, batch, self.cfg.train), {}
@@ -41,4 +47,8 @@ class RetrievalTask(SpecDerived):
         return evaluate(model, self.data, split, self.cfg.eval, device)
 
     def describe(self) -> dict:
-        return {"task": self.kind, "loss": LOSSES[self.cfg.train.loss].describe(self.cfg.train)}
+        out = {"task": self.kind, "loss": LOSSES[self.cfg.train.loss].describe(self.cfg.train)}
+        if self.cold_items is not None:
+            out["cold_items"] = (f"{len(self.cold_items)} of {self.data.num_items} items ({self.cfg.data.cold_items:.0%}, a fixed draw) "
+                                 "never occur in training, neither as input nor as target; they stay in the catalogue and in evaluation")
+        return out
