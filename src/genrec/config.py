@@ -71,8 +71,9 @@ class DataConfig:
     ``model.item_features`` set."""
     cold_items: float = 0.0
     """Cold-item check: this fraction of the catalogue (a fixed random draw, the same for every run
-    of one dataset) never occurs in training, neither as input nor as target; the items stay in
-    the catalogue and in every history and target of evaluation, so ``benchmarks/subgroups.py``
+    of one dataset) never occurs in training, neither as input nor as target (like every item, it
+    may still be drawn as a sampled negative); the items stay in the catalogue and in every
+    history and target of evaluation, so ``benchmarks/subgroups.py``
     can measure whether they are retrieved (through their attributes, ``model.item_features``)."""
     domains: list[str] = field(default_factory=list)
     """Multi-domain (``genrec.data.domains``): several logs trained as one, each a registered dataset
@@ -113,6 +114,8 @@ class DataConfig:
         if self.domains and (self.behaviour or self.source or self.dataset != "custom" or self.item_features):
             raise ConfigError("data.domains replaces data.dataset / data.source, and does not combine with data.behaviour or "
                               "data.item_features yet (a domain's behaviours are its own domain vs the others' context)")
+        if self.domains:
+            self._check_domains()
         if (self.behaviour_values or self.target_behaviours) and not self.behaviour:
             raise ConfigError("data.behaviour_values / data.target_behaviours need data.behaviour (rating or an action column)")
         if self.behaviour and not self.behaviour_values:
@@ -127,6 +130,22 @@ class DataConfig:
         self.delimiter = {"\\t": "\t", "tab": "\t"}.get(self.delimiter.lower(), self.delimiter)
         if len(self.delimiter) != 1:
             raise ConfigError(f"data.delimiter={self.delimiter!r} must be one character (a tab: data.delimiter='\\t' or tab)")
+
+
+    def _check_domains(self) -> None:
+        """Each domain is prepared with its own dataset's settings (genrec.data.domains.domain_config):
+        settings that would shape one log are refused rather than silently ignored."""
+        from genrec.data.domains import domain_name
+
+        names = [domain_name(d) for d in self.domains]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"data.domains names a domain twice: {names}")
+        shaping = {"format": None, "columns": {}, "action_columns": [], "delimiter": ",", "has_header": True, "min_user_count": None,
+                   "min_item_count": None, "kcore": False, "raw_integer_ids": False}
+        changed = sorted(k for k, default in shaping.items() if getattr(self, k) != default)
+        if changed:
+            raise ConfigError(f"data.domains: {changed} would apply to every domain and are not supported there; each domain "
+                              "keeps its registered protocol (a log file's columns are recognised from its header)")
 
 
 @dataclass
@@ -224,8 +243,10 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 10, 50, 200])
     """Cut-offs for HR@K and NDCG@K."""
     exclude_history: str = "full"
-    """Items not ranked: ``full`` (every earlier item of the user), ``input`` (the truncated model
-    input only, as the HSTU reference code) or ``none``. A target inside the excluded set counts as a miss."""
+    """Items not ranked: ``full`` (every earlier item of the user), ``targets`` (with
+    ``data.target_behaviours``: the earlier interactions with a target behaviour only, for logs where
+    an item is clicked before it is bought), ``input`` (the truncated model input only, as the HSTU
+    reference code) or ``none``. A target inside the excluded set counts as a miss."""
     query_time: str = "target"
     """Timestamp used as the last position's "next" time for the time bias: ``target`` (the held-out
     item's own timestamp = the request time, as the HSTU reference) or ``last`` (the last history item's)."""
@@ -242,7 +263,7 @@ class EvalConfig:
     are ~10 bytes x batch_size x item_chunk_size; smaller chunks keep the heap from growing)."""
 
     def __post_init__(self) -> None:
-        _check_choice("eval.exclude_history", self.exclude_history, ("full", "input", "none"))
+        _check_choice("eval.exclude_history", self.exclude_history, ("full", "targets", "input", "none"))
         _check_choice("eval.query_time", self.query_time, ("target", "last"))
         if self.holdout < 1:
             raise ConfigError(f"eval.holdout={self.holdout} must be >= 1")
@@ -389,6 +410,10 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def __post_init__(self) -> None:  # checks that span sections
+        if self.eval.exclude_history == "targets" and not (self.data.target_behaviours or self.data.domains):
+            raise ConfigError("eval.exclude_history=targets needs target behaviours (data.target_behaviours or data.domains)")
+        if self.model.behaviour_embedding and not (self.data.behaviour or self.data.domains):
+            raise ConfigError("model.behaviour_embedding needs behaviours: data.behaviour (with data.behaviour_values) or data.domains")
         if self.data.cold_items and self.task.kind != "retrieval":
             raise ConfigError("data.cold_items (the cold-item check) is for retrieval (task.kind=retrieval)")
         if (self.data.behaviour or self.data.domains) and (self.task.kind != "retrieval" or self.eval.holdout != 1):

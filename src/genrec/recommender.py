@@ -68,6 +68,9 @@ class Recommender:
             raise TypeError(f"Recommender needs a genrec model (Retriever and/or Ranker), got {type(model).__name__}")
         if len(item_ids) != model.num_items:
             raise GenrecError(f"{len(item_ids)} item ids for a model over {model.num_items} items")
+        if ((experiment or {}).get("data") or {}).get("domains"):
+            raise GenrecError("this checkpoint was trained on several domains (data.domains); serving one is not supported yet "
+                              "(a request would have to name its domain and its context): evaluate it with genrec eval")
         self.model = model.eval()
         self.item_ids: tuple[str, ...] = tuple(str(i) for i in item_ids)
         self.index = MappingProxyType({raw: i + 1 for i, raw in enumerate(self.item_ids)})
@@ -176,8 +179,28 @@ class Recommender:
             ids.append(vocab.index(value) + 1)
         return torch.tensor([[ids[p] for p in kept]], device=self.device)
 
+    def _read(self, feedback: Sequence | None, history_len: int, kept: list[int]) -> list[int]:
+        """Which of the ``kept`` history positions the model reads: all of them, or, for a model
+        trained on target behaviours only (``data.read_behaviours: targets``) and given
+        ``feedback``, those whose value is a target behaviour (without feedback, the history is read
+        as sent: send that model the positives)."""
+        data = self.experiment.get("data") or {}
+        if data.get("read_behaviours") != "targets" or feedback is None:
+            return kept
+        if len(feedback) != history_len:
+            raise ValueError(f"feedback needs {history_len} entries (one behaviour value per history item)")
+        targets = [float(v) for v in data.get("target_behaviours") or []]
+        read = [p for p in kept if isinstance(feedback[p], (int, float)) and float(feedback[p]) in targets]
+        if not read:
+            raise ValueError(f"none of the history items has a target behaviour ({data.get('behaviour')} in {targets}); "
+                             "this model reads only those")
+        return read
+
     def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback) -> Query:
-        idx, kept = self._encode_ids(history, ignore_unknown)
+        known, kept = self._encode_ids(history, ignore_unknown)
+        idx_at = dict(zip(kept, known))  # history position -> item idx
+        kept = self._read(feedback, len(history), kept)  # what the model reads; known stays whole (exclusions)
+        idx = [idx_at[p] for p in kept]
         L = self.model.max_history
         labels = self._labels(feedback, len(history), kept)
         labels = None if labels is None else labels[:, -L:]
@@ -190,7 +213,7 @@ class Recommender:
             ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=self.device)
         items = torch.tensor([idx[-L:]], device=self.device)
         qt = None if query_time is None else torch.tensor([int(query_time)], device=self.device)
-        return Query(items, ts, qt, labels, idx, behaviours)
+        return Query(items, ts, qt, labels, known, behaviours)
 
     def _candidates(self, candidates: Sequence) -> torch.Tensor:
         """Raw candidate ids -> [1, C] item idx; unknown candidates always raise."""

@@ -46,7 +46,7 @@ def test_config_checks():
         DataConfig(behaviour="rating", behaviour_values=[1, 2], target_behaviours=[3])
     with pytest.raises(ConfigError, match="read_behaviours=targets needs"):
         _cfg(read_behaviours="targets")
-    with pytest.raises(ConfigError, match="is for retrieval"):
+    with pytest.raises(ConfigError, match="are for retrieval"):
         ExperimentConfig.from_dict({"data": {"behaviour": "rating", "behaviour_values": [1, 2]}, "task": {"kind": "ranking"}})
 
 
@@ -97,3 +97,21 @@ def test_without_behaviours_nothing_changes():
     assert train_end(d).tolist() == [4, 7, 11]
     (t,) = list(eval_batches(d, "test", max_seq_len=10, batch_size=10))
     assert t.behaviours is None and t.users.tolist() == [1, 2, 0] and t.targets.tolist() == [9, 8, 6]
+
+
+def test_exclude_targets_keeps_items_seen_with_another_behaviour():
+    # a click (rating 1 here) on item 4 before it is "bought" (rated 5): with every earlier
+    # interaction excluded the target could never rank; eval.exclude_history=targets keeps it
+    items = np.array([1, 4, 2, 4, 3])
+    ratings = np.array([5, 1, 5, 5, 4], dtype=np.float64)
+    d = SequenceData(np.array([0, 5]), items, None, np.array([str(i) for i in range(1, 5)], dtype=object),
+                     np.array(["a"], dtype=object), {}, ratings)
+    d = with_behaviours(d, _cfg(target_behaviours=[4, 5]))
+    (full,) = list(eval_batches(d, "valid", max_seq_len=10, batch_size=10))
+    (tgt,) = list(eval_batches(d, "valid", max_seq_len=10, batch_size=10, exclude_history="targets"))
+    assert full.targets.tolist() == [4] and full.exclude.tolist() == [[1, 4, 2]]
+    assert sorted(x for x in tgt.exclude.tolist()[0] if x) == [1, 2]
+    with pytest.raises(ConfigError, match="exclude_history=targets needs target behaviours"):
+        ExperimentConfig.from_dict({"eval": {"exclude_history": "targets"}})
+    with pytest.raises(ConfigError, match="behaviour_embedding needs behaviours"):
+        ExperimentConfig.from_dict({"model": {"name": "sasrec", "behaviour_embedding": True}})

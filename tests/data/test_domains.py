@@ -155,3 +155,33 @@ def test_joint_training_reports_each_domain(tmp_path):
     assert test["beauty/users"] == 30 and test["toys/users"] == 30
     assert test["ndcg@10"] == pytest.approx((test["beauty/ndcg@10"] + test["toys/ndcg@10"]) / 2)
     assert "target's domain (beauty: 15 items, toys: 12 items)" in result["protocol"]["ranking"]
+    from genrec import Recommender
+    from genrec.errors import GenrecError
+
+    with pytest.raises(GenrecError, match="several domains"):
+        Recommender.load(tmp_path / "run" / "best")
+
+
+def test_companion_files_are_found_beside_the_data_file_and_checked(tmp_path):
+    import hashlib
+
+    from genrec.data.download import DatasetSpec, fetch
+    from genrec.errors import ChecksumError
+
+    (tmp_path / "p5" / "toys").mkdir(parents=True)
+    (tmp_path / "p5" / "beauty").mkdir(parents=True)
+    for name in ("toys", "beauty"):
+        (tmp_path / "p5" / name / "sequential.txt").write_text(f"1 1 2 3 {name}\n")
+    maps = b'{"id2user": {}, "id2item": {}}'
+    spec = DatasetSpec("toys-x", "p5-sequences", None, "sequential.txt", local_names=("p5/toys/sequential.txt",),
+                       companions={"datamaps.json": hashlib.sha256(maps).hexdigest()})
+    with pytest.raises(DataFormatError, match="needs datamaps.json beside it"):
+        fetch(spec, str(tmp_path / "c"), str(tmp_path), check=False)
+    (tmp_path / "p5" / "toys" / "datamaps.json").write_bytes(maps)
+    assert fetch(spec, str(tmp_path / "c"), str(tmp_path), check=False) == tmp_path / "p5" / "toys" / "sequential.txt"
+    (tmp_path / "p5" / "toys" / "datamaps.json").write_bytes(maps + b" ")
+    with pytest.raises(ChecksumError, match="datamaps.json sha256"):
+        fetch(spec, str(tmp_path / "c"), str(tmp_path), check=True)
+    bare = DatasetSpec("any", "p5-sequences", None, "sequential.txt")
+    with pytest.raises(DataFormatError, match="several files named sequential.txt"):
+        fetch(bare, str(tmp_path / "c"), str(tmp_path), check=False)

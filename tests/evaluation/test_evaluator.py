@@ -20,7 +20,7 @@ class FixedScores(SequentialRecommender):
         with torch.no_grad():
             self.item_embedding.weight[1:, 0] = torch.tensor(item_scores)
 
-    def encode(self, items, timestamps=None, query_timestamps=None):
+    def encode(self, items, timestamps=None, query_timestamps=None, segments=None, behaviours=None):
         return torch.ones(*items.shape, 1)
 
 

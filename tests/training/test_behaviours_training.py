@@ -52,7 +52,7 @@ def test_training_states_the_behaviour_protocol(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     proto = metrics["protocol"]
     text = json.dumps(proto)
-    assert "target behaviours" in text and "rating in [4.0, 5.0]" in text
+    assert "target-behaviour interactions" in text and "rating in [4.0, 5.0]" in text
     assert metrics["test"]["ndcg@10"] >= 0 and metrics["test"]["nonfinite_scores"] == 0
     model = json.loads((run_dir / "best" / "model.json").read_text())
     assert model["behaviour_embedding"] is True and model["num_behaviours"] == 5
@@ -79,4 +79,26 @@ def test_eval_of_the_checkpoint_matches_training(run_dir, capsys):
     assert main(["eval", str(run_dir / "best"), "--split", "test"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["test"] == pytest.approx(metrics["test"])  # same targets, same reads, same exclusions
-    assert "target behaviours" in out["protocol"]["split"]
+    assert "target-behaviour interactions" in out["protocol"]["split"]
+
+
+def test_positives_only_checkpoint_reads_only_target_behaviours(tmp_path):
+    import conftest
+
+    csv = tmp_path / "log.csv"
+    csv.write_text("user_id,item_id,ts,stars\n" + "\n".join(f"{u},{i},{t},{r}" for u, i, t, r in conftest.synthetic_log()) + "\n")
+    cfg = {"data": {"dataset": "custom", "source": str(csv), "format": "csv", "cache_dir": str(tmp_path / "c"),
+                    "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "rating": "stars"},
+                    "behaviour": "rating", "behaviour_values": [1, 2, 3, 4, 5], "target_behaviours": [4, 5],
+                    "read_behaviours": "targets"},
+           "model": {"name": "sasrec", "max_seq_len": 8, "embedding_dim": 16, "num_layers": 1},
+           "train": {"epochs": 1, "batch_size": 16, "num_negatives": 8}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "config.yaml"), "--out", str(tmp_path / "run")]) == 0
+    rec = Recommender.load(tmp_path / "run" / "best")
+    q = rec.query(["i1", "i2", "i3"], feedback=[5, 1, 4])
+    torch.testing.assert_close(rec.query_vectors([q]), rec.query_vectors([rec.query(["i1", "i3"], feedback=[5, 4])]))
+    assert "i2" not in [i for i, _ in rec.recommend(["i1", "i2", "i3"], k=5, feedback=[5, 1, 4])]  # known: still excluded
+    assert q.items.tolist() == [[rec.index["i1"], rec.index["i3"]]] and sorted(q.known) == sorted(rec.index[i] for i in ("i1", "i2", "i3"))
+    with pytest.raises(ValueError, match="none of the history items has a target behaviour"):
+        rec.recommend(["i1", "i2"], k=5, feedback=[1, 2])

@@ -11,7 +11,7 @@ history), the ranking impressions are all K. K = 1 is exactly the leave-one-out 
 
 With target behaviours (multi-behaviour data, :mod:`genrec.data.behaviours`) the held-out items
 are each user's last two *target* interactions, a training position has a target only when the
-next interaction is one, and the model may read only some interactions (:func:`reads`); the
+next interaction is one, and the model may read only some interactions (:func:`read_view`); the
 excluded items stay every earlier interaction.
 
 Training windows (:class:`TrainBatches`) take each user's last ``max_seq_len + 1`` training items:
@@ -35,7 +35,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from genrec.data.domains import item_ranges
 from genrec.data.prepare import SequenceData
 
 
@@ -113,7 +112,9 @@ def evaluable(data: SequenceData, holdout: int = 1) -> np.ndarray:
     mask = _target_mask(data)
     if mask is None:
         return data.lengths >= 2 * holdout + 1
-    return np.diff(_counts(mask, data.offsets)) >= 2 * holdout + 1
+    if holdout != 1:
+        raise ValueError(f"target behaviours hold out one interaction per split (eval.holdout=1), not {holdout}")
+    return np.diff(_counts(mask, data.offsets)) >= 3
 
 
 def _block_start(data: SequenceData, split: str, holdout: int, users: np.ndarray) -> np.ndarray:
@@ -146,7 +147,7 @@ def split_block(data: SequenceData, split: str, holdout: int = 1) -> tuple[np.nd
 
 
 @dataclass
-class Reads:
+class ReadView:
     """The interactions a model reads, as flat arrays with per-user ``offsets`` (every interaction,
     or with ``data.read_behaviours: targets`` only those with a target behaviour). ``at[p]`` is the
     read position of the interaction at data position p (reads before p), so a data range
@@ -167,22 +168,37 @@ def cold_item_ids(num_items: int, fraction: float) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(np.arange(1, num_items + 1), size=count, replace=False))
 
 
-def reads(data: SequenceData, skip_items: np.ndarray | None = None) -> Reads:
+def read_view(data: SequenceData, skip_items: np.ndarray | None = None) -> ReadView:
     """What the model reads of ``data`` (all of it, unless behaviours say otherwise), without the
     interactions with ``skip_items`` (the cold-item check's held-out items, training only)."""
     beh = data.behaviours
     T = len(data.items)
-    tgt = data.items if beh is None or beh.targets is None else np.where(beh.targets, data.items, 0)
+    tgt = _target_items(data)
     ids = None if beh is None else beh.ids
     keep = None if beh is None else beh.reads
     if skip_items is not None and len(skip_items):
         kept = ~np.isin(data.items, skip_items)
         keep = kept if keep is None else keep & kept
     if keep is None:
-        return Reads(data.offsets, data.items, tgt, data.timestamps, ids, np.arange(T + 1))
+        return ReadView(data.offsets, data.items, tgt, data.timestamps, ids, np.arange(T + 1))
     at = np.concatenate([[0], np.cumsum(keep)])
     pick = lambda a: None if a is None else a[keep]  # noqa: E731
-    return Reads(at[data.offsets], data.items[keep], tgt[keep], pick(data.timestamps), pick(ids), at)
+    return ReadView(at[data.offsets], data.items[keep], tgt[keep], pick(data.timestamps), pick(ids), at)
+
+
+def item_ranges(data: SequenceData, targets: np.ndarray) -> np.ndarray | None:
+    """[B, 2] id range [first, end) of the domain of each target item of multi-domain data
+    (:mod:`genrec.data.domains`; its catalogue for ranking), or None for single-domain data."""
+    if not data.stats.get("domains"):
+        return None
+    bounds = np.asarray([[d["first_item"], d["end_item"]] for d in data.stats["domains"]])  # [D 2]
+    return bounds[domain_of_items(data, targets)]
+
+
+def domain_of_items(data: SequenceData, items: np.ndarray) -> np.ndarray:
+    """[N] domain index of each item id of multi-domain data."""
+    ends = np.asarray([d["end_item"] for d in data.stats["domains"]])
+    return np.searchsorted(ends, items, side="right")
 
 
 def shard_rows(batches: list[np.ndarray], rank: int, world: int) -> Iterator[np.ndarray]:
@@ -243,7 +259,7 @@ class TrainBatches:
             raise ValueError("feedback windows do not read multi-behaviour data (data.behaviour is for retrieval)")
         if labels is not None and skip_items is not None:
             raise ValueError("feedback windows cannot skip items")
-        self.reads = r = reads(data, skip_items)
+        self.view = r = read_view(data, skip_items)
         ends = r.at[train_end(data, include_valid, holdout)]  # in read positions
         # retrieval: inputs + one more item for the last target; feedback: the interactions themselves
         window, shortest = (max_seq_len + 1, 2) if labels is None else (max_seq_len, 1)
@@ -306,7 +322,7 @@ class TrainBatches:
         n = e - s - 1  # inputs per window
         groups = pack_rows(n, int(n.max()))
         N = int(n.max())
-        r = self.reads
+        r = self.view
         items, targets, segments, beh = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(4))
         has_ts = r.timestamps is not None
         ts, qts = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(2))
@@ -328,7 +344,7 @@ class TrainBatches:
     def _batch(self, rows: np.ndarray) -> TrainBatch:
         s, e = self.starts[rows], self.ends[rows]
         N = int((e - s).max()) - 1
-        r = self.reads
+        r = self.view
         items = _pad_rows(r.items, s, e - 1, N)
         targets = _pad_rows(r.targets, s + 1, e, N)
         ts = qts = beh = None
@@ -360,17 +376,13 @@ def eval_batches(
     order = np.argsort(np.minimum(data.lengths[users], max_seq_len + 2 * holdout), kind="stable")
     users, target_pos = users[order], target_pos[order]
     first = data.offsets[:-1][users]
-    r = reads(data)  # the history is what the model reads; exclusions and targets are data positions
+    r = read_view(data)  # the history is what the model reads; exclusions and targets are data positions
     for i in range(0, len(users), batch_size):
         u, t, f = users[i : i + batch_size], target_pos[i : i + batch_size], first[i : i + batch_size]
         e = r.at[t]  # the read history ends just before the target
         s = np.maximum(r.offsets[u], e - max_seq_len)
         items = _pad_rows(r.items, s, e, int((e - s).max()))
-        if exclude_history == "input":
-            exclude = _pad_rows(r.items, s, e, max(int((e - s).max()), 1))
-        else:
-            ex_start = f if exclude_history == "full" else t
-            exclude = _pad_rows(data.items, ex_start, t, max(int((t - ex_start).max()), 1))
+        exclude = _excluded(data, r, exclude_history, f, t, s, e)
         ts = qt = beh = None
         if data.timestamps is not None:
             ts = torch.from_numpy(_pad_rows(r.timestamps, s, e, items.shape[1]))
@@ -386,6 +398,24 @@ def eval_batches(
             torch.from_numpy(_pad_rows(data.items, t, t + holdout, holdout)), cand_lab, beh,
             None if (ranges := item_ranges(data, data.items[t])) is None else torch.from_numpy(ranges),
         )
+
+
+def _excluded(data: SequenceData, r: ReadView, how: str, f, t, s, e) -> np.ndarray:
+    """[B E] item ids not ranked (0 = padding) for users whose data rows start at ``f`` with
+    targets at ``t``, reading [s, e) of the view: ``full`` every earlier interaction (read or not),
+    ``targets`` the earlier target-behaviour ones (an item clicked before may be the one bought
+    next), ``input`` the items read, ``none`` nothing."""
+    if how == "input":
+        return _pad_rows(r.items, s, e, max(int((e - s).max()), 1))
+    flat = _target_items(data) if how == "targets" else data.items
+    start = f if how in ("full", "targets") else t
+    return _pad_rows(flat, start, t, max(int((t - start).max()), 1))
+
+
+def _target_items(data: SequenceData) -> np.ndarray:
+    """[T] each interaction's item where it has a target behaviour, else 0 (data positions)."""
+    mask = _target_mask(data)
+    return data.items if mask is None else np.where(mask, data.items, 0)
 
 
 def split_counts(data: SequenceData, holdout: int = 1) -> dict[str, int]:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genrec.data.prepare import SequenceData
+from genrec.data.prepare import SequenceData, load_prepared, prepare
 from genrec.errors import DataFormatError
 
 
@@ -61,7 +61,7 @@ def behaviour_values(data: SequenceData, column: str) -> np.ndarray:
     if column not in data.action_names:
         raise DataFormatError(f"{origin}: data.behaviour={column!r} is neither 'rating' nor an action column of the data "
                               f"(it has {list(data.action_names)}; see data.action_columns)")
-    return data.actions[:, data.action_names.index(column)].astype(np.float64)
+    return data.actions[:, data.action_names.index(column)]
 
 
 def with_behaviours(data: SequenceData, data_cfg) -> SequenceData:
@@ -75,8 +75,9 @@ def with_behaviours(data: SequenceData, data_cfg) -> SequenceData:
         return dataclasses.replace(data, behaviours=domain_behaviours(data))
     if not data_cfg.behaviour:
         return data
-    values = behaviour_values(data, data_cfg.behaviour)
-    vocab = np.asarray(data_cfg.behaviour_values, dtype=np.float64)
+    # compared as float32, the precision action columns are stored in (0.1 in YAML is 0.1 in the file)
+    values = behaviour_values(data, data_cfg.behaviour).astype(np.float32)
+    vocab = np.asarray(data_cfg.behaviour_values, dtype=np.float32)
     order = np.argsort(vocab, kind="stable")
     pos = np.clip(np.searchsorted(vocab[order], values), 0, len(vocab) - 1)
     known = vocab[order][pos] == values
@@ -86,10 +87,16 @@ def with_behaviours(data: SequenceData, data_cfg) -> SequenceData:
                               f"{data_cfg.behaviour} value outside data.behaviour_values={list(data_cfg.behaviour_values)}: "
                               f"{unknown[:10]}")
     ids = order[pos].astype(np.int64) + 1  # [T] 1..B in the listed order
-    targets = np.isin(values, data_cfg.target_behaviours) if data_cfg.target_behaviours else None
+    targets = np.isin(values, np.asarray(data_cfg.target_behaviours, dtype=np.float32)) if data_cfg.target_behaviours else None
     reads = targets if data_cfg.read_behaviours == "targets" else None
     desc = f"behaviour = {data_cfg.behaviour} in {list(data_cfg.behaviour_values)}"
     if targets is not None:
         desc += f"; retrieval targets: {data_cfg.behaviour} in {list(data_cfg.target_behaviours)} ({targets.mean():.1%} of interactions)"
     desc += "; the model reads " + ("target-behaviour interactions only" if reads is not None else "every interaction")
     return dataclasses.replace(data, behaviours=Behaviours(ids, len(vocab), targets, reads, desc))
+
+
+def load_data(data_cfg) -> SequenceData:
+    """The prepared data of a :class:`~genrec.config.DataConfig` with its behaviours set: exactly
+    what a task trains and evaluates on (for scripts that evaluate checkpoints themselves)."""
+    return with_behaviours(load_prepared(prepare(data_cfg)), data_cfg)

@@ -17,8 +17,8 @@ Each domain is prepared on its own (a registered dataset or a log file), then jo
 - evaluation (:mod:`genrec.evaluation.evaluator`) ranks each row's target over its own domain's
   catalogue only, and reports every metric per domain as well.
 
-Cold-domain checks (a user with few interactions in the target domain) cut a row's own history
-(:func:`cold_rows`), see ``benchmarks/domains.py``.
+Cold-domain checks cut a row's own history to its last items (:func:`cold_rows`; a simulation:
+the model was trained on those users' earlier items), see ``benchmarks/domains.py``.
 """
 
 from __future__ import annotations
@@ -77,6 +77,23 @@ def _train_slice(data: SequenceData) -> np.ndarray:
     return ends
 
 
+def _pieces(data: SequenceData, u: int, start: int, end: int, base: int, code: int, timed: bool) -> tuple:
+    """(items with global ids, codes, timestamps or None) of user ``u``'s interactions [start, end)."""
+    ts = data.timestamps[start:end] if timed else None
+    return data.items[start:end] + base, np.full(end - start, code), ts
+
+
+def _row(pieces: list[tuple], timed: bool) -> tuple:
+    """One row from its pieces (context first, own last): concatenated, sorted by time when timed
+    (stable: at equal times context comes before own)."""
+    items, codes = np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
+    if not timed:
+        return items, codes, None
+    ts = np.concatenate([p[2] for p in pieces])
+    order = np.argsort(ts, kind="stable")
+    return items[order], codes[order], ts[order]
+
+
 def merge_domains(parts: list[tuple[str, SequenceData]]) -> SequenceData:
     """One row per (user, domain) over domains ``parts`` [(name, data)] (see the module docstring)."""
     names = [n for n, _ in parts]
@@ -90,32 +107,15 @@ def merge_domains(parts: list[tuple[str, SequenceData]]) -> SequenceData:
         for u, raw in enumerate(data.user_ids):
             where.setdefault(str(raw), []).append((d, u))
     train_end = [_train_slice(data) for _, data in parts]
-    rows_items, rows_codes, rows_ts, user_ids, lengths = [], [], [], [], []
-    overlap = [0] * D
+    rows, user_ids, overlap = [], [], [0] * D
     for d, (name, data) in enumerate(parts):
         for u, raw in enumerate(data.user_ids):
-            s, e = data.offsets[u], data.offsets[u + 1]
-            items, codes = [data.items[s:e] + item_base[d]], [np.full(e - s, d)]
-            ts = [data.timestamps[s:e]] if timed else []
-            others = [(o, v) for o, v in where[str(raw)] if o != d]
-            overlap[d] += bool(others)
-            for o, v in others:
-                other = parts[o][1]
-                cs, ce = other.offsets[v], train_end[o][v]
-                items.insert(-1 if not timed else 0, other.items[cs:ce] + item_base[o])
-                codes.insert(-1 if not timed else 0, np.full(ce - cs, D + o))
-                if timed:
-                    ts.insert(0, other.timestamps[cs:ce])
-            items, codes = np.concatenate(items), np.concatenate(codes)
-            if timed:
-                ts = np.concatenate(ts)
-                order = np.argsort(ts, kind="stable")  # ties: context (inserted first) before own
-                items, codes, ts = items[order], codes[order], ts[order]
-                rows_ts.append(ts)
-            rows_items.append(items)
-            rows_codes.append(codes)
+            context = [_pieces(parts[o][1], v, parts[o][1].offsets[v], train_end[o][v], item_base[o], D + o, timed)
+                       for o, v in where[str(raw)] if o != d]
+            overlap[d] += bool(context)
+            rows.append(_row([*context, _pieces(data, u, data.offsets[u], data.offsets[u + 1], item_base[d], d, timed)], timed))
             user_ids.append(f"{name}:{raw}")
-            lengths.append(len(items))
+    lengths = [len(r[0]) for r in rows]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     item_ids = np.asarray([f"{name}:{raw}" for name, data in parts for raw in data.item_ids], dtype=object)
     stats = {
@@ -130,9 +130,9 @@ def merge_domains(parts: list[tuple[str, SequenceData]]) -> SequenceData:
         "sequence_length": {"min": int(min(lengths)), "mean": float(np.mean(lengths)), "max": int(max(lengths))},
     }
     return SequenceData(
-        offsets, np.concatenate(rows_items).astype(np.int64), np.concatenate(rows_ts).astype(np.int64) if timed else None,
-        item_ids, np.asarray(user_ids, dtype=object), stats,
-        actions=np.concatenate(rows_codes).astype(np.float32)[:, None], action_names=(CODE,),
+        offsets, np.concatenate([r[0] for r in rows]).astype(np.int64),
+        np.concatenate([r[2] for r in rows]).astype(np.int64) if timed else None, item_ids, np.asarray(user_ids, dtype=object),
+        stats, actions=np.concatenate([r[1] for r in rows]).astype(np.float32)[:, None], action_names=(CODE,),
     )
 
 
@@ -164,24 +164,6 @@ def domain_behaviours(data: SequenceData):
     return Behaviours(codes + 1, 2 * D, codes < D, None, desc)
 
 
-def item_ranges(data: SequenceData, targets: np.ndarray) -> np.ndarray | None:
-    """[B, 2] id range [first, end) of the domain of each target item of merged data (its
-    catalogue for ranking), or None for single-domain data."""
-    domains = data.stats.get("domains")
-    if not domains:
-        return None
-    ends = np.asarray([d["end_item"] for d in domains])
-    firsts = np.asarray([d["first_item"] for d in domains])
-    d = np.searchsorted(ends, targets, side="right")
-    return np.stack([firsts[d], ends[d]], axis=1)
-
-
-def domain_of_items(data: SequenceData, items: np.ndarray) -> np.ndarray:
-    """[N] domain index of each item id of merged data."""
-    ends = np.asarray([d["end_item"] for d in data.stats["domains"]])
-    return np.searchsorted(ends, items, side="right")
-
-
 def rows_with_context(data: SequenceData) -> np.ndarray:
     """[U] bool: rows of merged data whose user is in another domain too (the row reads context)."""
     codes = domain_codes(data)
@@ -190,10 +172,14 @@ def rows_with_context(data: SequenceData) -> np.ndarray:
 
 
 def cold_rows(data: SequenceData, keep: int = 2, rows: np.ndarray | None = None) -> SequenceData:
-    """The ``rows`` [U] bool of merged data (default: those with context), cut to what a user new
-    to the row's domain would have: the context, the row's last ``keep`` own interactions before its
-    test target, and the test target (so the test split asks for the next item after ``keep``).
-    The validation split of the result is not meaningful; evaluate ``test`` only."""
+    """The ``rows`` [U] bool of merged data (default: those with context), cut to a short history
+    in the row's domain: the context, the row's last ``keep`` own interactions before its test
+    target, and the test target (so the test split asks for the next item after ``keep``). A
+    simulation of a user new to the domain, not true cold start: the model was trained on these
+    users' earlier items in the domain. The validation split of the result is not meaningful;
+    evaluate ``test`` only."""
+    if keep < 2:
+        raise ValueError(f"cold_rows keep={keep}: a row needs 2 own items before its test target to have a validation one")
     codes = domain_codes(data)
     D = len(data.stats["domains"])
     own = codes < D

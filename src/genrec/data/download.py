@@ -43,6 +43,14 @@ class DatasetSpec:
     description: str = ""
     local_names: tuple[str, ...] = ()
     """Other names a local copy of the data file may have (searched in ``data.source`` folders)."""
+    companions: dict[str, str] = field(default_factory=dict)
+    """Files the loader reads beside the data file (P5's ``datamaps.json``) -> SHA-256 of their
+    uncompressed bytes; downloaded from the data file's folder, checked like it."""
+
+    @property
+    def content_digests(self) -> dict:
+        """What identifies the pinned content (names the prepared folder)."""
+        return {**self.member_digests, "companions": self.companions} if self.companions else self.member_digests
 
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens"
@@ -94,6 +102,7 @@ DATASETS: dict[str, DatasetSpec] = {
             description="Amazon 2014 5-core Beauty in P5 form (the S3-Rec sequences, same file) with datamaps.json beside "
             "it: users are Amazon reviewer ids, items ASINs, so it joins Toys by user (data.domains)",
             local_names=("p5/beauty/sequential.txt", "beauty/sequential.txt"),
+            companions={"datamaps.json": "c3386147637538f6d97f7eafffeb4e7180daa0638875bc1d889bbee45ce241a8"},
         ),
         DatasetSpec(
             "toys-p5", "p5-sequences", f"{P5}/toys/sequential.txt", "sequential.txt", 921_692,
@@ -101,6 +110,7 @@ DATASETS: dict[str, DatasetSpec] = {
             description="Amazon 2014 5-core Toys and Games in P5 form with datamaps.json beside it (a different numbering "
             "from the S3-Rec toys file; reviewer ids and ASINs): joins Beauty by user (data.domains)",
             local_names=("p5/toys/sequential.txt", "toys/sequential.txt"),
+            companions={"datamaps.json": "a67fd09b5bbca12aea613015d9d1ed99610bb35015d3bbe8cd9e7a3eeda2c90c"},
         ),
         DatasetSpec(
             "instruments", "amazon-reviews-json", f"{SNAP}/reviews_Musical_Instruments_5.json.gz",
@@ -224,6 +234,9 @@ def _find_in_folder(folder: Path, member: str, other_names: tuple[str, ...] = ()
     for name in names:
         for candidate in (name.removesuffix(".gz"), name.removesuffix(".gz") + ".gz"):
             hits = sorted(folder.rglob(candidate))
+            if len(hits) > 1 and "/" not in name:  # e.g. two P5 folders' sequential.txt: never guess
+                raise DataFormatError(f"{folder}: several files named {candidate}: {[str(h) for h in hits[:4]]}; "
+                                      "give the file itself (data.source=PATH)")
             if hits:
                 return hits[0]
     raise DataFormatError(f"{folder}: no file named {' or '.join(names)} (or .gz) inside")
@@ -281,7 +294,23 @@ def fetch(spec: DatasetSpec, cache_dir: str | None = None, source: str | None = 
             _download(spec.url, path)
     if check:
         _verify_once(path, spec, cache_root(cache_dir) / "verified" / f"{spec.name}.json")
+    for name, digest in spec.companions.items():
+        _companion(spec, path, name, digest, check)
     return path
+
+
+def _companion(spec: DatasetSpec, path: Path, name: str, digest: str, check: bool) -> Path:
+    """A file the loader reads beside the data file: found there (or its .gz), else downloaded
+    there from the data file's address folder; its digest checked."""
+    found = next((p for p in (path.parent / name, path.parent / f"{name}.gz") if p.exists()), None)
+    if found is None:
+        if spec.url is None or spec.url.endswith(".zip"):
+            raise DataFormatError(f"{path}: dataset {spec.name} needs {name} beside it")
+        found = path.parent / name
+        _download(f"{spec.url.rsplit('/', 1)[0]}/{name}", found)
+    if check:
+        verify(found, None, {"sha256": digest}, f"{spec.name} {name}")
+    return found
 
 
 def _verify_once(path: Path, spec: DatasetSpec, stamp: Path) -> None:

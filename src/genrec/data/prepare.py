@@ -269,8 +269,8 @@ def prepare(data_cfg) -> Path:
     root = cache_root(data_cfg.cache_dir) / "prepared"
     stem = f"{spec.name if spec else Path(data_cfg.source).stem.split('.')[0]}-{config_key(settings)}"
     pinned = spec is not None and data_cfg.verify_checksum and bool(spec.member_digests)
-    if pinned and (root / f"{stem}-{config_key(spec.member_digests)}" / "stats.json").exists():
-        return root / f"{stem}-{config_key(spec.member_digests)}"
+    if pinned and (root / f"{stem}-{config_key(spec.content_digests)}" / "stats.json").exists():
+        return root / f"{stem}-{config_key(spec.content_digests)}"
     path = locate(spec, data_cfg.cache_dir, data_cfg.source) if spec else _custom_file(data_cfg.source)
     if path is None and (cached := _newest(root, stem)):
         print(f"genrec: {data_cfg.source or spec.name} is not on this machine; using its prepared copy {cached}", file=sys.stderr)
@@ -280,7 +280,7 @@ def prepare(data_cfg) -> Path:
     if spec is not None:  # verified (once per file), or downloaded when not on this machine
         path = fetch(spec, data_cfg.cache_dir, str(path) if path else None, check=data_cfg.verify_checksum)
     st = path.stat()
-    content = spec.member_digests if pinned else {"path": str(path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
+    content = spec.content_digests if pinned else {"path": str(path.resolve()), "size": st.st_size, "mtime": int(st.st_mtime)}
     folder = root / f"{stem}-{config_key(content)}"
     if (folder / "stats.json").exists():
         return folder

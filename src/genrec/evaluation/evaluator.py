@@ -19,8 +19,7 @@ from collections.abc import Iterable
 import torch
 from tqdm import tqdm
 
-from genrec.data.batches import EvalBatch, eval_batches, split_block, split_counts
-from genrec.data.domains import domain_of_items
+from genrec.data.batches import EvalBatch, domain_of_items, eval_batches, split_block, split_counts
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.metrics import metrics_from_ranks
 from genrec.models.base import SequentialRecommender, item_mask
@@ -30,7 +29,8 @@ from genrec.models.base import SequentialRecommender, item_mask
 def target_ranks(
     model: SequentialRecommender, batch: EvalBatch, item_chunk_size: int = 8192, nonfinite: dict | None = None
 ) -> torch.Tensor:
-    """[B] 0-based pessimistic rank of each target over the whole catalogue (inf if excluded).
+    """[B] 0-based pessimistic rank of each target over the whole catalogue, or over its domain's
+    items when ``batch.item_range`` is set (multi-domain data); inf if excluded.
     ``nonfinite``: a dict whose ``scores``/``targets`` counters are increased by the number of
     non-finite item scores and target scores met (they rank last, see the module docstring)."""
     user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels, batch.behaviours).float()  # [B D]
@@ -82,6 +82,7 @@ def split_desc(split: str, holdout: int) -> str:
 def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_users: int) -> dict:
     excluded = {
         "full": "all of the user's earlier items",
+        "targets": "the user's earlier target-behaviour items",
         "input": f"the items of the model input (last {max_seq_len})",
         "none": "nothing",
     }[eval_cfg.exclude_history]
@@ -91,7 +92,8 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
         beh["behaviours"] = data.behaviours.description
         if data.behaviours.targets is not None:
             which = "second-to-last" if split == "valid" else "last"
-            split_text = (f"leave-one-out over target behaviours, {split} ({which} target-behaviour interaction per user with "
+            kind = "own-domain" if data.stats.get("domains") else "target-behaviour"
+            split_text = (f"leave-one-out over {kind} interactions, {split} ({which} {kind} interaction per row with "
                           ">= 3 of them; history = every earlier interaction the model reads)")
     return {
         "split": split_text,

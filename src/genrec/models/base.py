@@ -177,6 +177,7 @@ class SequentialRecommender(nn.Module, Retriever):
 
     @property
     def reads_behaviours(self) -> bool:
+        """Whether ``encode`` needs each history item's behaviour id (``model.behaviour_embedding``)."""
         return self.config.behaviour_embedding
 
     # ---- to implement -------------------------------------------------------------------------
@@ -294,8 +295,7 @@ class SequentialRecommender(nn.Module, Retriever):
             rows = torch.arange(items.size(0), device=items.device)
             last = timestamps[rows, lengths - 1]
             query_ts = next_timestamps(timestamps, lengths, last if query_time is None else query_time)
-        extra = {} if behaviours is None else {"behaviours": behaviours}  # (subclasses may override encode without it)
-        h = self.encode(items, timestamps, query_ts, **extra)  # [B N D]
+        h = self.encode(items, timestamps, query_ts, behaviours=behaviours)  # [B N D]
         return h[torch.arange(items.size(0), device=items.device), lengths - 1]
 
     def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:

@@ -50,5 +50,6 @@ class RetrievalTask(SpecDerived):
         out = {"task": self.kind, "loss": LOSSES[self.cfg.train.loss].describe(self.cfg.train)}
         if self.cold_items is not None:
             out["cold_items"] = (f"{len(self.cold_items)} of {self.data.num_items} items ({self.cfg.data.cold_items:.0%}, a fixed draw) "
-                                 "never occur in training, neither as input nor as target; they stay in the catalogue and in evaluation")
+                                 "never occur in training, neither as input nor as target (they may be drawn as sampled negatives); "
+                                 "they stay in the catalogue and in evaluation")
         return out
