@@ -28,7 +28,7 @@ import numpy as np
 
 from genrec.checkpoint import load_model
 from genrec.config import DataConfig, ExperimentConfig
-from genrec.data.batches import domain_of_items, split_block
+from genrec.data.splits import domain_of_items, split_block
 from genrec.data.behaviours import with_behaviours
 from genrec.data.domains import cold_rows, rows_with_context
 from genrec.data.prepare import load_prepared, prepare

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from genrec.config import DataConfig, EvalConfig
-from genrec.data.batches import train_end
+from genrec.data.splits import train_end
 from genrec.data.prepare import load_prepared, prepare
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import metrics_from_ranks

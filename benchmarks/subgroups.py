@@ -26,7 +26,7 @@ import torch
 
 from genrec.checkpoint import load_model
 from genrec.config import ExperimentConfig
-from genrec.data.batches import cold_item_ids, split_block, train_end
+from genrec.data.splits import cold_item_ids, split_block, train_end
 from genrec.data.behaviours import load_data
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import per_user

@@ -20,6 +20,8 @@ def test_config_builds(path):
     cfg.model.num_items = 10  # decided by the data, as the attribute table's shape below
     if cfg.model.item_features != "none":
         cfg.model.num_attribute_tokens, cfg.model.max_item_attributes = 5, 3
+    if cfg.model.behaviour_embedding:
+        cfg.model.num_behaviours = 4  # decided by the data (behaviour values, or own/context x domain)
     model = build_model(cfg.model)
     assert sum(t.numel() for t in [*model.parameters(), *model.buffers()]) > 0  # popularity: counts only
 

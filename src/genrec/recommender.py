@@ -5,7 +5,8 @@ The layer a server calls: one :class:`Recommender` per checkpoint, shared by eve
 What a checkpoint can answer is what its model declares (:mod:`genrec.models.contracts`):
 ``recommend`` / ``score`` / ``user_vector`` / ``item_vectors`` need a
 :class:`~genrec.models.contracts.Retriever`, ``rank`` a :class:`~genrec.models.contracts.Ranker`;
-a unified checkpoint is both.
+a unified checkpoint is both. One class in one file on purpose: every request path (single,
+batched, ranking) goes through the same input checks, so they cannot drift apart.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ def test_data_fraction_out_of_range_is_a_clear_error():
 
 
 def test_cold_items_never_occur_in_training_but_stay_in_evaluation():
-    from genrec.data.batches import cold_item_ids
+    from genrec.data.splits import cold_item_ids
 
     ids = cold_item_ids(100, 0.1)
     assert len(ids) == 10 and ids.tolist() == cold_item_ids(100, 0.1).tolist() and 1 <= ids.min() and ids.max() <= 100

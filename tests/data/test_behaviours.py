@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from genrec.config import DataConfig, ExperimentConfig
-from genrec.data.batches import TrainBatches, eval_batches, evaluable, split_block, train_end
+from genrec.data.batches import TrainBatches, eval_batches
+from genrec.data.splits import evaluable, split_block, train_end
 from genrec.data.behaviours import with_behaviours
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError, DataFormatError

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from genrec.config import DataConfig, ExperimentConfig
-from genrec.data.batches import TrainBatches, eval_batches, split_block
+from genrec.data.batches import TrainBatches, eval_batches
+from genrec.data.splits import split_block
 from genrec.data.behaviours import with_behaviours
 from genrec.data.domains import cold_rows, merge_domains, rows_with_context
 from genrec.data.loaders import read_p5_sequences

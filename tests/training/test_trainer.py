@@ -81,7 +81,7 @@ def test_refit_trains_on_validation_items_and_reports_separately(tmp_path, synth
 def test_include_valid_moves_the_training_end_by_one():
     import numpy as np
 
-    from genrec.data.batches import train_end
+    from genrec.data.splits import train_end
     from genrec.data.prepare import SequenceData
 
     d = SequenceData(np.array([0, 5, 7]), np.arange(1, 8), None, np.array(list("abcdefg"), dtype=object), np.array(["u", "v"], dtype=object), {})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genrec.data.batches import evaluable
+from genrec.data.splits import evaluable
 from genrec.data.prepare import SequenceData
 from genrec.errors import DataFormatError
 

@@ -10,7 +10,8 @@ Generic logs: columns are recognised by common names unless ``data.columns`` nam
 may be unix seconds or ISO-8601 (:mod:`genrec.data.columns` says what each cell may hold).
 
 Parsing runs columnar (pyarrow); when it fails, the file is re-scanned by an exact, slow reader
-(line by line, or Python's csv module for generic CSVs) to name the first bad line.
+(line by line, or Python's csv module for generic CSVs) to name the first bad line. Every format's
+reader sits beside the :data:`FORMATS` registry on purpose: one place to find how a file is read.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from collections.abc import Iterable
 import torch
 from tqdm import tqdm
 
-from genrec.data.batches import EvalBatch, domain_of_items, eval_batches, split_block, split_counts
+from genrec.data.batches import EvalBatch, eval_batches
+from genrec.data.splits import domain_of_items, split_block, split_counts
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.metrics import metrics_from_ranks
 from genrec.models.base import SequentialRecommender, item_mask

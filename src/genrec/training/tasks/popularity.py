@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genrec.data.batches import TrainBatches, train_end
+from genrec.data.batches import TrainBatches
+from genrec.data.splits import train_end
 from genrec.errors import ConfigError
 from genrec.models import build_model
 from genrec.models.popularity import Popularity

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genrec.data.batches import TrainBatch, TrainBatches, cold_item_ids
+from genrec.data.batches import TrainBatch, TrainBatches
+from genrec.data.splits import cold_item_ids
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.evaluator import evaluate
 from genrec.models import BACKBONES, Retriever, build_model
