@@ -118,11 +118,11 @@ class SequentialRecommender(nn.Module, Retriever):
                 self.feature_proj = nn.Linear(2 * config.embedding_dim, config.embedding_dim, bias=False)
         if config.behaviour_embedding:
             if config.num_behaviours < 1:
-                raise ConfigError("model.behaviour_embedding needs the behaviours: set data.behaviour and data.behaviour_values, "
-                                  "or data.domains")
+                raise ConfigError("model.behaviour_embedding needs behaviours: data.behaviour (+ behaviour_values) or data.domains")
             self.behaviour_table = nn.Embedding(config.num_behaviours + 1, config.embedding_dim, padding_idx=0)
+            nn.init.trunc_normal_(self.behaviour_table.weight, std=0.02)
             with torch.no_grad():
-                nn.init.trunc_normal_(self.behaviour_table.weight[1:], std=0.02)  # row 0 (padding) stays 0
+                self.behaviour_table.weight[0].zero_()
         if self.absolute_positions:
             self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
             nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
