@@ -22,6 +22,8 @@ seeds when there are several. Test metrics are read; nothing here chooses anythi
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -58,11 +60,24 @@ def by_domain(model, data, cfg, subset: np.ndarray | None = None) -> dict[str, d
     for d, info in enumerate(data.stats["domains"]):
         chosen = keep & (domain == d)
         if chosen.any():
-            out[info["name"]] = {m: values[m].numpy()[chosen].mean() for m in ("ndcg@10", "hr@10")} | {"users": int(chosen.sum())}
+            v = {m: values[m].numpy()[chosen] for m in ("ndcg@10", "hr@10")}
+            out[info["name"]] = {m: float(x.mean()) for m, x in v.items()} | {"users": int(chosen.sum())}
+            out[info["name"]] |= {f"{m} se": float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else math.nan for m, x in v.items()}
     return out
 
 
 def run_metrics(run: Path, both: set[str]) -> dict[str, dict[str, dict]]:
+    """The run's groups, computed once and kept in ``RUN/domains.json`` (recomputed when the best
+    checkpoint is newer)."""
+    saved = run / "domains.json"
+    if saved.exists() and saved.stat().st_mtime > (run / "best" / "model.safetensors").stat().st_mtime:
+        return json.loads(saved.read_text())
+    out = _run_metrics(run, both)
+    saved.write_text(json.dumps(out))
+    return out
+
+
+def _run_metrics(run: Path, both: set[str]) -> dict[str, dict[str, dict]]:
     model, _, experiment = load_model(run / "best")
     cfg = ExperimentConfig.from_dict(experiment)
     data = load_prepared(prepare(cfg.data))
@@ -85,7 +100,8 @@ def main() -> None:
         results.setdefault(run.parent.name, []).append(run_metrics(run, both))
     print(f"test split, leave-one-out, each domain's full catalogue, history excluded; best-validation checkpoint; "
           f"both = users in both domains; cold = those users with their target-domain history cut to its last {COLD_KEEP} "
-          "items (a simulation: the models were trained on their earlier items); mean ± standard error over seeds\n")
+          "items (a simulation: the models were trained on their earlier items); mean ± standard error over seeds "
+          "(one seed: in brackets, the test set's standard error)\n")
     groups = ("all", "both", "cold")
     print("| run | domain | " + " | ".join(f"{g} NDCG@10 | {g} HR@10" for g in groups) + " | users (all / both) |")
     print("|---|---|" + "---|---|" * len(groups) + "---|")
@@ -94,7 +110,12 @@ def main() -> None:
             cells = []
             for g in groups:
                 for m in ("ndcg@10", "hr@10"):
-                    cells.append(cell([r[g][domain][m] for r in res]) if domain in res[0][g] else "-")
+                    if domain not in res[0][g]:
+                        cells.append("-")
+                    elif len(res) == 1:  # one seed: the test set's own standard error
+                        cells.append(f"{res[0][g][domain][m]:.4f} ({res[0][g][domain][m + ' se']:.4f})")
+                    else:
+                        cells.append(cell([r[g][domain][m] for r in res]))
             users = f"{res[0]['all'][domain]['users']} / {res[0]['both'].get(domain, {}).get('users', 0)}"
             print(f"| {name} | {domain} | " + " | ".join(cells) + f" | {users} |")
 
