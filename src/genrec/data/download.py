@@ -59,6 +59,16 @@ SNAP = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
 P5 = "https://raw.githubusercontent.com/WangXFng/RDRec/4055c3028d3afbd57a0fffd54076825836b7cad7/data"
 """P5's Beauty/Toys files as re-published by the RDRec authors (sequential.txt + datamaps.json)."""
 
+def _p5(name: str, size: int, sha256: str, maps_sha256: str, what: str) -> DatasetSpec:
+    """A P5 sequence file with its ``datamaps.json`` (users become Amazon reviewer ids, items ASINs)."""
+    return DatasetSpec(
+        f"{name}-p5", "p5-sequences", f"{P5}/{name}/sequential.txt", "sequential.txt", size, {"sha256": sha256},
+        description=f"Amazon 2014 5-core {what} in P5 form with datamaps.json beside it: reviewer ids and ASINs, so "
+        "domains join by user (data.domains)",
+        local_names=(f"p5/{name}/sequential.txt", f"{name}/sequential.txt"), companions={"datamaps.json": maps_sha256},
+    )
+
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
@@ -96,22 +106,11 @@ DATASETS: dict[str, DatasetSpec] = {
             {"sha256": "176c680c688d497598c4a89a03b402c0fe78d795e5db335c2e78dd5f2d778a3f"},
             description="Amazon 2014 5-core Toys and Games, S3-Rec sequences: 19,412 users, 11,924 items, no timestamps",
         ),
-        DatasetSpec(
-            "beauty-p5", "p5-sequences", f"{P5}/beauty/sequential.txt", "sequential.txt", 1_090_094,
-            {"sha256": "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"},
-            description="Amazon 2014 5-core Beauty in P5 form (the S3-Rec sequences, same file) with datamaps.json beside "
-            "it: users are Amazon reviewer ids, items ASINs, so it joins Toys by user (data.domains)",
-            local_names=("p5/beauty/sequential.txt", "beauty/sequential.txt"),
-            companions={"datamaps.json": "c3386147637538f6d97f7eafffeb4e7180daa0638875bc1d889bbee45ce241a8"},
-        ),
-        DatasetSpec(
-            "toys-p5", "p5-sequences", f"{P5}/toys/sequential.txt", "sequential.txt", 921_692,
-            {"sha256": "fa1cff57550387966440a93219753b97df62269455b3497612cdca3e8db0ceee"},
-            description="Amazon 2014 5-core Toys and Games in P5 form with datamaps.json beside it (a different numbering "
-            "from the S3-Rec toys file; reviewer ids and ASINs): joins Beauty by user (data.domains)",
-            local_names=("p5/toys/sequential.txt", "toys/sequential.txt"),
-            companions={"datamaps.json": "a67fd09b5bbca12aea613015d9d1ed99610bb35015d3bbe8cd9e7a3eeda2c90c"},
-        ),
+        _p5("beauty", 1_090_094, "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+            "c3386147637538f6d97f7eafffeb4e7180daa0638875bc1d889bbee45ce241a8", "Beauty (the S3-Rec sequences, same file)"),
+        _p5("toys", 921_692, "fa1cff57550387966440a93219753b97df62269455b3497612cdca3e8db0ceee",
+            "a67fd09b5bbca12aea613015d9d1ed99610bb35015d3bbe8cd9e7a3eeda2c90c",
+            "Toys and Games (a different numbering from the S3-Rec toys file)"),
         DatasetSpec(
             "instruments", "amazon-reviews-json", f"{SNAP}/reviews_Musical_Instruments_5.json.gz",
             "reviews_Musical_Instruments_5.json.gz", 7_445_886,
