@@ -71,9 +71,8 @@ class DataConfig:
     ``model.item_features`` set."""
     cold_items: float = 0.0
     """Cold-item check: this fraction of the catalogue (a fixed random draw, the same for every run
-    of one dataset) never occurs in training, neither as input nor as target (like every item, it
-    may still be drawn as a sampled negative); the items stay in the catalogue and in every
-    history and target of evaluation, so ``benchmarks/subgroups.py``
+    of one dataset) never occurs in training, neither as input, as target nor as sampled negative;
+    the items stay in the catalogue and in every history and target of evaluation, so ``benchmarks/subgroups.py``
     can measure whether they are retrieved (through their attributes, ``model.item_features``)."""
     domains: list[str] = field(default_factory=list)
     """Multi-domain (``genrec.data.domains``): several logs trained as one, each a registered dataset
@@ -414,8 +413,9 @@ class ExperimentConfig:
             raise ConfigError("eval.exclude_history=targets needs target behaviours (data.target_behaviours or data.domains)")
         if self.model.behaviour_embedding and not (self.data.behaviour or self.data.domains):
             raise ConfigError("model.behaviour_embedding needs behaviours: data.behaviour (with data.behaviour_values) or data.domains")
-        if self.data.cold_items and self.task.kind != "retrieval":
-            raise ConfigError("data.cold_items (the cold-item check) is for retrieval (task.kind=retrieval)")
+        if self.data.cold_items and (self.task.kind != "retrieval" or self.train.loss == "full_softmax"):
+            raise ConfigError("data.cold_items (the cold-item check) is for retrieval (task.kind=retrieval) with a sampled or "
+                              "in-batch loss (full softmax would score the held-out items as negatives)")
         if (self.data.behaviour or self.data.domains) and (self.task.kind != "retrieval" or self.eval.holdout != 1):
             raise ConfigError("data.behaviour and data.domains are for retrieval (task.kind=retrieval) with eval.holdout=1; "
                               "ranking tasks read feedback through task.labels instead")

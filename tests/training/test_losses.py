@@ -84,3 +84,26 @@ def test_a_new_loss_is_one_function_and_one_registry_line():
         torch.testing.assert_close(retrieval_loss(model, batch, cfg), hinge(q, torch.tensor([2, 3]), model, cfg))
     finally:
         del LOSSES["hinge"]
+
+
+def test_never_items_are_masked_like_accidental_hits():
+    torch.manual_seed(0)
+    model = build_model(HSTUConfig(num_items=6, max_seq_len=4, embedding_dim=8, time_bias=False))
+    q, pos = torch.randn(3, 8), torch.tensor([1, 2, 3])
+    torch.manual_seed(1)
+    plain = sampled_softmax_loss(q, pos, model, 20, 0.5, share=True)
+    torch.manual_seed(1)
+    masked = sampled_softmax_loss(q, pos, model, 20, 0.5, share=True, never=torch.tensor([4, 5, 6]))
+    # with 4..6 never negatives only ids 1..3 remain: the hand-computed softmax over them
+    logits = (q @ model.item_vectors(torch.arange(1, 4)).T) / 0.5  # [3 3]
+    torch.manual_seed(1)
+    neg = torch.randint(1, 7, (1, 20))[0]
+    present = [i for i in (1, 2, 3) if i in neg.tolist()]
+    ref = []
+    for t, p in enumerate(pos.tolist()):
+        others = [logits[t, i - 1] for i in present if i != p]
+        counts = [int((neg == i).sum()) for i in present if i != p]
+        terms = torch.stack([logits[t, p - 1]] + [o for o, c in zip(others, counts) for _ in range(c)])
+        ref.append(torch.logsumexp(terms, 0) - logits[t, p - 1])
+    torch.testing.assert_close(masked, torch.stack(ref).mean())
+    assert not torch.isclose(plain, masked)

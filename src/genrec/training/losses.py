@@ -36,13 +36,15 @@ def sampled_softmax_loss(
     hard: torch.Tensor | None = None,
     potential: torch.Tensor | None = None,
     mode: str = "remove",
+    never: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the positive and uniform random negatives (ids 1..num_items). Negatives that
     hit the positive are masked out, as in the HSTU reference. share: one negative set per batch.
 
     The ranking-driven enhancer's extras (:mod:`genrec.training.enhancer`): ``hard`` [T, m] extra
     negatives; ``potential`` [T, P] item ids (0 = none) that are never negatives and, with
-    ``mode="relabel"``, count as positives: loss = −log Σ_{pos ∪ potential} / Σ_all."""
+    ``mode="relabel"``, count as positives: loss = −log Σ_{pos ∪ potential} / Σ_all.
+    ``never`` [n]: item ids masked out like accidental hits (the cold-item check's held-out items)."""
     T, num_items = q.size(0), model.config.num_items
     neg = torch.randint(1, num_items + 1, (1 if share else T, num_negatives), device=q.device)
     if share:
@@ -54,6 +56,8 @@ def sampled_softmax_loss(
         neg = torch.cat([neg, hard], dim=1)
         neg_logit = torch.cat([neg_logit, torch.einsum("td,tmd->tm", q, model.item_vectors(hard))], dim=1)
     bad = neg == pos.unsqueeze(1)  # accidental hits
+    if never is not None:
+        bad = bad | torch.isin(neg, never)
     if potential is not None:
         bad = bad | ((neg.unsqueeze(-1) == potential.unsqueeze(1)) & (potential.unsqueeze(1) != 0)).any(-1)
     neg_logit = neg_logit.float().masked_fill(bad, float("-inf")) / temperature
@@ -84,8 +88,10 @@ def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecom
 class RetrievalLoss:
     """A next-item loss as ``train.loss`` names it: the loss, its protocol text, its FLOPs count."""
 
-    fn: Callable[[torch.Tensor, torch.Tensor, SequentialRecommender, TrainConfig], torch.Tensor]
-    """(q [T D] query vectors, pos [T] target ids, model, train config) -> mean loss over the T positions."""
+    fn: Callable[..., torch.Tensor]
+    """(q [T D] query vectors, pos [T] target ids, model, train config) -> mean loss over the T
+    positions; the built-in losses also take ``never=`` item ids that may not be negatives (the
+    cold-item check's held-out items), passed only when there are some."""
     describe: Callable[[TrainConfig], str]
     """Protocol text written into the run's metrics (e.g. "full softmax, temperature 0.05")."""
     pairs: Callable[[TrainConfig, int, float], float]
@@ -94,29 +100,40 @@ class RetrievalLoss:
 
 LOSSES: dict[str, RetrievalLoss] = {
     "sampled_softmax": RetrievalLoss(
-        lambda q, pos, model, t: sampled_softmax_loss(q, pos, model, t.num_negatives, t.temperature, t.negative_sharing == "batch"),
+        lambda q, pos, model, t, never=None: sampled_softmax_loss(
+            q, pos, model, t.num_negatives, t.temperature, t.negative_sharing == "batch", never=never),
         lambda t: f"sampled softmax, {t.num_negatives} uniform negatives per {t.negative_sharing}, temperature {t.temperature}",
         lambda t, num_items, tokens: (1 + t.num_negatives) * tokens,
     ),
     # pairs: counted as 1 + num_negatives per target, as the FLOPs model always has (the batch's
     # distinct targets would be exact, but they are not known before the step)
     "in_batch": RetrievalLoss(
-        lambda q, pos, model, t: in_batch_loss(q, pos, model, t.temperature),
+        lambda q, pos, model, t, never=None: in_batch_loss(q, pos, model, t.temperature),  # never a target: never a candidate
         lambda t: f"in batch, temperature {t.temperature}",
         lambda t, num_items, tokens: (1 + t.num_negatives) * tokens,
     ),
     "full_softmax": RetrievalLoss(
-        lambda q, pos, model, t: full_softmax_loss(q, pos, model, t.temperature),
+        lambda q, pos, model, t, never=None: full_softmax_loss(q, pos, model, t.temperature),  # (config refuses never)
         lambda t: f"full softmax, temperature {t.temperature}",
         lambda t, num_items, tokens: num_items * tokens,
     ),
 }
 
 
-def retrieval_loss(model: SequentialRecommender, batch: TrainBatch, train_cfg: TrainConfig) -> torch.Tensor:
-    """The configured next-item loss (``train.loss``), averaged over positions with a target."""
+def retrieval_loss(model: SequentialRecommender, batch: TrainBatch, train_cfg: TrainConfig,
+                   never: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured next-item loss (``train.loss``), averaged over positions with a target;
+    ``never``: item ids that are never negatives (the cold-item check's held-out items)."""
     q, pos = _positions(model, batch)
-    return LOSSES[train_cfg.loss].fn(q, pos, model, train_cfg)
+    return positions_loss(q, pos, model, train_cfg, never)
+
+
+def positions_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, train_cfg: TrainConfig,
+                   never: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured loss of query vectors q [T, D] for targets pos [T]; ``never`` as in
+    :func:`retrieval_loss` (a registered loss needs the keyword only for the cold-item check)."""
+    extra = {} if never is None else {"never": never}
+    return LOSSES[train_cfg.loss].fn(q, pos, model, train_cfg, **extra)
 
 
 def ranking_loss(outputs: torch.Tensor, labels: torch.Tensor, kinds: tuple[str, ...]) -> torch.Tensor:

@@ -39,7 +39,7 @@ from genrec.data.batches import TrainBatch
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError
 from genrec.models import SequentialRecommender
-from genrec.training.losses import LOSSES
+from genrec.training.losses import positions_loss
 from genrec.training.tasks.retrieval import RetrievalTask
 
 FAMILIES = {"hstu": "hstu", "sasrec": "sasrec", "gpt": "gpt", "llama": "llama", "hf_llama": "llama"}
@@ -183,7 +183,7 @@ class DistillTask(RetrievalTask):
         h, states = student.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours)  # [B N D], N_s x [B N W]
         has = batch.targets != 0
         pos = batch.targets[has]  # [T]
-        main = LOSSES[t.loss].fn(h[has], pos, student, t)
+        main = positions_loss(h[has], pos, student, t, self.never_negative(pos.device))
         total, logs = main, {"retrieval_loss": float(main.detach())}
         if d.cosine_weight or d.l2_weight:
             cos, l2 = self.feature_terms(model, states, self._teacher_states(batch), compared_positions(batch, d.positions))
@@ -215,7 +215,7 @@ class DistillTask(RetrievalTask):
             q = adapter(s_states[ls - 1][has])  # [T D]
             if student.config.l2_normalize:
                 q = F.normalize(q, dim=-1, eps=1e-6)
-            total = total + LOSSES[t.loss].fn(q, pos, student, t)
+            total = total + positions_loss(q, pos, student, t, self.never_negative(pos.device))
         return total
 
     @torch.no_grad()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -36,13 +38,17 @@ class RetrievalTask(SpecDerived):
             t.data_fraction, t.seed, skip_items=self.cold_items,
         )
 
-    @property
+    @functools.cached_property
     def cold_items(self) -> np.ndarray | None:
         """Item ids held out of training entirely (``data.cold_items``), or None."""
         return cold_item_ids(self.data.num_items, self.cfg.data.cold_items) if self.cfg.data.cold_items else None
 
     def loss(self, model: Retriever, batch: TrainBatch, epoch: int) -> tuple[torch.Tensor, dict]:
-        return retrieval_loss(model, batch, self.cfg.train), {}
+        return retrieval_loss(model, batch, self.cfg.train, self.never_negative(batch.items.device)), {}
+
+    def never_negative(self, device) -> torch.Tensor | None:
+        """Item ids the loss may not draw as negatives: the cold-item check's held-out items."""
+        return None if self.cold_items is None else torch.from_numpy(self.cold_items).to(device)
 
     def evaluate(self, model: Retriever, split: str, device) -> dict:
         return evaluate(model, self.data, split, self.cfg.eval, device)
@@ -51,6 +57,6 @@ class RetrievalTask(SpecDerived):
         out = {"task": self.kind, "loss": LOSSES[self.cfg.train.loss].describe(self.cfg.train)}
         if self.cold_items is not None:
             out["cold_items"] = (f"{len(self.cold_items)} of {self.data.num_items} items ({self.cfg.data.cold_items:.0%}, a fixed draw) "
-                                 "never occur in training, neither as input nor as target (they may be drawn as sampled negatives); "
-                                 "they stay in the catalogue and in evaluation")
+                                 "never occur in training, neither as input, target nor sampled negative; they stay in the catalogue "
+                                 "and in evaluation")
         return out
