@@ -46,12 +46,16 @@ def synthetic_log(num_users: int = 60, num_items: int = 40, seed: int = 0) -> li
     return [rows[i] for i in order]
 
 
-@pytest.fixture
-def synthetic_csv(tmp_path: Path) -> Path:
-    path = tmp_path / "log.csv"
+def write_synthetic_csv(path: Path) -> Path:
+    """:func:`synthetic_log` as ``user_id,item_id,ts,stars`` CSV at ``path``."""
     lines = ["user_id,item_id,ts,stars"] + [f"{u},{i},{t},{r}" for u, i, t, r in synthetic_log()]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture
+def synthetic_csv(tmp_path: Path) -> Path:
+    return write_synthetic_csv(tmp_path / "log.csv")
 
 
 RENDEZVOUS_ERRORS = ("EADDRINUSE", "Address already in use", "DistNetworkError", "RendezvousTimeoutError")

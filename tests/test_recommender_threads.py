@@ -37,8 +37,7 @@ def checkpoints(tmp_path_factory):
     import conftest
 
     tmp = tmp_path_factory.mktemp("threads")
-    csv = tmp / "log.csv"
-    csv.write_text("user_id,item_id,ts,stars\n" + "\n".join(f"{u},{i},{t},{r}" for u, i, t, r in conftest.synthetic_log()) + "\n")
+    csv = conftest.write_synthetic_csv(tmp / "log.csv")
     return {
         "retrieval": _train(tmp, csv, "retrieval", {"max_seq_len": 6, "time_bias": True}),
         "unified": _train(tmp, csv, "unified", {"max_seq_len": 10, "time_bias": True}, {"kind": "unified"}),

@@ -35,8 +35,7 @@ def run_dir(tmp_path_factory):
     import conftest
 
     tmp = tmp_path_factory.mktemp("behaviours")
-    csv = tmp / "log.csv"
-    csv.write_text("user_id,item_id,ts,stars\n" + "\n".join(f"{u},{i},{t},{r}" for u, i, t, r in conftest.synthetic_log()) + "\n")
+    csv = conftest.write_synthetic_csv(tmp / "log.csv")
     (tmp / "config.yaml").write_text(yaml.safe_dump({
         "data": {"dataset": "custom", "source": str(csv), "format": "csv", "cache_dir": str(tmp / "c"),
                  "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "rating": "stars"},
@@ -85,8 +84,7 @@ def test_eval_of_the_checkpoint_matches_training(run_dir, capsys):
 def test_positives_only_checkpoint_reads_only_target_behaviours(tmp_path):
     import conftest
 
-    csv = tmp_path / "log.csv"
-    csv.write_text("user_id,item_id,ts,stars\n" + "\n".join(f"{u},{i},{t},{r}" for u, i, t, r in conftest.synthetic_log()) + "\n")
+    csv = conftest.write_synthetic_csv(tmp_path / "log.csv")
     cfg = {"data": {"dataset": "custom", "source": str(csv), "format": "csv", "cache_dir": str(tmp_path / "c"),
                     "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts", "rating": "stars"},
                     "behaviour": "rating", "behaviour_values": [1, 2, 3, 4, 5], "target_behaviours": [4, 5],
