@@ -174,7 +174,7 @@ class Recommender:
             raise ValueError(f"this model reads behaviours: give feedback with one value per history item ({what})")
         ids = []
         for v in feedback:
-            value = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+            value = _behaviour_value(v)
             if value not in vocab:
                 raise ValueError(f"behaviour {v!r} is not one of the model's behaviour values ({what})")
             ids.append(vocab.index(value) + 1)
@@ -191,7 +191,7 @@ class Recommender:
         if len(feedback) != history_len:
             raise ValueError(f"feedback needs {history_len} entries (one behaviour value per history item)")
         targets = [float(v) for v in data.get("target_behaviours") or []]
-        read = [p for p in kept if isinstance(feedback[p], (int, float)) and float(feedback[p]) in targets]
+        read = [p for p in kept if _behaviour_value(feedback[p]) in targets]
         if not read:
             raise ValueError(f"none of the history items has a target behaviour ({data.get('behaviour')} in {targets}); "
                              "this model reads only those")
@@ -373,6 +373,11 @@ class Recommender:
         binary = torch.tensor([kind == "binary" for kind in model.task_kinds])  # [A]
         probs = torch.where(binary, torch.sigmoid(out), out)
         return [{name: round(float(v), 6) for name, v in zip(model.task_names, row)} for row in probs]
+
+
+def _behaviour_value(v) -> float | None:
+    """A request's behaviour value as a number (None for anything that is not one, booleans included)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
 def _check_finite(t: torch.Tensor, what: str) -> None:
