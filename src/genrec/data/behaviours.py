@@ -12,11 +12,11 @@ click/cart/buy code). ``data.behaviour_values`` lists the vocabulary in order (b
 - ``data.target_behaviours`` restricts retrieval to those behaviours (HSTU's "next positively
   engaged item"): a training position has a target only when the next interaction has a target
   behaviour, and each user's validation and test targets are their last two such interactions
-  (:mod:`genrec.data.batches`); users need three of them to be evaluated.
+  (:mod:`genrec.data.splits`); users need three of them to be evaluated.
 - ``data.read_behaviours: targets`` makes the model read only the target-behaviour interactions
   (the positives-only baseline). The evaluated users, their targets and the items excluded from
-  the ranking (every earlier interaction, read or not) do not change, so the two are compared on
-  exactly the same ranking problem.
+  the ranking (``eval.exclude_history`` full or targets: read or not) do not change, so the two
+  are compared on exactly the same ranking problem.
 
 Nothing here changes the prepared data on disk: behaviours are derived in memory from it.
 """
