@@ -22,6 +22,8 @@ def test_config_builds(path):
         cfg.model.num_attribute_tokens, cfg.model.max_item_attributes = 5, 3
     if cfg.model.behaviour_embedding:
         cfg.model.num_behaviours = 4  # decided by the data (behaviour values, or own/context x domain)
+    if cfg.model.user_features != "none":
+        cfg.model.user_attributes, cfg.model.max_user_attributes = ["gender=F", "age=25-34"], 2  # decided by the data
     model = build_model(cfg.model)
     assert sum(t.numel() for t in [*model.parameters(), *model.buffers()]) > 0  # popularity: counts only
 

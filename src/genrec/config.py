@@ -69,6 +69,10 @@ class DataConfig:
     movies.dat file of per-item attributes, or ``auto`` for the registered dataset's own (Beauty,
     Toys: S3-Rec attributes; ML-100K, ML-1M: genres and decade). Read by models with
     ``model.item_features`` set."""
+    user_features: str | None = None
+    """User side information (``genrec.data.user_features``): a JSON / CSV / TSV / Parquet / u.user /
+    users.dat file of per-user attributes, or ``auto`` for the registered dataset's own (ML-100K,
+    ML-1M: age group, gender, occupation, zip region). Read by models with ``model.user_features`` set."""
     cold_items: float = 0.0
     """Cold-item check: this fraction of the catalogue (a fixed random draw, the same for every run
     of one dataset) never occurs in training, neither as input, as target nor as sampled negative;
@@ -110,9 +114,10 @@ class DataConfig:
         _check_choice("data.read_behaviours", self.read_behaviours, ("all", "targets"))
         if not 0.0 <= self.cold_items < 1.0:
             raise ConfigError(f"data.cold_items={self.cold_items} must be in [0, 1)")
-        if self.domains and (self.behaviour or self.source or self.dataset != "custom" or self.item_features):
-            raise ConfigError("data.domains replaces data.dataset / data.source, and does not combine with data.behaviour or "
-                              "data.item_features yet (a domain's behaviours are its own domain vs the others' context)")
+        if self.domains and (self.behaviour or self.source or self.dataset != "custom" or self.item_features or self.user_features):
+            raise ConfigError("data.domains replaces data.dataset / data.source, and does not combine with data.behaviour, "
+                              "data.item_features or data.user_features yet (a domain's behaviours are its own domain vs the "
+                              "others' context)")
         if self.domains:
             self._check_domains()
         if (self.behaviour_values or self.target_behaviours) and not self.behaviour:
@@ -413,6 +418,11 @@ class ExperimentConfig:
             raise ConfigError("eval.exclude_history=targets needs target behaviours (data.target_behaviours or data.domains)")
         if self.model.behaviour_embedding and not (self.data.behaviour or self.data.domains):
             raise ConfigError("model.behaviour_embedding needs behaviours: data.behaviour (with data.behaviour_values) or data.domains")
+        if getattr(self.model, "user_features", "none") != "none" and not self.data.user_features:
+            raise ConfigError("model.user_features needs data.user_features (a file of user attributes, or auto for a dataset "
+                              "that has one)")
+        if getattr(self.model, "user_features", "none") != "none" and (self.task.kind != "retrieval" or self.model.name in ("din", "popularity")):
+            raise ConfigError("model.user_features is for retrieval (task.kind=retrieval) with a sequence backbone")
         if self.data.cold_items and (self.task.kind != "retrieval" or self.train.loss == "full_softmax"):
             raise ConfigError("data.cold_items (the cold-item check) is for retrieval (task.kind=retrieval) with a sampled or "
                               "in-batch loss (full softmax would score the held-out items as negatives)")

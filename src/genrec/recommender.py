@@ -34,6 +34,7 @@ class Query(NamedTuple):
     labels: torch.Tensor | None  # [1, n, A] feedback of those items, when the model reads it
     known: list[int]  # item idx of the whole known history (excluded from top-k)
     behaviours: torch.Tensor | None = None  # [1, n] behaviour ids of those items, when the model reads them
+    user_tokens: torch.Tensor | None = None  # [1, 1, M] the user's attribute ids, when the model reads them
 
 
 class Recommender:
@@ -53,6 +54,12 @@ class Recommender:
       (ranking, unified and DIN checkpoints), or one behaviour value per item (e.g. its rating)
       when it reads behaviours (``model.behaviour_embedding``; the values of the training config's
       ``data.behaviour_values``); ``query_time`` is the request time (default: the last history item's);
+    - ``user_attributes`` (models with ``model.user_features``): the user's attributes as
+      ``field=value`` tokens (``["gender=F", "age=25-34"]``) or a ``{field: value}`` dict, in the
+      vocabulary the model was trained with (:attr:`user_attribute_vocabulary`). A token outside it
+      raises ``ValueError`` naming it, or is dropped with ``ignore_unknown=True``; none given reads
+      the history alone, as training did for users the attribute file lacked. Models without user
+      features refuse attributes;
     - histories longer than the model's limit (``model.max_seq_len`` interactions) keep their
       newest items; ``recommend`` still excludes every known history item, not only those kept;
     - unknown ids raise :class:`~genrec.errors.UnknownItemError` naming them, or are dropped (with
@@ -108,6 +115,16 @@ class Recommender:
     def reads_behaviours(self) -> bool:
         """Whether requests must give each history item's behaviour (as ``feedback``)."""
         return self.model.reads_behaviours
+
+    @property
+    def reads_user_attributes(self) -> bool:
+        """Whether the model reads the user's attributes (``user_attributes``)."""
+        return self.model.reads_user_attributes
+
+    @property
+    def user_attribute_vocabulary(self) -> list[str]:
+        """The ``field=value`` user attribute tokens the model knows (empty when it reads none)."""
+        return list(self.model.config.user_attributes) if self.reads_user_attributes else []
 
     @property
     def task_names(self) -> list[str]:
@@ -180,6 +197,25 @@ class Recommender:
             ids.append(vocab.index(value) + 1)
         return torch.tensor([[ids[p] for p in kept]], device=self.device)
 
+    def _user_tokens(self, attributes, ignore_unknown: bool) -> torch.Tensor | None:
+        """A request's user attributes -> [1, 1, M] token ids (0 = none) for a model that reads them."""
+        if not self.reads_user_attributes:
+            if attributes:
+                raise ValueError("this model reads no user attributes (trained without model.user_features): leave them out")
+            return None
+        if isinstance(attributes, dict):
+            attributes = [f"{k}={v}" for k, v in attributes.items()]
+        tokens = [str(t) for t in attributes or []]
+        vocab = self.user_attribute_vocabulary
+        index = {t: k + 1 for k, t in enumerate(vocab)}
+        unknown = [t for t in tokens if t not in index]
+        if unknown and not ignore_unknown:
+            raise ValueError(f"unknown user attribute(s) {unknown[:5]}: this model knows {len(vocab)} tokens "
+                             f"such as {vocab[:5]} (field=value)")
+        ids = sorted({index[t] for t in tokens if t in index})
+        width = max(int(self.model.config.max_user_attributes), len(ids), 1)
+        return torch.tensor([[ids + [0] * (width - len(ids))]], device=self.device)
+
     def _read(self, feedback: Sequence | None, history_len: int, kept: list[int]) -> list[int]:
         """Which of the ``kept`` history positions the model reads: all of them, or, for a model
         trained on target behaviours only (``data.read_behaviours: targets``) and given
@@ -197,7 +233,7 @@ class Recommender:
                              "this model reads only those")
         return read
 
-    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback) -> Query:
+    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback, user_attributes=None) -> Query:
         known, kept = self._encode_ids(history, ignore_unknown)
         idx_at = dict(zip(kept, known))  # history position -> item idx
         kept = self._read(feedback, len(history), kept)  # what the model reads; known stays whole (exclusions)
@@ -214,7 +250,7 @@ class Recommender:
             ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=self.device)
         items = torch.tensor([idx[-L:]], device=self.device)
         qt = None if query_time is None else torch.tensor([int(query_time)], device=self.device)
-        return Query(items, ts, qt, labels, known, behaviours)
+        return Query(items, ts, qt, labels, known, behaviours, self._user_tokens(user_attributes, ignore_unknown))
 
     def _candidates(self, candidates: Sequence) -> torch.Tensor:
         """Raw candidate ids -> [1, C] item idx; unknown candidates always raise."""
@@ -229,28 +265,29 @@ class Recommender:
     def _query(self, model: Retriever, x: Query) -> torch.Tensor:
         """[1, D] next-item query vector of one request."""
         with torch.inference_mode():
-            user = model.user_vectors(x.items, x.timestamps, x.query_time, x.labels, x.behaviours)
+            users = {} if x.user_tokens is None else {"user_tokens": x.user_tokens}  # (models without user features need not take it)
+            user = model.user_vectors(x.items, x.timestamps, x.query_time, x.labels, x.behaviours, **users)
         _check_finite(user, "query vector")
         return user
 
     # ---- retrieval --------------------------------------------------------------------------------
     def user_vector(
         self, history: Sequence, timestamps: Sequence[int] | None = None, query_time: int | None = None,
-        ignore_unknown: bool = False, feedback: Sequence | None = None,
+        ignore_unknown: bool = False, feedback: Sequence | None = None, user_attributes=None,
     ) -> tuple[torch.Tensor, list[int]]:
         """-> ([1, D] query vector, item idx of the whole known history). The vector is scored by
         dot product against :meth:`item_vectors` (an inference tensor: no autograd)."""
         model = self._retriever()
-        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
+        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes)
         return self._query(model, x), x.known
 
     def query(
         self, history: Sequence, timestamps: Sequence[int] | None = None, query_time: int | None = None,
-        ignore_unknown: bool = False, feedback: Sequence | None = None,
+        ignore_unknown: bool = False, feedback: Sequence | None = None, user_attributes=None,
     ) -> Query:
         """Check one request and build its model inputs, without a forward pass (raises as
         :meth:`recommend` does). What a server's micro-batcher collects for :meth:`query_vectors`."""
-        return self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
+        return self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes)
 
     def query_vectors(self, queries: Sequence[Query]) -> torch.Tensor:
         """[B, D] next-item query vectors of several requests in one padded forward pass.
@@ -268,6 +305,10 @@ class Recommender:
         qt = torch.zeros(B, dtype=torch.long, device=self.device) if model.uses_timestamps else None
         labels = torch.zeros(B, N, len(self.task_names), device=self.device) if self.reads_feedback else None
         behaviours = torch.zeros(B, N, dtype=torch.long, device=self.device) if self.reads_behaviours else None
+        users = None
+        if self.reads_user_attributes:
+            M = max(q.user_tokens.size(-1) for q in queries)
+            users = torch.zeros(B, 1, M, dtype=torch.long, device=self.device)  # [B 1 M] 0 = none
         for b, q in enumerate(queries):
             n = q.items.size(1)
             items[b, :n] = q.items[0]
@@ -278,8 +319,10 @@ class Recommender:
                 labels[b, :n] = q.labels[0]
             if behaviours is not None:
                 behaviours[b, :n] = q.behaviours[0]
+            if users is not None:
+                users[b, 0, : q.user_tokens.size(-1)] = q.user_tokens[0, 0]
         with torch.inference_mode():
-            user = model.user_vectors(items, ts, qt, labels, behaviours)  # [B D]
+            user = model.user_vectors(items, ts, qt, labels, behaviours, **({} if users is None else {"user_tokens": users}))  # [B D]
         _check_finite(user, "query vectors")
         return user
 
@@ -316,13 +359,14 @@ class Recommender:
         exclude_history: bool = True,
         ignore_unknown: bool = False,
         feedback: Sequence | None = None,
+        user_attributes=None,
     ) -> list[tuple[str, float]]:
         """Top-k (raw item id, score) over the whole catalogue, best first. Fewer than k when the
         catalogue minus the excluded history is smaller."""
         model = self._retriever()
         if k < 1:
             raise ValueError(f"k={k} must be >= 1")
-        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback)
+        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes)
         user = self._query(model, x)
         exclude = torch.tensor([x.known], device=self.device) if exclude_history else None
         with torch.inference_mode():
@@ -337,10 +381,11 @@ class Recommender:
         query_time: int | None = None,
         ignore_unknown: bool = False,
         feedback: Sequence | None = None,
+        user_attributes=None,
     ) -> list[float]:
         """Retrieval scores (similarity to the next-item query) of the given candidates, in order."""
         model = self._retriever()
-        user = self._query(model, self._inputs(history, timestamps, query_time, ignore_unknown, feedback))
+        user = self._query(model, self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes))
         cands = self._candidates(candidates)
         with torch.inference_mode():
             return model.score_candidates(user, cands)[0].tolist()

@@ -34,6 +34,7 @@ class TrainBatch:
     query_timestamps: torch.Tensor | None  # [B N] time of the target at each position
     segments: torch.Tensor | None = None  # [B N] packed rows: sequence id of each token (0 = padding)
     behaviours: torch.Tensor | None = None  # [B N] behaviour id of each input (multi-behaviour data), 0 = padding
+    user_tokens: torch.Tensor | None = None  # [B 1 M] (packed rows: [B N M]) the user's attribute ids (user side information)
 
     def to(self, device: torch.device) -> "TrainBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
@@ -79,6 +80,7 @@ class EvalBatch:
     candidate_labels: torch.Tensor | None = None  # [B K A] their feedback
     behaviours: torch.Tensor | None = None  # [B N] behaviour id of each history item (multi-behaviour data)
     item_range: torch.Tensor | None = None  # [B 2] multi-domain: ids [first, end) of the target's domain, the items ranked
+    user_tokens: torch.Tensor | None = None  # [B 1 M] the user's attribute ids (user side information)
 
     def to(self, device: torch.device | str) -> "EvalBatch":
         return EvalBatch(*(None if t is None else t.to(device) for t in vars(self).values()))
@@ -157,6 +159,7 @@ class TrainBatches:
             chosen = np.random.default_rng(seed).permutation(data.num_users)[: max(1, round(fraction * data.num_users))]
             keep &= np.isin(np.arange(data.num_users), chosen)
         self.starts, self.ends, self._window_targets = starts[keep], ends[keep], self._window_targets[keep]
+        self.users = np.flatnonzero(keep)  # the user of each window
         self.data, self.batch_size, self.bucket, self.pack = data, batch_size, bucket_by_length, pack
         self.labels = labels
 
@@ -207,6 +210,8 @@ class TrainBatches:
         N = int(n.max())
         r = self.view
         items, targets, segments, beh = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(4))
+        ut = self.data.user_tokens
+        users = None if ut is None else np.zeros((len(groups), N, ut.shape[1]), dtype=np.int64)
         has_ts = r.timestamps is not None
         ts, qts = (np.zeros((len(groups), N), dtype=np.int64) for _ in range(2))
         for row, group in enumerate(groups):
@@ -218,11 +223,13 @@ class TrainBatches:
                     ts[row, col : col + k], qts[row, col : col + k] = r.timestamps[a : b - 1], r.timestamps[a + 1 : b]
                 if r.behaviours is not None:
                     beh[row, col : col + k] = r.behaviours[a : b - 1]
+                if users is not None:
+                    users[row, col : col + k] = ut[self.users[rows[i]]]
                 segments[row, col : col + k] = seg
                 col += k
         t = (torch.from_numpy(ts), torch.from_numpy(qts)) if has_ts else (None, None)
         return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), *t, torch.from_numpy(segments),
-                          None if r.behaviours is None else torch.from_numpy(beh))
+                          None if r.behaviours is None else torch.from_numpy(beh), None if users is None else torch.from_numpy(users))
 
     def _batch(self, rows: np.ndarray) -> TrainBatch:
         s, e = self.starts[rows], self.ends[rows]
@@ -236,7 +243,7 @@ class TrainBatches:
             qts = torch.from_numpy(_pad_rows(r.timestamps, s + 1, e, N))
         if r.behaviours is not None:
             beh = torch.from_numpy(_pad_rows(r.behaviours, s, e - 1, N))
-        return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), ts, qts, None, beh)
+        return TrainBatch(torch.from_numpy(items), torch.from_numpy(targets), ts, qts, None, beh, _user_tokens(self.data, self.users[rows]))
 
 
 def eval_batches(
@@ -279,8 +286,13 @@ def eval_batches(
         yield EvalBatch(
             torch.from_numpy(u), torch.from_numpy(items), ts, qt, torch.from_numpy(data.items[t]), torch.from_numpy(exclude), lab,
             torch.from_numpy(_pad_rows(data.items, t, t + holdout, holdout)), cand_lab, beh,
-            None if (ranges := item_ranges(data, data.items[t])) is None else torch.from_numpy(ranges),
+            None if (ranges := item_ranges(data, data.items[t])) is None else torch.from_numpy(ranges), _user_tokens(data, u),
         )
+
+
+def _user_tokens(data: SequenceData, users: np.ndarray) -> torch.Tensor | None:
+    """[B, 1, M] attribute token ids of ``users`` (None when the data has no user attributes)."""
+    return None if data.user_tokens is None else torch.from_numpy(data.user_tokens[users][:, None, :])
 
 
 def _excluded(data: SequenceData, r: ReadView, how: str, f, t, s, e) -> np.ndarray:

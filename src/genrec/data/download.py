@@ -144,6 +144,18 @@ ITEM_FEATURE_FILES: dict[str, DatasetSpec] = {
                          archive_md5="c4d9eecfca2ab87c1945afe126590906", description="MovieLens 1M genres and years"),
 }
 
+USER_FEATURE_FILES: dict[str, DatasetSpec] = {
+    # data.user_features=auto: each dataset's own user demographics (genrec.data.user_features), checked like the logs
+    "ml-100k": DatasetSpec("ml-100k-users", "user-features", f"{GROUPLENS}/ml-100k.zip", "ml-100k/u.user", 22_628,
+                           {"sha256": "f120e114da2e8cf314fd28f99417c94ae9ddf1cb6db8ce0e4b5995d40e90e62c"},
+                           archive_md5="0e33842e24a9c977be4e0107933c0723",
+                           description="MovieLens 100K user demographics (age, gender, occupation, zip code)"),
+    "ml-1m": DatasetSpec("ml-1m-users", "user-features", f"{GROUPLENS}/ml-1m.zip", "ml-1m/users.dat", 134_368,
+                         {"sha256": "1dc3a95300cb19f7c10e027daf29b8cdf1d908dab65b5edfb45950aa389a10a3"},
+                         archive_md5="c4d9eecfca2ab87c1945afe126590906",
+                         description="MovieLens 1M user demographics (age group, gender, occupation, zip code)"),
+}
+
 CUSTOM = {
     "format": "csv (any one-character delimiter), parquet, or any format above (data.format)",
     "url": None,

@@ -67,23 +67,30 @@ class ItemFeatures:
     @staticmethod
     def from_raw(raw: dict[str, list[str]], item_ids, source: str) -> "ItemFeatures":
         """{raw item id: [token, ...]} and the catalogue's raw ids (item idx 1..I) -> the token table."""
-        index = {str(r): i + 1 for i, r in enumerate(item_ids)}
-        counts = Counter(t for k, toks in raw.items() if str(k) in index for t in set(toks))
-        vocab = sorted(counts, key=lambda t: (-counts[t], t))
-        tid = {t: k + 1 for k, t in enumerate(vocab)}
-        rows: list[list[int]] = [[] for _ in range(len(index) + 1)]
-        for key, toks in raw.items():
-            i = index.get(str(key))
-            if i is not None:
-                rows[i] = sorted({tid[t] for t in toks})
-        width = max(1, max(len(r) for r in rows))
-        table = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            table[i, : len(r)] = r
-        covered = sum(1 for r in rows[1:] if r)
-        stats = {"items_with_attributes": covered, "items": len(rows) - 1, "attribute_tokens": len(vocab),
-                 "max_per_item": width, "ids_not_in_catalogue": sum(1 for k in raw if str(k) not in index)}
+        table, vocab, covered, unknown = token_table(raw, item_ids)
+        stats = {"items_with_attributes": covered, "items": len(table) - 1, "attribute_tokens": len(vocab),
+                 "max_per_item": table.shape[1], "ids_not_in_catalogue": unknown}
         return ItemFeatures(table, vocab, source, stats)
+
+
+def token_table(raw: dict[str, list[str]], ids) -> tuple[np.ndarray, list[str], int, int]:
+    """{raw id: [token, ...]} over the raw ids of idx 1..n -> (table [n + 1, M] of token ids, 0 =
+    padding and row 0 empty; the vocabulary, token id k = vocab[k - 1], most frequent first; rows
+    with any token; ids of ``raw`` not among ``ids``)."""
+    index = {str(r): i + 1 for i, r in enumerate(ids)}
+    counts = Counter(t for k, toks in raw.items() if str(k) in index for t in set(toks))
+    vocab = sorted(counts, key=lambda t: (-counts[t], t))
+    tid = {t: k + 1 for k, t in enumerate(vocab)}
+    rows: list[list[int]] = [[] for _ in range(len(index) + 1)]
+    for key, toks in raw.items():
+        i = index.get(str(key))
+        if i is not None:
+            rows[i] = sorted({tid[t] for t in toks})
+    width = max(1, max(len(r) for r in rows))
+    table = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):
+        table[i, : len(r)] = r
+    return table, vocab, sum(1 for r in rows[1:] if r), sum(1 for k in raw if str(k) not in index)
 
 
 def _decade(year: str) -> list[str]:
@@ -148,7 +155,7 @@ def _columns_to_tokens(ids: list[str], columns: dict[str, list]) -> dict[str, li
     return out
 
 
-def _read_table(path: Path) -> dict[str, list[str]]:
+def _read_table(path: Path, id_columns=ITEM_ID_COLUMNS, what: str = "item") -> dict[str, list[str]]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -163,38 +170,38 @@ def _read_table(path: Path) -> dict[str, list[str]]:
     try:
         table = pq.read_table(path) if base.endswith(".parquet") else read_csv()
         names = table.column_names
-        id_col = next((c for c in ITEM_ID_COLUMNS if c in names), names[0])
+        id_col = next((c for c in id_columns if c in names), names[0])
         if not base.endswith(".parquet") and table.schema.field(id_col).type != pa.string():
             table = read_csv({id_col: pa.string()})  # ids as written ("007" stays "007"), like the log's
     except Exception as exc:  # pyarrow names the row; we add the file
-        raise DataFormatError(f"{path}: unreadable item feature table ({exc})") from exc
+        raise DataFormatError(f"{path}: unreadable {what} feature table ({exc})") from exc
     ids = [str(v) for v in table[id_col].to_pylist()]
     if len(set(ids)) != len(ids):
         dup = next(i for i, c in Counter(ids).items() if c > 1)
-        raise DataFormatError(f"{path}: item id {dup!r} appears on more than one row (column {id_col!r})")
+        raise DataFormatError(f"{path}: {what} id {dup!r} appears on more than one row (column {id_col!r})")
     columns = {c: table[c].to_pylist() for c in names if c != id_col}
     return _columns_to_tokens(ids, columns)
 
 
-def _read_json(path: Path) -> dict[str, list[str]]:
+def _read_json(path: Path, what: str = "item") -> dict[str, list[str]]:
     try:
         with open_text(path) as f:
             obj = json.load(f)
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
     if not isinstance(obj, dict):
-        raise DataFormatError(f"{path}: expected an object {{item id: [attributes]}} or {{item id: {{field: value}}}}")
+        raise DataFormatError(f"{path}: expected an object {{{what} id: [attributes]}} or {{{what} id: {{field: value}}}}")
     out: dict[str, list[str]] = {}
     nested = [k for k, v in obj.items() if isinstance(v, dict)]
     if nested and len(nested) != len(obj):
-        raise DataFormatError(f"{path}: mixes {{field: value}} objects and attribute lists (item {nested[0]!r})")
+        raise DataFormatError(f"{path}: mixes {{field: value}} objects and attribute lists ({what} {nested[0]!r})")
     if nested:
         ids = list(obj)
         fields = sorted({f for v in obj.values() for f in v})
         return _columns_to_tokens(ids, {f: [obj[i].get(f) for i in ids] for f in fields})
     for key, value in obj.items():
         if not isinstance(value, list):
-            raise DataFormatError(f"{path}: item {key!r}: expected a list of attributes, got {type(value).__name__}")
+            raise DataFormatError(f"{path}: {what} {key!r}: expected a list of attributes, got {type(value).__name__}")
         out[str(key)] = [f"attr={v}" for v in value]
     return out
 
@@ -216,14 +223,15 @@ def read_item_features(path: str | Path) -> dict[str, list[str]]:
     raise DataFormatError(f"{path}: unknown item feature format (JSON, CSV, TSV, Parquet, u.item, movies.dat)")
 
 
-def feature_file(data_cfg) -> Path:
-    """The file ``data.item_features`` names (``auto``: the registered dataset's own, located or downloaded)."""
-    if data_cfg.item_features != "auto":
-        return Path(data_cfg.item_features).expanduser()
-    spec = ITEM_FEATURE_FILES.get(data_cfg.dataset)
+def feature_file(data_cfg, value: str, key: str = "item_features", registry: dict = ITEM_FEATURE_FILES) -> Path:
+    """The file that ``data.<key>`` (= ``value``) names; ``auto``: the registered dataset's own
+    (``registry``: dataset -> its file), located or downloaded."""
+    if value != "auto":
+        return Path(value).expanduser()
+    spec = registry.get(data_cfg.dataset)
     if spec is None:
-        raise ConfigError(f"data.item_features=auto: dataset {data_cfg.dataset!r} has no registered attribute file "
-                          f"(those that do: {sorted(ITEM_FEATURE_FILES)}); give a file path")
+        raise ConfigError(f"data.{key}=auto: dataset {data_cfg.dataset!r} has no registered attribute file "
+                          f"(those that do: {sorted(registry)}); give a file path")
     if data_cfg.source:  # inside the official archive given as the source, or beside the log (that folder only)
         src = Path(data_cfg.source).expanduser()
         if src.suffix == ".zip" and src.is_file():
@@ -238,7 +246,7 @@ def feature_file(data_cfg) -> Path:
     try:  # then $GENREC_SOURCE folders, the download cache, or the download
         return fetch(spec, data_cfg.cache_dir, None, data_cfg.verify_checksum)
     except (DataFormatError, OSError) as exc:
-        raise DataFormatError(f"data.item_features=auto: {spec.description} ({Path(spec.member).name}) is not beside the log, "
+        raise DataFormatError(f"data.{key}=auto: {spec.description} ({Path(spec.member).name}) is not beside the log, "
                               f"in $GENREC_SOURCE or in the cache, and could not be downloaded ({exc}); give its path") from exc
 
 
@@ -246,7 +254,7 @@ def load_item_features(data_cfg, item_ids) -> ItemFeatures:
     """The attribute table of the prepared catalogue ``item_ids`` (raw ids of item idx 1..I).
     A file none of whose ids is in the catalogue is an error (the wrong file, or ids written
     differently); one that covers under half the catalogue gets a warning."""
-    path = feature_file(data_cfg)
+    path = feature_file(data_cfg, data_cfg.item_features)
     raw = read_item_features(path)
     features = ItemFeatures.from_raw(raw, item_ids, str(path))
     st = features.stats

@@ -60,6 +60,9 @@ class SequenceData:
     actions: np.ndarray | None = None  # [T, A] float32 action signals (clicks, likes, watch time, ...)
     action_names: tuple[str, ...] = ()  # the A action column names
     behaviours: Behaviours | None = None  # behaviour types, targets and reads (set in memory by genrec.data.behaviours)
+    user_tokens: np.ndarray | None = None  # [U, M] attribute token ids per user, 0 = padding (set in memory by genrec.data.user_features)
+    user_vocabulary: tuple[str, ...] = ()  # user attribute token id k -> user_vocabulary[k - 1]
+    user_feature_stats: dict | None = None  # where the user attributes came from and how many users have any
 
     @property
     def num_users(self) -> int:

@@ -34,7 +34,8 @@ def target_ranks(
     items when ``batch.item_range`` is set (multi-domain data); inf if excluded.
     ``nonfinite``: a dict whose ``scores``/``targets`` counters are increased by the number of
     non-finite item scores and target scores met (they rank last, see the module docstring)."""
-    user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels, batch.behaviours).float()  # [B D]
+    users = {} if batch.user_tokens is None else {"user_tokens": batch.user_tokens}  # (models without user features need not take it)
+    user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels, batch.behaviours, **users).float()  # [B D]
     targets = batch.targets
     tgt = model.score_candidates(user, targets.unsqueeze(1)).float()  # [B 1]
     bad_tgt = ~torch.isfinite(tgt)
@@ -96,6 +97,9 @@ def protocol(data: SequenceData, split: str, eval_cfg, max_seq_len: int, num_use
             kind = "own-domain" if data.stats.get("domains") else "target-behaviour"
             split_text = (f"leave-one-out over {kind} interactions, {split} ({which} {kind} interaction per row with "
                           ">= 3 of them; history = every earlier interaction the model reads)")
+    if data.user_feature_stats:
+        st = data.user_feature_stats
+        beh["user_attributes"] = f"{st['source']}: {st['users_with_attributes']} of {st['users']} users have any"
     return {
         "split": split_text,
         **beh,
@@ -127,6 +131,10 @@ def split_ranks(
     """[users] rank of every evaluated user's ``split`` target (see :func:`target_ranks`), in the
     order of :func:`~genrec.data.batches.split_block` (ascending user index), whatever order the
     batches come in. ``labels`` [T, A]: per-interaction feedback, for models that read it."""
+    if model.reads_user_attributes and list(model.config.user_attributes) != list(data.user_vocabulary):
+        raise ValueError("this model reads user attributes, but the data's user attribute vocabulary differs from the one it was "
+                         "trained with (a different data.user_features file?)" if data.user_tokens is not None else
+                         "this model reads user attributes: evaluate it on data read with data.user_features")
     was_training = model.training
     model.eval()
     all_ranks, all_users = [], []

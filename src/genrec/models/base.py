@@ -2,7 +2,9 @@
 over one causal transducer.
 
 Trainer, evaluator, CLI and the inference layer all go through these methods, so training,
-evaluation and serving cannot drift apart:
+evaluation and serving cannot drift apart. One file on purpose: the input side (item, attribute,
+behaviour and user tables) and the output side (item vectors, top-k) must agree for every
+backbone, and here they are read together.
 
 - ``transduce(x, context, cache)`` -> the backbone over token embeddings under any attention
   context (causal, interleaved item/action tokens, M-FALCON candidates against a KV cache);
@@ -20,7 +22,7 @@ similarities when ``l2_normalize`` is on (the reference setting), dot products o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -68,10 +70,21 @@ class ModelConfig:
     interaction's behaviour (e.g. its rating level) to its token."""
     num_behaviours: int = 0
     """Behaviour vocabulary size (set from the data when ``behaviour_embedding`` is on)."""
+    user_features: str = "none"
+    """User side information (needs ``data.user_features``): ``none``; ``sum``: the mean of the
+    user's attribute embeddings (age group, gender, ...) is added to every history token, so the
+    query depends on who the user is as well as on what they did."""
+    user_attributes: list[str] = field(default_factory=list)
+    """User attribute vocabulary, token id k = ``user_attributes[k - 1]`` (set from the data when
+    ``user_features`` is on; serving maps a request's attributes with it)."""
+    max_user_attributes: int = 0
+    """Most attribute tokens of one user (set from the data when ``user_features`` is on)."""
 
     def __post_init__(self) -> None:
         if self.item_features not in ("none", "sum", "concat"):
             raise ConfigError(f"model.item_features={self.item_features!r}: expected 'none', 'sum' or 'concat'")
+        if self.user_features not in ("none", "sum"):
+            raise ConfigError(f"model.user_features={self.user_features!r}: expected 'none' or 'sum'")
         for key in ("max_seq_len", "embedding_dim", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
@@ -123,6 +136,14 @@ class SequentialRecommender(nn.Module, Retriever):
             nn.init.trunc_normal_(self.behaviour_table.weight, std=0.02)
             with torch.no_grad():
                 self.behaviour_table.weight[0].zero_()
+        if config.user_features != "none":
+            if not config.user_attributes or config.max_user_attributes < 1:
+                raise ConfigError("model.user_features=sum needs the user attributes: set data.user_features (a file, or auto "
+                                  "for a dataset that has one)")
+            self.user_table = nn.EmbeddingBag(len(config.user_attributes) + 1, config.embedding_dim, mode="mean", padding_idx=0)
+            nn.init.trunc_normal_(self.user_table.weight, std=0.02)
+            with torch.no_grad():
+                self.user_table.weight[0].zero_()
         if self.absolute_positions:
             self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
             nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
@@ -142,6 +163,8 @@ class SequentialRecommender(nn.Module, Retriever):
             n += self.attribute_embedding.weight.numel()
         if self.config.behaviour_embedding:
             n += self.behaviour_table.weight.numel()
+        if self.config.user_features != "none":
+            n += self.user_table.weight.numel()
         return n + (self.pos_embedding.weight.numel() if self.absolute_positions else 0)
 
     def load_item_attributes(self, tokens: torch.Tensor) -> None:
@@ -180,6 +203,11 @@ class SequentialRecommender(nn.Module, Retriever):
         """Whether ``encode`` needs each history item's behaviour id (``model.behaviour_embedding``)."""
         return self.config.behaviour_embedding
 
+    @property
+    def reads_user_attributes(self) -> bool:
+        """Whether ``encode`` needs each user's attribute token ids (``model.user_features``)."""
+        return self.config.user_features != "none"
+
     # ---- to implement -------------------------------------------------------------------------
     def transduce(
         self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None, layer_outputs: list | None = None
@@ -199,14 +227,24 @@ class SequentialRecommender(nn.Module, Retriever):
             raise ValueError(f"this {self.config.name} has time_bias on: pass timestamps and query timestamps")
         return rel_bias.buckets(ctx.k_time, ctx.q_time)
 
-    def embed_items(self, items: torch.Tensor, behaviours: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_items(self, items: torch.Tensor, behaviours: torch.Tensor | None = None,
+                    user_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """items [...] -> item embedding × √D [..., D] (the input scale of the HSTU reference); with
-        ``behaviour_embedding``, plus the embedding of each item's ``behaviours`` [...] (ids, 0 = none)."""
+        ``behaviour_embedding``, plus the embedding of each item's ``behaviours`` [...] (ids, 0 = none);
+        with ``user_features``, plus the mean embedding of the user's attribute tokens ``user_tokens``
+        ([B, 1, M] per row, or [B, N, M] per token for packed rows; ids, 0 = none)."""
         x = self.item_rows(items)
         if self.config.behaviour_embedding:
             if behaviours is None:
                 raise ValueError("this model reads behaviours (model.behaviour_embedding): pass one per history item")
             x = x + self.behaviour_table(behaviours)
+        if self.config.user_features != "none":
+            if user_tokens is None:
+                raise ValueError("this model reads user attributes (model.user_features): pass the user's attribute token ids")
+            if user_tokens.dim() != 3 or user_tokens.size(0) != items.size(0) or user_tokens.size(1) not in (1, items.size(1)):
+                raise ValueError(f"user_tokens {tuple(user_tokens.shape)}: expected [B, 1, M] or [B, N, M] for items {tuple(items.shape)}")
+            profile = self.user_table(user_tokens.reshape(-1, user_tokens.size(-1)))  # users without any: 0
+            x = x + profile.view(*user_tokens.shape[:2], -1)
         return x * math.sqrt(self.config.embedding_dim)
 
     def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -226,12 +264,15 @@ class SequentialRecommender(nn.Module, Retriever):
         query_timestamps: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         behaviours: torch.Tensor | None = None,
+        user_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """items [B, N] right-padded -> [B, N, D]; position i sees items 0..i only. With
         ``segments`` [B, N] (packed rows, see :meth:`Context.packed`), each row holds several
         sequences and a token sees only the earlier tokens of its own sequence. ``behaviours``
-        [B, N]: each item's behaviour id (read when ``reads_behaviours``)."""
-        h, _ = self.transduce(self.embed_items(items, behaviours), self._context(items, timestamps, query_timestamps, segments))
+        [B, N]: each item's behaviour id (read when ``reads_behaviours``); ``user_tokens``: the
+        user's attribute ids (read when ``reads_user_attributes``; shapes in :meth:`embed_items`)."""
+        x = self.embed_items(items, behaviours, user_tokens)
+        h, _ = self.transduce(x, self._context(items, timestamps, query_timestamps, segments))
         return self._normalize(h)
 
     def encode_layers(
@@ -241,12 +282,14 @@ class SequentialRecommender(nn.Module, Retriever):
         query_timestamps: torch.Tensor | None = None,
         segments: torch.Tensor | None = None,
         behaviours: torch.Tensor | None = None,
+        user_tokens: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """:meth:`encode` plus the hidden state leaving each layer (layer-aligned distillation):
         (encode's output [B, N, D], ``num_layers`` tensors [B, N, W], W = :attr:`layer_width`).
         The states are the residual stream after each layer, before any final norm or output map."""
         layers: list[torch.Tensor] = []
-        h, _ = self.transduce(self.embed_items(items, behaviours), self._context(items, timestamps, query_timestamps, segments), None, layers)
+        x = self.embed_items(items, behaviours, user_tokens)
+        h, _ = self.transduce(x, self._context(items, timestamps, query_timestamps, segments), None, layers)
         return self._normalize(h), layers
 
     @property
@@ -283,10 +326,12 @@ class SequentialRecommender(nn.Module, Retriever):
         query_time: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         behaviours: torch.Tensor | None = None,
+        user_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """History items [B, N] (right-padded, each row non-empty) -> [B, D] next-item query vector.
         ``labels`` (feedback per history item) is read only by models over interleaved sequences,
-        ``behaviours`` [B, N] only by models with ``behaviour_embedding``."""
+        ``behaviours`` [B, N] only by models with ``behaviour_embedding``, ``user_tokens`` [B, 1, M]
+        only by models with ``user_features``."""
         lengths = (items != 0).sum(dim=1)
         if bool((lengths == 0).any()):
             raise ValueError("every history must contain at least one item")
@@ -295,7 +340,8 @@ class SequentialRecommender(nn.Module, Retriever):
             rows = torch.arange(items.size(0), device=items.device)
             last = timestamps[rows, lengths - 1]
             query_ts = next_timestamps(timestamps, lengths, last if query_time is None else query_time)
-        h = self.encode(items, timestamps, query_ts, behaviours=behaviours)  # [B N D]
+        users = {} if user_tokens is None else {"user_tokens": user_tokens}  # (subclasses' encode need not take it)
+        h = self.encode(items, timestamps, query_ts, behaviours=behaviours, **users)  # [B N D]
         return h[torch.arange(items.size(0), device=items.device), lengths - 1]
 
     def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:

@@ -33,6 +33,8 @@ class Model(ABC):
     """Whether the model reads the feedback (labels) of each history item."""
     reads_behaviours: bool = False
     """Whether the model reads the behaviour type of each history item (multi-behaviour data)."""
+    reads_user_attributes: bool = False
+    """Whether the model reads the user's attribute tokens (user side information)."""
 
     @property
     @abstractmethod
@@ -66,10 +68,11 @@ class Retriever(Model):
     @abstractmethod
     def user_vectors(
         self, items: torch.Tensor, timestamps: torch.Tensor | None = None, query_time: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None, behaviours: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None, behaviours: torch.Tensor | None = None, user_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """History [B, N] (+ timestamps, request time, feedback when ``reads_feedback``, behaviour
-        ids [B, N] when ``reads_behaviours``) -> [B, D]."""
+        ids [B, N] when ``reads_behaviours``, the user's attribute ids [B, 1, M] when
+        ``reads_user_attributes``) -> [B, D]."""
 
     @abstractmethod
     def item_vectors(self, ids: torch.Tensor | None = None, start: int = 0, end: int | None = None) -> torch.Tensor:

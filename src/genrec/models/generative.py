@@ -289,10 +289,13 @@ class GenerativeRecommender(InterleavedRanker, Retriever):
         query_time: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         behaviours: torch.Tensor | None = None,
+        user_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """History [B, n] with labels [B, n, A] -> [B, D], the output at the last action token."""
         if behaviours is not None:
             raise ValueError("interleaved models read feedback labels, not behaviour ids (data.behaviour is for retrieval backbones)")
+        if user_tokens is not None:
+            raise ValueError("interleaved models read no user attributes (model.user_features is for retrieval backbones)")
         enc = self.encode_history(items, labels, timestamps, query_time)
         if bool((enc.lengths == 0).any()):
             raise ValueError("every history must contain at least one item")

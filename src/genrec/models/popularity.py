@@ -65,7 +65,7 @@ class Popularity(nn.Module, Retriever):
     def embedding_parameters(self) -> int:
         return 0
 
-    def user_vectors(self, items, timestamps=None, query_time=None, labels=None, behaviours=None) -> torch.Tensor:
+    def user_vectors(self, items, timestamps=None, query_time=None, labels=None, behaviours=None, user_tokens=None) -> torch.Tensor:
         if bool(((items != 0).sum(1) == 0).any()):
             raise ValueError("every history must contain at least one item")
         return self.log_counts.new_ones(items.size(0), 1)  # [B 1]

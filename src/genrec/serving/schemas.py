@@ -44,6 +44,10 @@ class RecommendRequest(_History):
     exclude_history: bool = Field(True, description="never return an item of the history")
     allow: list[ItemId] | None = Field(None, description="only these items may be returned (scored exactly)")
     deny: list[ItemId] | None = Field(None, description="these items are never returned")
+    user_attributes: list[str] | dict[str, str | StrictInt] | None = Field(
+        None, max_length=256, description="models with user features: the user's attributes as field=value tokens or a "
+        "{field: value} object, e.g. [\"gender=F\", \"age=25-34\"] (the vocabulary is in /v1/model)",
+    )
 
 
 class RankRequest(_History):

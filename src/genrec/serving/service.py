@@ -142,6 +142,7 @@ class Service:
             "kind": self.kind, "num_items": model.num_items, "max_history": model.max_history,
             "uses_timestamps": model.uses_timestamps, "reads_feedback": self.rec.reads_feedback,
             "reads_behaviours": self.rec.reads_behaviours, "tasks": self.rec.task_names,
+            "user_attributes": self.rec.user_attribute_vocabulary,
             "index": None if self.index is None else self.index.describe(),
             "metadata": {"source": self.catalog.source, "titles": self.catalog.has_titles},
             "data": exp.get("data"), "model": exp.get("model"), "task": exp.get("task"),
@@ -194,7 +195,7 @@ def prepare_recommend(svc: Service, req: RecommendRequest) -> RecommendJob:
         if ids is not None and len(ids) > limits.max_list:
             raise ApiError(422, "list_too_long", f"the {name} list has {len(ids)} ids; at most {limits.max_list}")
     with translated():
-        query = svc.rec.query(history, req.timestamps, req.query_time, req.ignore_unknown, req.feedback)
+        query = svc.rec.query(history, req.timestamps, req.query_time, req.ignore_unknown, req.feedback, req.user_attributes)
     exclude = set(query.known) if req.exclude_history else set()
     exclude |= set(svc.item_idx(req.deny or [], req.ignore_unknown, "deny"))
     allow = None if req.allow is None else svc.item_idx(req.allow, req.ignore_unknown, "allow")

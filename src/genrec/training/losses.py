@@ -21,7 +21,7 @@ from genrec.training.logits import gathered_logits, softmax_cross_entropy
 
 
 def _positions(model: SequentialRecommender, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    h = model.encode(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours)  # [B N D]
+    h = model.encode(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours, batch.user_tokens)  # [B N D]
     valid = batch.targets != 0
     return h[valid], batch.targets[valid]  # [T D], [T]
 

@@ -35,6 +35,12 @@ class BuildSpec:
     """``binary``/``regression`` per ranking task."""
     num_behaviours: int = 0
     """Behaviour vocabulary size of multi-behaviour data (0: none; ``data.behaviour``)."""
+    user_attributes: tuple[str, ...] = ()
+    """User attribute vocabulary of data read with ``data.user_features`` (empty: none)."""
+    max_user_attributes: int = 0
+    """Most attribute tokens of one user."""
+    user_feature_stats: dict | None = None
+    """Where the user attributes came from and how many users have any (protocol notes)."""
     features: Callable[[], ItemFeatures] | None = None
     """Reads the item attributes (``data.item_features``) for a model that asks for them, when first
     needed: building a model reads them; evaluating a checkpoint (which carries them) never does."""
@@ -57,6 +63,11 @@ class BuildSpec:
                 raise ConfigError("model.behaviour_embedding needs behaviours: set data.behaviour (rating or an action column) "
                                   "and data.behaviour_values")
             changes["num_behaviours"] = self.num_behaviours
+        if model.user_features != "none":
+            if not self.user_attributes:
+                raise ConfigError(f"model.user_features={model.user_features!r} needs data.user_features (a file of user "
+                                  "attributes, or auto for a dataset that has one)")
+            changes.update(user_attributes=list(self.user_attributes), max_user_attributes=self.max_user_attributes)
         if "time_bias" in fields and not self.timestamps:
             changes["time_bias"] = False
         if "task_names" in fields and self.task_names:  # models that carry their tasks (DIN)
@@ -76,6 +87,11 @@ class BuildSpec:
         if model.behaviour_embedding and self.num_behaviours:
             notes.append(f"behaviour embedding: {self.num_behaviours} behaviour ids (data.behaviour, or own/context x domain for "
                          "data.domains) added to each history token")
+        if model.user_features != "none" and self.user_feature_stats:
+            st = self.user_feature_stats
+            notes.append(f"user features ({model.user_features}): {st['source']}, {st['attribute_tokens']} attribute tokens, "
+                         f"{st['users_with_attributes']} of {st['users']} users have any; their mean embedding is added to every "
+                         "history token")
         return notes
 
     def attach(self, model: Model) -> Model:
@@ -106,4 +122,7 @@ def resolve_spec(data: SequenceData, task_names: tuple[str, ...] = (), task_kind
     if cfg is not None and cfg.model.item_features != "none" and cfg.data.item_features:
         features = functools.partial(load_item_features, cfg.data, data.item_ids)
     num_behaviours = 0 if data.behaviours is None else data.behaviours.num
-    return BuildSpec(data.num_items, data.timestamps is not None, tuple(task_names), tuple(task_kinds), num_behaviours, features)
+    users = {} if data.user_tokens is None else {"user_attributes": data.user_vocabulary, "max_user_attributes": data.user_tokens.shape[1],
+                                                  "user_feature_stats": data.user_feature_stats}
+    return BuildSpec(data.num_items, data.timestamps is not None, tuple(task_names), tuple(task_kinds), num_behaviours, **users,
+                     features=features)

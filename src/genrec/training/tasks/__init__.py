@@ -24,6 +24,7 @@ import torch
 from genrec.data.batches import TrainBatches
 from genrec.data.behaviours import with_behaviours
 from genrec.data.prepare import SequenceData
+from genrec.data.user_features import with_user_features
 from genrec.errors import ConfigError
 from genrec.models import Model
 
@@ -75,6 +76,8 @@ def build_task(cfg, data: SequenceData) -> Task:
 
     kind = cfg.task.kind
     data = with_behaviours(data, cfg.data)  # multi-behaviour: targets and reads (no-op without data.behaviour)
+    if cfg.model.user_features != "none":  # user side information (ExperimentConfig checked the task and model)
+        data = with_user_features(data, cfg.data)
     if cfg.distill.teacher:  # a distilled student: evaluated here; trained (with its teacher) by genrec.experiments.distill
         from genrec.training.tasks.distill import DistillTask
 

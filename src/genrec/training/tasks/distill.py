@@ -180,7 +180,8 @@ class DistillTask(RetrievalTask):
 
     def loss(self, model: DistillationModel, batch: TrainBatch, epoch: int) -> tuple[torch.Tensor, dict]:
         d, t, student = self.cfg.distill, self.cfg.train, model.student
-        h, states = student.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours)  # [B N D], N_s x [B N W]
+        h, states = student.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours,
+                                          batch.user_tokens)  # [B N D], N_s x [B N W]
         has = batch.targets != 0
         pos = batch.targets[has]  # [T]
         main = positions_loss(h[has], pos, student, t, self.never_negative(pos.device))
@@ -223,7 +224,8 @@ class DistillTask(RetrievalTask):
         teacher = self.teacher
         if teacher.item_embedding.weight.device != batch.items.device:
             teacher.to(batch.items.device)
-        _, states = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours)
+        _, states = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours,
+                                          batch.user_tokens)
         if len(states) != teacher.config.num_layers:
             raise RuntimeError(f"the {teacher.config.name} teacher returned {len(states)} layer states for "
                                f"{teacher.config.num_layers} layers")

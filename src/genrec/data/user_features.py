@@ -1,0 +1,103 @@
+"""User side information: per-user attribute tokens (age group, gender, occupation, region, ...)
+from a file beside the log, mapped onto the prepared users.
+
+``data.user_features`` names the file, or ``auto`` for a registered dataset's own demographics
+(:data:`genrec.data.download.USER_FEATURE_FILES`: MovieLens ``u.user`` and ``users.dat``), found
+like the item attributes (:func:`genrec.data.item_features.feature_file`).
+
+Formats (``.gz`` read directly):
+
+- MovieLens ``u.user`` (``id|age|gender|occupation|zip``) and ``users.dat``
+  (``UserID::Gender::Age::Occupation::Zip-code``): ``age=<group>`` (the MovieLens-1M groups, so
+  ages of ``u.user`` fall into the same seven), ``gender=``, ``occupation=`` and ``zip=<first
+  character>`` tokens;
+- CSV / TSV / Parquet with a header: the user id column (``user_id``, ``user``, ``userId``,
+  ``reviewerID``, ``id``, else the first), every other column a field, tokenised as for item
+  attributes (text by value, numbers by decile, booleans by flag);
+- JSON ``{user id: [attribute, ...]}`` or ``{user id: {field: value, ...}}``.
+
+Every token gets an id 1..A, most frequent first over the prepared users; the vocabulary is
+stored in the model config (``model.user_attributes``), so a served checkpoint maps a request's
+attributes with the ids it was trained with. A model with ``model.user_features: sum`` adds the
+mean of the user's token embeddings to every history token (:meth:`SequentialRecommender.embed_items
+<genrec.models.base.SequentialRecommender.embed_items>`); users the file lacks read their history alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from genrec.data.download import USER_FEATURE_FILES, base_name
+from genrec.data.item_features import _read_json, _read_movielens, _read_table, feature_file, token_table
+from genrec.data.prepare import SequenceData
+from genrec.errors import ConfigError, DataFormatError
+
+USER_ID_COLUMNS = ("user_id", "user", "userId", "reviewerID", "id")
+"""The user id column of a per-user file, first found wins."""
+
+AGE_GROUPS = ((18, "under-18"), (25, "18-24"), (35, "25-34"), (45, "35-44"), (50, "45-49"), (56, "50-55"))
+"""MovieLens-1M's age groups (upper bound exclusive, label); 56 and over is ``56+``."""
+ML1M_AGE_CODES = {"1": "under-18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+"}
+
+
+def age_group(age: int) -> str:
+    return next((label for bound, label in AGE_GROUPS if age < bound), "56+")
+
+
+def _zip(code: str) -> list[str]:
+    code = code.strip()
+    return [f"zip={code[0].upper()}"] if code else []
+
+
+def _u_user_tokens(parts: list[str]) -> list[str] | None:
+    if len(parts) != 5 or not parts[1].isdigit():
+        return None
+    return [f"age={age_group(int(parts[1]))}", f"gender={parts[2]}", f"occupation={parts[3]}", *_zip(parts[4])]
+
+
+def _users_dat_tokens(parts: list[str]) -> list[str] | None:
+    if len(parts) != 5 or parts[2] not in ML1M_AGE_CODES:
+        return None
+    return [f"age={ML1M_AGE_CODES[parts[2]]}", f"gender={parts[1]}", f"occupation={parts[3]}", *_zip(parts[4])]
+
+
+def read_user_features(path: str | Path) -> dict[str, list[str]]:
+    """{raw user id: [attribute token, ...]} from a user feature file (formats: module docstring)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataFormatError(f"data.user_features={str(path)!r}: no such file")
+    base = base_name(path)
+    if base == "u.user":
+        return _read_movielens(path, "|", "user id|age|gender|occupation|zip code", _u_user_tokens)
+    if base == "users.dat":
+        return _read_movielens(path, "::", "UserID::Gender::Age(1,18,25,35,45,50,56)::Occupation::Zip-code", _users_dat_tokens)
+    if base.endswith(".json"):
+        return _read_json(path, "user")
+    if base.endswith((".csv", ".tsv", ".parquet")):
+        return _read_table(path, USER_ID_COLUMNS, "user")
+    raise DataFormatError(f"{path}: unknown user feature format (JSON, CSV, TSV, Parquet, u.user, users.dat)")
+
+
+def with_user_features(data: SequenceData, data_cfg) -> SequenceData:
+    """``data`` with its users' attribute tokens (``user_tokens`` [U, M], ``user_vocabulary``) read
+    from ``data.user_features``. A file none of whose ids is a prepared user is an error (the wrong
+    file, or ids written differently); one that covers under half the users gets a warning."""
+    if not data_cfg.user_features:
+        raise ConfigError("model.user_features needs data.user_features (a file of user attributes, or auto for a dataset "
+                          f"that has one: {sorted(USER_FEATURE_FILES)})")
+    path = feature_file(data_cfg, data_cfg.user_features, "user_features", USER_FEATURE_FILES)
+    raw = read_user_features(path)
+    table, vocab, covered, unknown = token_table(raw, data.user_ids)
+    if covered == 0:
+        raise DataFormatError(f"{path}: no user of the log has attributes here: {len(raw)} ids in the file, {unknown} of them "
+                              f"unknown (file ids e.g. {list(raw)[:3]}, log user ids e.g. {[str(u) for u in data.user_ids[:3]]}); "
+                              "is it the right file?")
+    if covered < data.num_users / 2:
+        print(f"genrec: warning: {path}: only {covered} of {data.num_users} users have attributes", file=sys.stderr)
+    stats = {"source": str(path), "users_with_attributes": covered, "users": data.num_users, "attribute_tokens": len(vocab),
+             "ids_not_in_log": unknown}
+    return dataclasses.replace(data, user_tokens=table[1:], user_vocabulary=tuple(vocab), user_feature_stats=stats)
