@@ -171,6 +171,10 @@ class TrainConfig:
     """Uniform negatives per position (sampled_softmax)."""
     negative_sharing: str = "position"
     """``position``: fresh negatives for each position (reference); ``batch``: one set shared by the batch."""
+    negatives_from: str = "catalogue"
+    """Where sampled negatives come from: the whole ``catalogue``, or (multi-domain data,
+    ``data.domains``) the ``target_domain``'s items only, as each target is ranked in evaluation;
+    with ``negative_sharing: batch``, one shared set per domain."""
     temperature: float = 0.05
     """Softmax temperature on cosine similarities."""
     seed: int = 42
@@ -228,6 +232,9 @@ class TrainConfig:
 
         _check_choice("train.loss", self.loss, tuple(LOSSES))
         _check_choice("train.negative_sharing", self.negative_sharing, ("position", "batch"))
+        _check_choice("train.negatives_from", self.negatives_from, ("catalogue", "target_domain"))
+        if self.negatives_from == "target_domain" and self.loss != "sampled_softmax":
+            raise ConfigError("train.negatives_from=target_domain draws sampled negatives: use it with train.loss=sampled_softmax")
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
         _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         for name in ("epochs", "batch_size", "eval_every"):
@@ -423,6 +430,8 @@ class ExperimentConfig:
                               "that has one)")
         if getattr(self.model, "user_features", "none") != "none" and (self.task.kind != "retrieval" or self.model.name in ("din", "popularity")):
             raise ConfigError("model.user_features is for retrieval (task.kind=retrieval) with a sequence backbone")
+        if self.train.negatives_from == "target_domain" and not self.data.domains:
+            raise ConfigError("train.negatives_from=target_domain needs several domains (data.domains)")
         if self.data.cold_items and (self.task.kind != "retrieval" or self.train.loss == "full_softmax"):
             raise ConfigError("data.cold_items (the cold-item check) is for retrieval (task.kind=retrieval) with a sampled or "
                               "in-batch loss (full softmax would score the held-out items as negatives)")

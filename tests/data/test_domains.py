@@ -149,9 +149,10 @@ def test_joint_training_reports_each_domain(tmp_path):
     cfg = ExperimentConfig.from_dict({
         "data": {"domains": [str(a), str(b)], "cache_dir": str(tmp_path / "c")},
         "model": {"name": "sasrec", "max_seq_len": 8, "embedding_dim": 16, "num_layers": 1, "behaviour_embedding": True},
-        "train": {"epochs": 2, "batch_size": 16, "num_negatives": 8, "lr": 0.01},
+        "train": {"epochs": 2, "batch_size": 16, "num_negatives": 8, "lr": 0.01, "negatives_from": "target_domain"},
     })
     result = train(cfg, tmp_path / "run")
+    assert "drawn from the target's domain" in result["protocol"]["loss"]
     test = result["test"]
     assert test["beauty/users"] == 30 and test["toys/users"] == 30
     assert test["ndcg@10"] == pytest.approx((test["beauty/ndcg@10"] + test["toys/ndcg@10"]) / 2)

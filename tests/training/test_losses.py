@@ -107,3 +107,35 @@ def test_never_items_are_masked_like_accidental_hits():
         ref.append(torch.logsumexp(terms, 0) - logits[t, p - 1])
     torch.testing.assert_close(masked, torch.stack(ref).mean())
     assert not torch.isclose(plain, masked)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_negatives_from_the_targets_domain_never_leave_it(share):
+    # items 1-10 are domain 0, 11-20 domain 1; one domain's item vectors are NaN, so a single
+    # negative drawn from it makes the loss NaN: with ranges, the other domain's targets never see it
+    torch.manual_seed(0)
+    model = build_model(HSTUConfig(num_items=20, max_seq_len=4, embedding_dim=8, time_bias=False, dropout=0.0))
+    ranges = torch.tensor([[1, 11], [11, 21]])
+    q = F.normalize(torch.randn(6, 8), dim=-1)
+    for poisoned, pos in (((1, 11), torch.tensor([12, 15, 20, 11, 13, 19])), ((11, 21), torch.tensor([1, 2, 3, 10, 4, 7]))):
+        with torch.no_grad():
+            saved = model.item_embedding.weight.clone()
+            model.item_embedding.weight[poisoned[0] : poisoned[1]] = float("nan")
+        assert torch.isfinite(sampled_softmax_loss(q, pos, model, 64, 0.1, share, ranges=ranges))
+        assert torch.isnan(sampled_softmax_loss(q, pos, model, 64, 0.1, share))  # the whole catalogue: it is drawn
+        with torch.no_grad():
+            model.item_embedding.weight.copy_(saved)
+    mixed = torch.tensor([1, 12, 5, 20, 9, 11])  # both domains in one batch: each row its own domain's negatives
+    loss = sampled_softmax_loss(q, mixed, model, 64, 0.1, share, ranges=ranges)
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_negatives_from_target_domain_needs_domains_and_sampled_softmax():
+    from genrec.config import ExperimentConfig
+
+    with pytest.raises(ConfigError, match="data.domains"):
+        ExperimentConfig.from_dict({"train": {"negatives_from": "target_domain"}})
+    with pytest.raises(ConfigError, match="sampled_softmax"):
+        TrainConfig(negatives_from="target_domain", loss="in_batch")
+    with pytest.raises(ConfigError, match="negatives_from"):
+        TrainConfig(negatives_from="domain")

@@ -37,6 +37,7 @@ def sampled_softmax_loss(
     potential: torch.Tensor | None = None,
     mode: str = "remove",
     never: torch.Tensor | None = None,
+    ranges: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the positive and uniform random negatives (ids 1..num_items). Negatives that
     hit the positive are masked out, as in the HSTU reference. share: one negative set per batch.
@@ -44,11 +45,21 @@ def sampled_softmax_loss(
     The ranking-driven enhancer's extras (:mod:`genrec.training.enhancer`): ``hard`` [T, m] extra
     negatives; ``potential`` [T, P] item ids (0 = none) that are never negatives and, with
     ``mode="relabel"``, count as positives: loss = −log Σ_{pos ∪ potential} / Σ_all.
-    ``never`` [n]: item ids masked out like accidental hits (the cold-item check's held-out items)."""
+    ``never`` [n]: item ids masked out like accidental hits (the cold-item check's held-out items).
+    ``ranges`` [G, 2]: item id ranges [first, end) of multi-domain data; each position's negatives
+    come from its target's range (shared: one set per range)."""
     T, num_items = q.size(0), model.config.num_items
-    neg = torch.randint(1, num_items + 1, (1 if share else T, num_negatives), device=q.device)
+    if ranges is None:
+        neg = torch.randint(1, num_items + 1, (1 if share else T, num_negatives), device=q.device)
+    else:
+        group = torch.searchsorted(ranges[:, 1].contiguous(), pos, right=True)  # [T] the target's range
+        first, size = (ranges[:, 0], ranges[:, 1] - ranges[:, 0]) if share else (ranges[group, 0], ranges[group, 1] - ranges[group, 0])
+        neg = first.unsqueeze(1) + (torch.rand(first.size(0), num_negatives, device=q.device) * size.unsqueeze(1)).long()  # [G|T K]
     if share:
-        neg_logit = q @ model.item_vectors(neg[0]).T  # [T K]
+        neg_logit = q @ model.item_vectors(neg.reshape(-1)).T  # [T K] (with ranges [T G*K]: every range's set)
+        if ranges is not None:  # each position keeps its own range's K columns
+            cols = group.unsqueeze(1) * num_negatives + torch.arange(num_negatives, device=q.device)
+            neg_logit, neg = neg_logit.gather(1, cols), neg[group]
     else:  # blockwise, never [T K D] (genrec.training.logits)
         neg_logit = gathered_logits(q, model.item_vectors, neg, num_items)  # [T K]
     neg = neg.expand(T, -1)
@@ -91,7 +102,8 @@ class RetrievalLoss:
     fn: Callable[..., torch.Tensor]
     """(q [T D] query vectors, pos [T] target ids, model, train config) -> mean loss over the T
     positions; the built-in losses also take ``never=`` item ids that may not be negatives (the
-    cold-item check's held-out items), passed only when there are some."""
+    cold-item check's held-out items), passed only when there are some; ``sampled_softmax`` also
+    ``ranges=`` (``train.negatives_from: target_domain``)."""
     describe: Callable[[TrainConfig], str]
     """Protocol text written into the run's metrics (e.g. "full softmax, temperature 0.05")."""
     pairs: Callable[[TrainConfig, int, float], float]
@@ -100,9 +112,11 @@ class RetrievalLoss:
 
 LOSSES: dict[str, RetrievalLoss] = {
     "sampled_softmax": RetrievalLoss(
-        lambda q, pos, model, t, never=None: sampled_softmax_loss(
-            q, pos, model, t.num_negatives, t.temperature, t.negative_sharing == "batch", never=never),
-        lambda t: f"sampled softmax, {t.num_negatives} uniform negatives per {t.negative_sharing}, temperature {t.temperature}",
+        lambda q, pos, model, t, never=None, ranges=None: sampled_softmax_loss(
+            q, pos, model, t.num_negatives, t.temperature, t.negative_sharing == "batch", never=never, ranges=ranges),
+        lambda t: (f"sampled softmax, {t.num_negatives} uniform negatives per {t.negative_sharing}"
+                   + (" (per domain), drawn from the target's domain" if t.negatives_from == "target_domain" else "")
+                   + f", temperature {t.temperature}"),
         lambda t, num_items, tokens: (1 + t.num_negatives) * tokens,
     ),
     # pairs: counted as 1 + num_negatives per target, as the FLOPs model always has (the batch's
@@ -121,18 +135,21 @@ LOSSES: dict[str, RetrievalLoss] = {
 
 
 def retrieval_loss(model: SequentialRecommender, batch: TrainBatch, train_cfg: TrainConfig,
-                   never: torch.Tensor | None = None) -> torch.Tensor:
+                   never: torch.Tensor | None = None, ranges: torch.Tensor | None = None) -> torch.Tensor:
     """The configured next-item loss (``train.loss``), averaged over positions with a target;
-    ``never``: item ids that are never negatives (the cold-item check's held-out items)."""
+    ``never``: item ids that are never negatives (the cold-item check's held-out items);
+    ``ranges`` [G, 2]: draw each position's negatives from its target's id range (domains)."""
     q, pos = _positions(model, batch)
-    return positions_loss(q, pos, model, train_cfg, never)
+    return positions_loss(q, pos, model, train_cfg, never, ranges)
 
 
 def positions_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, train_cfg: TrainConfig,
-                   never: torch.Tensor | None = None) -> torch.Tensor:
-    """The configured loss of query vectors q [T, D] for targets pos [T]; ``never`` as in
-    :func:`retrieval_loss` (a registered loss needs the keyword only for the cold-item check)."""
+                   never: torch.Tensor | None = None, ranges: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured loss of query vectors q [T, D] for targets pos [T]; ``never`` and ``ranges``
+    as in :func:`retrieval_loss` (a registered loss needs the keywords only when they are used)."""
     extra = {} if never is None else {"never": never}
+    if ranges is not None:
+        extra["ranges"] = ranges
     return LOSSES[train_cfg.loss].fn(q, pos, model, train_cfg, **extra)
 
 

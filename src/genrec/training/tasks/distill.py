@@ -184,7 +184,7 @@ class DistillTask(RetrievalTask):
                                           batch.user_tokens)  # [B N D], N_s x [B N W]
         has = batch.targets != 0
         pos = batch.targets[has]  # [T]
-        main = positions_loss(h[has], pos, student, t, self.never_negative(pos.device))
+        main = positions_loss(h[has], pos, student, t, self.never_negative(pos.device), self.negative_ranges(pos.device))
         total, logs = main, {"retrieval_loss": float(main.detach())}
         if d.cosine_weight or d.l2_weight:
             cos, l2 = self.feature_terms(model, states, self._teacher_states(batch), compared_positions(batch, d.positions))
@@ -216,7 +216,7 @@ class DistillTask(RetrievalTask):
             q = adapter(s_states[ls - 1][has])  # [T D]
             if student.config.l2_normalize:
                 q = F.normalize(q, dim=-1, eps=1e-6)
-            total = total + positions_loss(q, pos, student, t, self.never_negative(pos.device))
+            total = total + positions_loss(q, pos, student, t, self.never_negative(pos.device), self.negative_ranges(pos.device))
         return total
 
     @torch.no_grad()

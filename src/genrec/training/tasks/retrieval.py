@@ -44,7 +44,14 @@ class RetrievalTask(SpecDerived):
         return cold_item_ids(self.data.num_items, self.cfg.data.cold_items) if self.cfg.data.cold_items else None
 
     def loss(self, model: Retriever, batch: TrainBatch, epoch: int) -> tuple[torch.Tensor, dict]:
-        return retrieval_loss(model, batch, self.cfg.train, self.never_negative(batch.items.device)), {}
+        device = batch.items.device
+        return retrieval_loss(model, batch, self.cfg.train, self.never_negative(device), self.negative_ranges(device)), {}
+
+    def negative_ranges(self, device) -> torch.Tensor | None:
+        """[G, 2] item id range of each domain when negatives come from the target's domain, else None."""
+        if self.cfg.train.negatives_from != "target_domain":
+            return None
+        return torch.tensor([[d["first_item"], d["end_item"]] for d in self.data.stats["domains"]], device=device)
 
     def never_negative(self, device) -> torch.Tensor | None:
         """Item ids the loss may not draw as negatives: the cold-item check's held-out items."""
