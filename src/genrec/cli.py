@@ -6,7 +6,7 @@
     genrec recommend CKPT --history 12,7,33 [-k 10]
     genrec rank CKPT --history 12,7,33 --feedback 1,0,1 --candidates 5,9,40
     genrec serve CKPT [--port 8000] [--workers N] [--index exact|faiss-flat|faiss-ivf|faiss-hnsw]
-    genrec scale SWEEP.yaml --out DIR [--only hstu,sasrec]
+    genrec scale SWEEP.yaml [KEY=VALUE ...] --out DIR [--only hstu,sasrec]
     genrec tune CONFIG [key=value ...] --space SPACE.yaml --trials N [--out DIR] [--storage URL]
     genrec prepare CONFIG [key=value ...]
     genrec datasets
@@ -194,16 +194,19 @@ def cmd_serve(
     return serve(settings, host, port, workers, threads, log_level)
 
 
-def cmd_scale(sweep: str, out: str, only: str | None) -> dict:
+def cmd_scale(sweep: str, overrides: list[str], out: str, only: str | None) -> dict:
     """Train a scaling grid (backbones x depth x width x data fraction) from a sweep file.
 
     Writes OUT/results.csv (one row per point: backbone, layers, width, parameters, FLOPs, seconds,
     valid/test metrics), OUT/fits.csv (power law per backbone, with R²) and OUT/*.png. Finished
-    points are never rerun; an interrupted point resumes from its last epoch. See configs/sweeps/.
+    points are never rerun; an interrupted point resumes from its last epoch. KEY=VALUE overrides
+    are added to the sweep's own (e.g. train.seed=43 for a second seed into another --out) and
+    recorded in OUT/sweep.yaml. With several data fractions, also OUT/<metric>_vs_data.png.
+    See configs/sweeps/.
     """
     from genrec.experiments.scaling import run_sweep
 
-    return run_sweep(sweep, out, [b.strip() for b in only.split(",")] if only else None)
+    return run_sweep(sweep, out, [b.strip() for b in only.split(",")] if only else None, overrides)
 
 
 def cmd_tune(
@@ -336,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("scale", cmd_scale)
     sp.add_argument("sweep", help="sweep YAML (e.g. configs/sweeps/ml-100k.yaml)")
+    sp.add_argument("overrides", nargs="*", help="dotted overrides for every point, after the sweep's own, e.g. train.seed=43")
     sp.add_argument("--out", required=True, help="sweep folder (results.csv, fits.csv, plots, one run folder per point)")
     sp.add_argument("--only", help="comma-separated backbone labels to run now (the tables use every finished point)")
 

@@ -62,6 +62,24 @@ def test_scale_writes_results_fits_plots_and_skips_finished_points(tmp_path, swe
     assert second["points"] == 12 and (out / "points" / "hstu-L1-D8-f1" / "row.json").stat().st_mtime_ns == stamp
 
 
+def test_data_fractions_with_command_line_overrides(tmp_path, sweep_file, capsys):
+    raw = yaml.safe_load(sweep_file.read_text())
+    raw.update(layers=[1], widths=[8], data_fractions=[0.5, 1.0], backbones={"hstu": {"name": "hstu"}, "sasrec": {"name": "sasrec"}})
+    sweep_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "seed7"
+    assert main(["scale", str(sweep_file), "train.seed=7", "--out", str(out)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["points"] == 4 and (out / "ndcg_at_10_vs_data.png").stat().st_size > 1000
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["overrides"] == ["train.epochs=1", "train.seed=7"]
+    point = yaml.safe_load((out / "points" / "sasrec-L1-D8-f0.5" / "config.yaml").read_text())
+    assert point["train"]["seed"] == 7 and point["train"]["data_fraction"] == 0.5
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["backbone"], r["data_fraction"]) for r in rows) == [("hstu", "0.5"), ("hstu", "1.0"), ("sasrec", "0.5"), ("sasrec", "1.0")]
+    # another seed into the same folder would mix two experiments: refused, nothing trained
+    assert main(["scale", str(sweep_file), "train.seed=8", "--out", str(out)]) != 0
+    assert "use another --out" in capsys.readouterr().err
+
+
 def test_flops_estimate_by_hand(tmp_path, sweep_file):
     from genrec.models import build_model
 

@@ -64,6 +64,40 @@ def plot(rows: list[dict], fit_rows: list[dict], metric: str, out: Path) -> list
     return paths
 
 
+def plot_data(rows: list[dict], metric: str, out: Path) -> Path | None:
+    """Validation (left) and test (right) metric vs the share of training users, one line per
+    backbone and model size, for sweeps with several data fractions (else None)."""
+    fractions = sorted({r["data_fraction"] for r in rows})
+    if len(fractions) < 2:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({(r["backbone"], r["layers"], r["width"]) for r in rows})
+    fig, panels = plt.subplots(1, 2, figsize=(12, 4.8), sharex=True)
+    for ax, split in zip(panels, ("valid", "test")):
+        key = f"{split}_{metric}"
+        for i, (backbone, layers, width) in enumerate(sizes):
+            line = sorted((r for r in rows if (r["backbone"], r["layers"], r["width"]) == (backbone, layers, width)
+                           and r.get(key) is not None), key=lambda r: r["data_fraction"])
+            ax.plot([r["data_fraction"] for r in line], [r[key] for r in line], "-o", color=f"C{i % 10}",
+                    label=f"{backbone}, {layers} layers, width {width}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
+        ax.set_xlabel("share of training users (train.data_fraction)")
+        ax.set_ylabel(f"{split} {metric}")
+        ax.set_title(f"{'validation' if split == 'valid' else 'test'} {metric} (each point: its best-validation epoch)", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+    panels[1].legend(fontsize=7, frameon=False)
+    fig.tight_layout()
+    path = out / f"{metric.replace('@', '_at_')}_vs_data.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     """Rows as CSV (columns: every key, in first-seen order), written atomically."""
     keys: list[str] = []

@@ -15,7 +15,7 @@ from genrec.config import ExperimentConfig, apply_overrides, load_config
 from genrec.errors import ConfigError
 from genrec.experiments.scaling.fits import fits
 from genrec.experiments.scaling.flops import count_parameters, training_flops
-from genrec.experiments.scaling.report import plot, write_csv
+from genrec.experiments.scaling.report import plot, plot_data, write_csv
 
 BASE_MODEL_FIELDS = ("max_seq_len", "dropout", "l2_normalize", "num_heads", "item_features")
 """Model fields a point takes from the base config; the rest of ``model`` is the backbone's own."""
@@ -109,12 +109,18 @@ def run_point(sweep: SweepConfig, base_dir: Path, p: dict, out: Path) -> dict:
     return row
 
 
-def run_sweep(sweep_file: str | Path, out: str | Path, only: list[str] | None = None) -> dict:
-    """Run every point not yet finished (optionally only the backbones in ``only``), then
-    write results.csv, fits.csv and the plots from all finished points."""
+def run_sweep(sweep_file: str | Path, out: str | Path, only: list[str] | None = None, overrides: list[str] | None = None) -> dict:
+    """Run every point not yet finished (optionally only the backbones in ``only``; ``overrides``
+    added after the sweep's own), then write results.csv, fits.csv and the plots from all
+    finished points."""
     sweep, base_dir = SweepConfig.load(sweep_file)
+    sweep.overrides = [*sweep.overrides, *(overrides or [])]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    earlier = out / "sweep.yaml"
+    if earlier.exists() and (old := yaml.safe_load(earlier.read_text()) or {}).get("overrides") != sweep.overrides:
+        raise ConfigError(f"{out} holds a sweep with overrides {old.get('overrides')}, not {sweep.overrides}: "
+                          "use another --out (finished points are reused, so they must be the same experiment)")
     (out / "sweep.yaml").write_text(yaml.safe_dump(dataclasses.asdict(sweep), sort_keys=False))
     rows = []
     for p in sweep.points():
@@ -127,4 +133,6 @@ def run_sweep(sweep_file: str | Path, out: str | Path, only: list[str] | None = 
     fit_rows = fits(finished, sweep.metric)
     write_csv(out / "fits.csv", fit_rows)
     plots = [str(p) for p in plot(finished, fit_rows, sweep.metric, out)] if finished else []
+    if finished and (data_plot := plot_data(finished, sweep.metric, out)) is not None:
+        plots.append(str(data_plot))
     return {"points": len(finished), "ran": len(rows), "results": str(out / "results.csv"), "fits": fit_rows, "plots": plots}
