@@ -24,7 +24,7 @@ def main() -> None:
     folder = Path(args.folder)
     if args.replot:
         from genrec.experiments.scaling.fits import fits as fit_rows
-        from genrec.experiments.scaling.report import plot, write_csv
+        from genrec.experiments.scaling.report import plot, plot_data, write_csv
 
         def number(v: str):
             try:
@@ -35,8 +35,9 @@ def main() -> None:
         rows = [{k: v if k in ("backbone", "model") else number(v) for k, v in r.items()} for r in csv.DictReader(open(folder / "results.csv"))]
         found = fit_rows(rows, args.metric)
         write_csv(folder / "fits.csv", found)
-        for path in plot(rows, found, args.metric, folder):
-            print(f"wrote {path}")
+        for path in [*plot(rows, found, args.metric, folder), plot_data(rows, args.metric, folder)]:
+            if path is not None:
+                print(f"wrote {path}")
     rows = list(csv.DictReader(open(folder / "results.csv")))
     m = args.metric
     # the test fits (fits.csv also holds validation fits, metric valid_<m>; older files only test ones)
