@@ -87,15 +87,17 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def fill_model(folder: Path, model: Model, item_ids: list[str], experiment: dict,
-               state: dict[str, torch.Tensor] | None = None) -> None:
+               state: dict[str, torch.Tensor] | None = None, metadata: dict[str, dict] | None = None) -> None:
     """Write the model (``state``: its weights when they are not ``model.state_dict()``, e.g. a
-    sharded table gathered whole)."""
+    sharded table gathered whole; ``metadata``: item metadata, written as ``item_metadata.json``)."""
     save_tensors(folder / "model.safetensors", model.state_dict() if state is None else state)
     _write_json(folder / "model.json", model.config.__dict__)
     if isinstance(model, InterleavedRanker):
         _write_json(folder / "head.json", model.head_config.__dict__)
     _write_json(folder / "items.json", list(item_ids))
     _write_json(folder / "experiment.json", experiment)
+    if metadata:
+        _write_json(folder / ITEM_METADATA, metadata)
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

@@ -70,7 +70,7 @@ def export_student(trainer: Trainer) -> None:
     weights: :meth:`Trainer.finish` loaded them to test them)."""
     student = trainer.model.student
     ckpt.write_atomic_dir(trainer.out / "best", lambda folder: ckpt.fill_model(
-        folder, student, list(trainer.task.data.item_ids), trainer.cfg.to_dict()))
+        folder, student, list(trainer.task.data.item_ids), trainer.cfg.to_dict(), metadata=trainer.item_metadata))
 
 
 def add_teacher(trainer: Trainer, teacher, result: dict) -> dict:

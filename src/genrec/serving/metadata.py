@@ -1,44 +1,18 @@
-"""Item metadata for the service: a title (and any other fields) per raw item id, and search.
+"""Item metadata for the service: titles and search over the catalogue (:class:`ItemCatalog`).
 
 Where it comes from, first found wins:
 
 1. ``--metadata FILE`` given to ``genrec serve``;
-2. ``item_metadata.json`` in the checkpoint folder (:func:`genrec.checkpoint.read_item_metadata`);
-3. the dataset's own metadata file next to its data, when the dataset has one: MovieLens
-   ``u.item`` (ML-100K), ``movies.dat`` (ML-1M), ``movies.csv`` (ML-20M); for Beauty the P5
-   ``datamaps.json`` (item id -> Amazon ASIN; the S3-Rec and P5 Beauty files number items alike),
-   looked up under ``data.source`` and every ``$GENREC_SOURCE`` folder.
+2. ``item_metadata.json`` in the checkpoint folder (written by training, ``data.item_metadata``;
+   :func:`genrec.checkpoint.read_item_metadata`);
+3. the dataset's own metadata file next to its data (:func:`genrec.data.item_metadata.discover`).
 
-Files read (``.gz`` too): CSV or TSV with a header (an ``item``/``item_id``/``id`` column, the
-rest become fields), JSON (a list of objects with an id, or an ``{id: {fields}}`` / ``{id: title}``
-map), JSON lines, Parquet, MovieLens ``u.item`` / ``movies.dat`` and P5 ``datamaps.json``.
-Metadata never decides what the model can recommend: ids it lacks simply have no title.
+The readers live in :mod:`genrec.data.item_metadata`.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
-import json
-import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
-
-from genrec.data.columns import ITEM_ID_COLUMNS
-from genrec.data.download import base_name
-from genrec.errors import DataFormatError
-
-ID_COLUMNS = ITEM_ID_COLUMNS
-TITLE_COLUMNS = ("title", "name")
-
-# dataset name -> (file names, folder the file must sit under or None)
-DATASET_FILES = {
-    "ml-100k": (("u.item",), None),
-    "ml-1m": (("movies.dat",), None),
-    "ml-20m": (("movies.csv",), None),
-    "beauty": (("datamaps.json",), "beauty"),
-}
 
 
 class ItemCatalog:
@@ -83,94 +57,3 @@ class ItemCatalog:
             if item_id != query and all(w in text for w in words):
                 out.append(item_id)
         return out
-
-
-# ---- readers ------------------------------------------------------------------------------------
-def _open_text(path: Path, encoding: str = "utf-8") -> str:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    return raw.decode(encoding)
-
-
-def read_metadata(path: str | Path) -> dict[str, dict]:
-    """{raw item id: {"title": ..., other fields}} from a metadata file (formats: module docstring)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: no such metadata file")
-    name = base_name(path)
-    try:
-        if name == "u.item":
-            return _read_separated(_open_text(path, "latin-1"), "|", ("title", "release_date", "video_release_date", "imdb_url"))
-        if name == "movies.dat":
-            return _read_separated(_open_text(path, "latin-1"), "::", ("title", "genres"))
-        if name == "datamaps.json":
-            id2item = json.loads(_open_text(path))["id2item"]
-            return {str(k): {"title": str(v), "asin": str(v)} for k, v in id2item.items()}
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            return _from_rows(pq.read_table(path).to_pylist(), path)
-        if name.endswith(".json"):
-            return _from_json(json.loads(_open_text(path)), path)
-        if name.endswith(".jsonl"):
-            return _from_rows([json.loads(line) for line in _open_text(path).splitlines() if line.strip()], path)
-        if name.endswith((".csv", ".tsv")):
-            text = _open_text(path)
-            dialect = "excel-tab" if name.endswith(".tsv") else "excel"
-            return _from_rows(list(csv.DictReader(io.StringIO(text), dialect=dialect)), path)
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, OSError) as exc:
-        raise DataFormatError(f"{path}: unreadable item metadata ({exc})") from exc
-    raise DataFormatError(f"{path}: unknown metadata format (CSV/TSV, JSON, JSON lines, Parquet, u.item, movies.dat, datamaps.json)")
-
-
-def _read_separated(text: str, sep: str, names: tuple[str, ...]) -> dict[str, dict]:
-    out = {}
-    for line in text.splitlines():
-        if line.strip():
-            parts = line.split(sep)
-            out[parts[0]] = {k: v for k, v in zip(names, parts[1:]) if v}
-    return out
-
-
-def _id_of(row: Mapping, path: Path, line: int) -> str:
-    for col in ID_COLUMNS:
-        if row.get(col) not in (None, ""):
-            return str(row[col])
-    raise DataFormatError(f"{path}: record {line} has no item id (one of the columns {', '.join(ID_COLUMNS)})")
-
-
-def _from_rows(rows: list[Mapping], path: Path) -> dict[str, dict]:
-    out = {}
-    for n, row in enumerate(rows, start=1):
-        item_id = _id_of(row, path, n)
-        fields = {k: v for k, v in row.items() if k not in ID_COLUMNS and v not in (None, "")}
-        title = next((fields.pop(c) for c in TITLE_COLUMNS if c in fields), None)
-        out[item_id] = ({"title": str(title)} if title is not None else {}) | fields
-    return out
-
-
-def _from_json(obj, path: Path) -> dict[str, dict]:
-    if isinstance(obj, list):
-        return _from_rows(obj, path)
-    if isinstance(obj, dict):
-        return {str(k): (dict(v) if isinstance(v, dict) else {"title": str(v)}) for k, v in obj.items()}
-    raise DataFormatError(f"{path}: JSON metadata must be a list of objects or an {{id: fields}} map")
-
-
-def discover(experiment: Mapping) -> Path | None:
-    """The dataset's own metadata file (``DATASET_FILES``) under ``data.source`` or a
-    ``$GENREC_SOURCE`` folder, or None."""
-    data = experiment.get("data") or {}
-    names, parent = DATASET_FILES.get(str(data.get("dataset", "")), ((), None))
-    if not names:
-        return None
-    folders = [Path(p) for p in os.environ.get("GENREC_SOURCE", "").split(os.pathsep) if p]
-    if data.get("source"):
-        src = Path(str(data["source"]))
-        folders.insert(0, src if src.is_dir() else src.parent)
-    for folder in folders:
-        for name in names:
-            for candidate in (name, name + ".gz"):
-                hits = sorted(p for p in folder.rglob(candidate) if parent is None or p.parent.name == parent) if folder.is_dir() else []
-                if hits:
-                    return hits[0]
-    return None

@@ -23,7 +23,8 @@ from genrec.errors import GenrecError, UnknownItemError
 from genrec.models.contracts import Ranker, Retriever
 from genrec.recommender import Query, Recommender
 from genrec.serving.index import IndexOptions, ItemIndex, build_index, index_folder
-from genrec.serving.metadata import ItemCatalog, discover, read_metadata
+from genrec.data.item_metadata import discover, read_metadata
+from genrec.serving.metadata import ItemCatalog
 from genrec.serving.schemas import RankRequest, RecommendRequest
 
 

@@ -19,6 +19,7 @@ batches come from (seed, epoch) too, so a run resumed from ``last/`` retraces th
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import shutil
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from genrec import checkpoint as ckpt
 from genrec import jsonio
 from genrec.config import ExperimentConfig
+from genrec.data.item_metadata import run_metadata
 from genrec.errors import CheckpointError, ConfigError, TrainingDiverged
 from genrec.training import curves
 from genrec.training.precision import describe as describe_precision
@@ -120,6 +122,12 @@ class Trainer:
     def is_main(self) -> bool:
         return self.strategy.is_main
 
+    @functools.cached_property
+    def item_metadata(self) -> dict[str, dict] | None:
+        """Titles and fields of the catalogue's items (``data.item_metadata``), stored with every
+        checkpoint for ``genrec serve``; read once, at the first save."""
+        return run_metadata(self.cfg.data, self.task.data.item_ids)
+
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, name: str, with_state: bool) -> None:
         """Write ``out/name`` (atomically; main process only)."""
@@ -128,7 +136,7 @@ class Trainer:
         weights, extra = self.strategy.checkpoint_weights(self.model)
 
         def fill(folder: Path) -> None:
-            ckpt.fill_model(folder, self.model, list(self.task.data.item_ids), self.cfg.to_dict(), weights)
+            ckpt.fill_model(folder, self.model, list(self.task.data.item_ids), self.cfg.to_dict(), weights, self.item_metadata)
             if with_state:
                 ckpt.fill_optimizer(folder, self.optimizer)
                 for file, tensors in extra.items():
