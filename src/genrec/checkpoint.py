@@ -12,7 +12,10 @@ the two renames, :func:`resolve` finds the previous copy at ``<name>.old``.
 Integrity: ``digests.json`` records the SHA-256 of every ``*.safetensors`` file of the folder, and
 every read checks it, so a corrupted or truncated file gives one clear :class:`CheckpointError`
 line instead of silently wrong weights (a flipped byte in a float loads fine as safetensors).
-Checkpoints written before digests existed load without the check.
+Checkpoints written before digests existed load without the check. A model is loaded from one
+version of its folder (:func:`snapshot`: every file read through one handle on the folder), so a
+run that swaps in a new ``best/`` during the load cannot mix two versions, and
+:func:`load_model_verified` returns the SHA-256 of exactly the weights it loaded.
 
 Training and inference both import this module (it sits above ``models``, below ``training``).
 """
@@ -30,6 +33,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
+from safetensors.torch import load as load_bytes
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -155,13 +159,66 @@ def load_optimizer(folder: Path, optimizer: torch.optim.Optimizer) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+MODEL_FILES = ("model.json", "experiment.json", "items.json", "model.safetensors")
+OPTIONAL_FILES = ("head.json", DIGESTS)
+
+
+def snapshot(path: str | Path, attempts: int = 3) -> tuple[Path, dict[str, bytes | None]]:
+    """The bytes of a checkpoint's model files, all from one version of the folder: they are read
+    through one open handle on the folder, so a training run that swaps in a new ``best/``
+    meanwhile (:func:`write_atomic_dir`) cannot mix two versions; if the folder read was removed
+    under it, the read starts again from the new one. Optional files absent: None."""
+    for _ in range(attempts):
+        folder = resolve(path)
+        if os.open not in os.supports_dir_fd:  # (no directory handles on this OS: plain reads)
+            return folder, {n: (folder / n).read_bytes() if (folder / n).exists() else None for n in MODEL_FILES + OPTIONAL_FILES}
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            files: dict[str, bytes | None] = {}
+            for name in MODEL_FILES + OPTIONAL_FILES:
+                try:
+                    with os.fdopen(os.open(name, os.O_RDONLY, dir_fd=fd), "rb") as f:
+                        files[name] = f.read()
+                except FileNotFoundError:
+                    files[name] = None
+            if os.fstat(fd).st_nlink > 0:  # the folder still exists: one consistent version
+                missing = [n for n in MODEL_FILES if files[n] is None]
+                if missing:
+                    raise CheckpointError(f"{folder / missing[0]}: missing (incomplete checkpoint)")
+                return folder, files
+        finally:
+            os.close(fd)
+    raise CheckpointError(f"{path}: the checkpoint was replaced {attempts} times while it was read; try again")
+
+
+def _json_of(folder: Path, name: str, data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{folder / name}: not valid JSON ({exc})") from exc
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, list[str], dict]:
     """Load (model, raw item ids, experiment dict) from a checkpoint folder; the model is in eval mode."""
-    folder = resolve(path)
-    model = build_model(model_config_from_dict(_read_json(folder / "model.json")))
-    experiment = _read_json(folder / "experiment.json")
-    if (folder / "head.json").exists():
-        head = _read_json(folder / "head.json")
+    model, items, experiment, _ = load_model_verified(path, device)
+    return model, items, experiment
+
+
+def load_model_verified(path: str | Path, device: str | torch.device = "cpu") -> tuple[Model, list[str], dict, str]:
+    """:func:`load_model` plus the SHA-256 of the weights it loaded: every file comes from one
+    version of the folder (:func:`snapshot`), and the weights are checked against that version's
+    ``digests.json`` (when it has one), so the digest names exactly the weights in memory."""
+    folder, files = snapshot(path)
+    weights = files["model.safetensors"]
+    digest = hashlib.sha256(weights).hexdigest()
+    if files[DIGESTS] is not None:
+        expected = _json_of(folder, DIGESTS, files[DIGESTS]).get("model.safetensors")
+        if expected is not None and digest != expected:
+            raise CheckpointError(f"{folder / 'model.safetensors'}: SHA-256 does not match {DIGESTS} (the file is corrupted or truncated)")
+    model = build_model(model_config_from_dict(_json_of(folder, "model.json", files["model.json"])))
+    experiment = _json_of(folder, "experiment.json", files["experiment.json"])
+    if files["head.json"] is not None:
+        head = _json_of(folder, "head.json", files["head.json"])
         if "retrieval" not in head:  # written before head.json said it: ranking-only runs never trained retrieval
             head["retrieval"] = (experiment.get("task") or {}).get("kind") != "ranking"
         head.setdefault("action_token", "feedback")  # written before the option existed: the first design
@@ -170,14 +227,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Mo
         except TypeError as exc:  # a key this genrec does not know
             raise CheckpointError(f"{folder / 'head.json'}: {exc}") from exc
     try:
-        missing, unexpected = model.load_state_dict(load_tensors(folder / "model.safetensors"), strict=False)
+        state = load_bytes(weights)
+    except (SafetensorError, ValueError) as exc:
+        raise CheckpointError(f"{folder / 'model.safetensors'}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from exc
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that differ from model.json's
         raise CheckpointError(f"{folder}: the weights do not fit the model model.json describes ({str(exc).splitlines()[0][:300]})") from exc
     if missing or unexpected:
         raise CheckpointError(f"{folder}: checkpoint does not match the model (missing {missing}, unexpected {unexpected})")
     model.to(device).eval()
-    items = _read_json(folder / "items.json")
-    return model, items, experiment
+    items = _json_of(folder, "items.json", files["items.json"])
+    return model, items, experiment, digest
 
 
 def load_weights(folder: Path, model: nn.Module) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from genrec.checkpoint import DIGESTS, file_digest, read_item_metadata, resolve
+from genrec.checkpoint import load_model_verified, read_item_metadata, resolve
 from genrec.errors import GenrecError, UnknownItemError
 from genrec.models.contracts import Ranker, Retriever
 from genrec.recommender import Query, Recommender
@@ -92,24 +92,16 @@ def translated() -> Iterator[None]:
         raise ApiError(422, "invalid_request", str(exc)) from exc
 
 
-def weights_digest(checkpoint: Path) -> str:
-    """SHA-256 of the checkpoint's weights (from digests.json, which loading has just verified)."""
-    digests = checkpoint / DIGESTS
-    if digests.exists():
-        known = json.loads(digests.read_text()).get("model.safetensors")
-        if known:
-            return known
-    return file_digest(checkpoint / "model.safetensors")
-
-
 class Service:
     """One loaded checkpoint: Recommender, retrieval index, item metadata and model card."""
 
     def __init__(self, settings: ServeSettings, checkpoint: str | None = None):
         self.settings = settings
         self.checkpoint = resolve(checkpoint or settings.checkpoint)
-        self.rec = Recommender.load(self.checkpoint)
-        self.digest = weights_digest(self.checkpoint)
+        # the digest of the very bytes loaded (one read of one version of the folder), so a
+        # training run that swaps in a new best/ meanwhile cannot mislabel the model or its index
+        model, items, experiment, self.digest = load_model_verified(self.checkpoint)
+        self.rec = Recommender(model, items, experiment)
         self.can_recommend = isinstance(self.rec.model, Retriever)
         self.can_rank = isinstance(self.rec.model, Ranker)
         self.index: ItemIndex | None = None
