@@ -120,3 +120,62 @@ def _wait_ready(client: httpx.Client, proc: subprocess.Popen, seconds: float = 1
             pass
         time.sleep(0.2)
     pytest.fail("genrec serve did not become ready")
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in a Prometheus text page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_several_workers_share_metrics_and_reload_together(checkpoints, tmp_path):
+    """``genrec serve --workers 2`` for real: /metrics counts every worker's requests whichever
+    worker answers it; POST /v1/admin/reload restarts every worker on the re-read path (202) and
+    refuses another path (409); the new weights then answer everywhere, nothing failed meanwhile."""
+    served = tmp_path / "run" / "best"
+    shutil.copytree(checkpoints["retrieval"], served)
+    port = _free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("GENREC_API_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "genrec.cli", "serve", str(served), "--port", str(port), "--workers", "2",
+                             "--log-level", "warning"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base, new_top = f"http://127.0.0.1:{port}", _top(Recommender.load(checkpoints["other"]))
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            _wait_ready(client, proc)
+            first = client.get("/readyz").json()["model"]
+            statuses = []
+            for _ in range(24):  # a new connection each: the kernel spreads them over the workers
+                with httpx.Client(base_url=base, timeout=60) as one:
+                    statuses.append(one.post("/v1/recommend", json=BODY).status_code)
+            page = client.get("/metrics").text
+            assert _metric(page, "genrec_requests_total", route="/v1/recommend", status="200") == 24, page[-3000:]
+            assert _metric(page, "genrec_model_info", weights_sha256=first) == 2  # one series per live worker
+            refused = client.post("/v1/admin/reload", json={"checkpoint": str(checkpoints["other"])})
+            assert refused.status_code == 409 and strict_json(refused)["error"]["code"] == "reload_needs_restart"
+            tmp = tmp_path / "run" / "incoming"
+            shutil.copytree(checkpoints["other"], tmp)
+            shutil.rmtree(served)
+            os.replace(tmp, served)  # a training run rewrote best/
+            accepted = client.post("/v1/admin/reload")
+            assert accepted.status_code == 202 and accepted.json()["rolling_restart"] is True
+            deadline, seen = time.monotonic() + 180, []
+            while time.monotonic() < deadline:  # both workers replaced: only the new weights answer
+                with httpx.Client(base_url=base, timeout=60) as one:
+                    r = one.post("/v1/recommend", json=BODY)
+                    statuses.append(r.status_code)
+                    seen = (seen + [tuple(i["item"] for i in r.json()["items"])])[-8:] if r.status_code == 200 else seen
+                page = client.get("/metrics").text
+                if len(seen) == 8 and set(seen) == {tuple(new_top)} and _metric(page, "genrec_model_info", weights_sha256=first) == 0:
+                    break
+                time.sleep(0.2)
+            assert set(seen) == {tuple(new_top)}, seen
+            assert _metric(page, "genrec_model_info", weights_sha256=first) == 0  # the old workers' series left with them
+            assert _metric(page, "genrec_requests_total", route="/v1/recommend", status="200") >= 24  # counts survive restarts
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert set(statuses) == {200}, err[-3000:]

@@ -43,6 +43,9 @@ from genrec.serving.batcher import MicroBatcher
 from genrec.serving.metrics import Metrics
 from genrec.serving.service import ApiError, ServeSettings, Service, load_service, prepare_recommend, rank, recommend_batch
 
+WORKERS_ENV = "GENREC_SERVE_WORKERS"
+"""Set by ``genrec serve --workers N`` for its worker processes."""
+
 STATIC = Path(__file__).with_name("static")
 TOKEN_ENV = "GENREC_API_TOKEN"
 
@@ -102,6 +105,7 @@ def create_app(settings: ServeSettings, service: Service | None = None, token: s
             loop.remove_signal_handler(signal.SIGHUP)
         if state.batcher is not None:
             await state.batcher.close()
+        state.metrics.close()
 
     app = FastAPI(title="genrec", summary="Generative recommendation service", version="1", lifespan=lifespan,
                   default_response_class=StrictJSONResponse)
@@ -168,8 +172,19 @@ def _v1(state: ServiceState) -> APIRouter:
         return state.service.card
 
     @v1.post("/admin/reload", tags=["admin"])
-    async def reload(req: schemas.ReloadRequest | None = None) -> dict:
-        """Load a checkpoint (default: the served one, re-read) and swap it in without dropping requests."""
+    async def reload(response: Response, req: schemas.ReloadRequest | None = None) -> dict:
+        """Load a checkpoint (default: the served one, re-read) and swap it in without dropping requests.
+        With ``--workers N`` > 1: the served path re-read by every worker, as a rolling restart (202)."""
+        workers = int(os.environ.get(WORKERS_ENV, "1"))
+        if workers > 1:
+            if req is not None and req.checkpoint and Path(req.checkpoint).resolve() != Path(state.checkpoint).resolve():
+                raise ApiError(409, "reload_needs_restart", f"this service runs {workers} workers, which all serve "
+                               f"{state.checkpoint}: a reload re-reads that path in every worker; to serve another "
+                               "checkpoint, restart genrec serve with it (or copy it to the served path and reload)")
+            os.kill(os.getppid(), signal.SIGHUP)  # uvicorn's supervisor: new workers one by one, each ready before an old one stops
+            response.status_code = 202
+            return {"reloaded": False, "rolling_restart": True, "workers": workers, "checkpoint": str(state.checkpoint),
+                    "model": state.service.digest[:12], "check": "GET /readyz until every worker answers the new model"}
         start = time.perf_counter()
         svc = await state.reload(req.checkpoint if req else None)
         return {"reloaded": True, "checkpoint": str(svc.checkpoint), "model": svc.digest[:12],

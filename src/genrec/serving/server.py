@@ -2,10 +2,12 @@
 
 One worker (the default): the checkpoint is loaded once, here, and SIGHUP reloads it in place.
 ``--workers N``: uvicorn's supervisor starts N processes that each load the checkpoint (settings
-travel as JSON in ``$GENREC_SERVE_SETTINGS``) and share the port; SIGHUP to the supervisor then
-replaces the workers one by one, each new one ready before the old one stops (uvicorn's rolling
-restart, which finishes the old worker's requests first). A FAISS index is built once here before
-the workers start, so they find it cached beside the checkpoint.
+travel as JSON in ``$GENREC_SERVE_SETTINGS``) and share the port; SIGHUP to the supervisor, or
+``POST /v1/admin/reload`` to any worker (which signals the supervisor), then replaces the workers
+one by one, each new one ready before the old one stops (uvicorn's rolling restart, which finishes
+the old worker's requests first). ``/metrics`` sums every worker (prometheus-client's
+multiprocess mode over a temporary folder, removed when the server stops). A FAISS index is built
+once here before the workers start, so they find it cached beside the checkpoint.
 
 Each worker runs torch with one thread unless ``--threads`` says otherwise: a service's forward
 passes are small, and several threads per pass spend more in synchronisation than they gain as
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
+import tempfile
 
 import torch
 
@@ -69,8 +73,16 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         set_threads(threads)
         uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level, log_config=logs)
     else:
+        from genrec.serving.app import WORKERS_ENV
+        from genrec.serving.metrics import MULTIPROC_ENV
+
         del service
+        shared = tempfile.mkdtemp(prefix="genrec-serve-metrics-")  # the workers' Prometheus values, summed by /metrics
         os.environ[SETTINGS_ENV], os.environ[THREADS_ENV] = settings.to_json(), str(threads)
-        uvicorn.run("genrec.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    log_level=log_level, log_config=logs, timeout_worker_healthcheck=120)  # a new worker loads torch + the model
+        os.environ[WORKERS_ENV], os.environ[MULTIPROC_ENV] = str(workers), shared
+        try:
+            uvicorn.run("genrec.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
+                        log_level=log_level, log_config=logs, timeout_worker_healthcheck=120)  # a new worker loads torch + the model
+        finally:
+            shutil.rmtree(shared, ignore_errors=True)
     return {"served": settings.checkpoint, "host": host, "port": port, "workers": workers}
