@@ -40,7 +40,7 @@ import torch
 from genrec.checkpoint import load_model
 from genrec.config import ExperimentConfig, load_config
 from genrec.data.batches import eval_batches
-from genrec.data.behaviours import load_data
+from genrec.data.task_data import load_data
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import per_user
 from genrec.experiments.distill import distill
@@ -89,7 +89,7 @@ def user_se(folder: Path) -> dict[str, float]:
     """Standard error over test users of NDCG@10 and HR@10 (the run's own protocol)."""
     model, _, experiment = load_model(folder / "best")
     cfg = ExperimentConfig.from_dict(experiment)
-    values = per_user(split_ranks(model, load_data(cfg.data), "test", cfg.eval), [10])
+    values = per_user(split_ranks(model, load_data(cfg), "test", cfg.eval), [10])
     return {k: (values[k].std() / math.sqrt(len(values[k]))).item() for k in ("ndcg@10", "hr@10")}
 
 
@@ -98,7 +98,7 @@ def latency_ms(folder: Path, repeats: int) -> tuple[float, float]:
     """Milliseconds per user (batch 1, batch 256): user vector + top-10 over the catalogue."""
     model, _, experiment = load_model(folder / "best")
     cfg = ExperimentConfig.from_dict(experiment)
-    data = load_data(cfg.data)
+    data = load_data(cfg)
     *_, batch = eval_batches(data, "test", model.max_history, 256, cfg.eval.exclude_history)  # the longest histories
 
     def once(rows: slice) -> float:

@@ -12,7 +12,7 @@ import math
 import sys
 
 from genrec.config import ExperimentConfig
-from genrec.data.behaviours import load_data
+from genrec.data.task_data import load_data
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import per_user
 from genrec.checkpoint import load_model
@@ -22,7 +22,7 @@ def main() -> None:
     for run in sys.argv[1:]:
         model, _, experiment = load_model(f"{run}/best")
         cfg = ExperimentConfig.from_dict(experiment)
-        data = load_data(cfg.data)
+        data = load_data(cfg)
         values = per_user(split_ranks(model, data, "test", cfg.eval), [10])
         gain, hit = values["ndcg@10"], values["hr@10"]
         se = lambda x: (x.std() / math.sqrt(len(x))).item()  # noqa: E731

@@ -27,7 +27,7 @@ import torch
 from genrec.checkpoint import load_model
 from genrec.config import ExperimentConfig
 from genrec.data.splits import cold_item_ids, split_block, train_end
-from genrec.data.behaviours import load_data
+from genrec.data.task_data import load_data
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import per_user
 
@@ -45,7 +45,7 @@ def training_counts(data, holdout: int) -> np.ndarray:
 def run_metrics(run: Path, rare: int) -> dict:
     model, _, experiment = load_model(run / "best")
     cfg = ExperimentConfig.from_dict(experiment)
-    data = load_data(cfg.data)
+    data = load_data(cfg)
     ranks = split_ranks(model, data, "test", cfg.eval)  # users in split_block order
     users, target_pos = split_block(data, "test", cfg.eval.holdout)
     counts = training_counts(data, cfg.eval.holdout)

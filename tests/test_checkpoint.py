@@ -42,6 +42,30 @@ def test_a_swap_during_the_read_gives_the_new_version_whole(tmp_path, monkeypatc
         assert torch.equal(a, b)  # the weights in memory are the ones the digest names
 
 
+def test_a_swap_caught_half_cleaned_up_is_read_again(tmp_path, monkeypatch):
+    # the reader holds the old folder; it is renamed away, the new one moved in, and the old
+    # files deleted but the old folder itself not yet: the read must not report "missing"
+    best = tmp_path / "best"
+    _write(best, 1)
+    incoming = tmp_path / "incoming"
+    new = _write(incoming, 2)
+    real_fdopen, calls = os.fdopen, []
+
+    def half_cleaned(fd, *args, **kwargs):
+        calls.append(fd)
+        if len(calls) == 2:
+            os.replace(best, tmp_path / "best.old")
+            os.replace(incoming, best)
+            for f in (tmp_path / "best.old").iterdir():
+                f.unlink()
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fdopen", half_cleaned)
+    _, items, experiment, digest = ckpt.load_model_verified(best)
+    assert experiment == {"seed": 2} and items == [f"i2-{k}" for k in range(5)]
+    assert digest == hashlib.sha256(new).hexdigest()
+
+
 def test_missing_files_and_endless_swaps_are_clear_errors(tmp_path, monkeypatch):
     best = tmp_path / "best"
     _write(best, 1)
@@ -56,5 +80,5 @@ def test_missing_files_and_endless_swaps_are_clear_errors(tmp_path, monkeypatch)
         return real_fdopen(fd, *args, **kwargs)
 
     monkeypatch.setattr(os, "fdopen", always_swapping)
-    with pytest.raises(CheckpointError, match="replaced 3 times while it was read"):
+    with pytest.raises(CheckpointError, match="replaced 5 times while it was read"):
         ckpt.load_model(best)

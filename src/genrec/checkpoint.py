@@ -163,29 +163,39 @@ MODEL_FILES = ("model.json", "experiment.json", "items.json", "model.safetensors
 OPTIONAL_FILES = ("head.json", DIGESTS)
 
 
-def snapshot(path: str | Path, attempts: int = 3) -> tuple[Path, dict[str, bytes | None]]:
+def snapshot(path: str | Path, attempts: int = 5) -> tuple[Path, dict[str, bytes | None]]:
     """The bytes of a checkpoint's model files, all from one version of the folder: they are read
-    through one open handle on the folder, so a training run that swaps in a new ``best/``
-    meanwhile (:func:`write_atomic_dir`) cannot mix two versions; if the folder read was removed
-    under it, the read starts again from the new one. Optional files absent: None."""
+    through one open handle on the folder, and the read counts only if ``path`` still leads to that
+    same folder afterwards. A training run that swaps in a new ``best/`` meanwhile
+    (:func:`write_atomic_dir`) therefore cannot mix two versions: the read starts again from the
+    new one. Optional files absent: None."""
+    names = MODEL_FILES + OPTIONAL_FILES
     for _ in range(attempts):
         folder = resolve(path)
         if os.open not in os.supports_dir_fd:  # (no directory handles on this OS: plain reads)
-            return folder, {n: (folder / n).read_bytes() if (folder / n).exists() else None for n in MODEL_FILES + OPTIONAL_FILES}
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            return folder, {n: (folder / n).read_bytes() if (folder / n).exists() else None for n in names}
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:  # swapped away between resolve and open
+            continue
         try:
             files: dict[str, bytes | None] = {}
-            for name in MODEL_FILES + OPTIONAL_FILES:
+            for name in names:
                 try:
                     with os.fdopen(os.open(name, os.O_RDONLY, dir_fd=fd), "rb") as f:
                         files[name] = f.read()
                 except FileNotFoundError:
                     files[name] = None
-            if os.fstat(fd).st_nlink > 0:  # the folder still exists: one consistent version
-                missing = [n for n in MODEL_FILES if files[n] is None]
-                if missing:
-                    raise CheckpointError(f"{folder / missing[0]}: missing (incomplete checkpoint)")
-                return folder, files
+            try:
+                same = os.stat(resolve(path)).st_ino == os.fstat(fd).st_ino
+            except (CheckpointError, FileNotFoundError):
+                same = False
+            if not same:  # replaced while read: read the new version
+                continue
+            missing = [n for n in MODEL_FILES if files[n] is None]
+            if missing:
+                raise CheckpointError(f"{folder / missing[0]}: missing (incomplete checkpoint)")
+            return folder, files
         finally:
             os.close(fd)
     raise CheckpointError(f"{path}: the checkpoint was replaced {attempts} times while it was read; try again")

@@ -136,16 +136,19 @@ def _feedback(text: str | None) -> list[list[float]] | None:
 
 def cmd_recommend(
     checkpoint: str, history: str, k: int, feedback: str | None, timestamps: str | None, query_time: int | None,
-    keep_history: bool, ignore_unknown: bool,
+    keep_history: bool, ignore_unknown: bool, user_attributes: str | None = None,
 ) -> dict:
     """Top-k items for a history of raw item ids (comma-separated, oldest first). Unified models
-    also read the feedback of each history item (--feedback)."""
+    also read the feedback of each history item (--feedback); models with user features the
+    user's attributes (--user-attributes gender=F,age=25-34)."""
     from genrec.recommender import Recommender
 
     rec = Recommender.load(checkpoint)
     items = [h.strip() for h in history.split(",") if h.strip()]
     ts = [int(t) for t in timestamps.split(",")] if timestamps else None
-    top = rec.recommend(items, k, ts, query_time, exclude_history=not keep_history, ignore_unknown=ignore_unknown, feedback=_feedback(feedback))
+    attributes = [a.strip() for a in user_attributes.split(",") if a.strip()] if user_attributes else None
+    top = rec.recommend(items, k, ts, query_time, exclude_history=not keep_history, ignore_unknown=ignore_unknown, feedback=_feedback(feedback),
+                        user_attributes=attributes)
     return {"history": items, "k": k, "items": [{"item": i, "score": round(s, 6)} for i, s in top]}
 
 
@@ -304,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--timestamps", help="comma-separated unix seconds, one per history item (models with a time bias)")
     sp.add_argument("--query-time", type=int, help="request time in unix seconds (default: the last history time)")
     sp.add_argument("--keep-history", action="store_true", help="allow items of the history in the results")
-    sp.add_argument("--ignore-unknown", action="store_true", help="drop unknown item ids instead of failing")
+    sp.add_argument("--ignore-unknown", action="store_true", help="drop unknown item ids (and unknown user attributes) instead of failing")
+    sp.add_argument("--user-attributes", help="models with user features: comma-separated field=value tokens, e.g. gender=F,age=25-34")
 
     sp = add("rank", cmd_rank)
     sp.add_argument("checkpoint")

@@ -72,8 +72,9 @@ class DataConfig:
     item_metadata: str = "auto"
     """Item titles and fields stored with every checkpoint (``item_metadata.json``, shown by
     ``genrec serve``; :mod:`genrec.data.item_metadata`): a CSV / TSV / JSON / JSON lines / Parquet /
-    u.item / movies.dat file, ``auto`` (the dataset's own file when it is on the machine: MovieLens
-    titles, Beauty's ASINs) or ``none``."""
+    u.item / movies.dat file, ``auto`` (the dataset's own file when it is found beside the log, in
+    ``$GENREC_SOURCE`` or in the download cache: MovieLens titles, Beauty's ASINs; never
+    downloaded for this) or ``none``."""
     user_features: str | None = None
     """User side information (``genrec.data.user_features``): a JSON / CSV / TSV / Parquet / u.user /
     users.dat file of per-user attributes, or ``auto`` for the registered dataset's own (ML-100K,

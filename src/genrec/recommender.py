@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from genrec.checkpoint import load_model
+from genrec.data.user_features import request_tokens
 from genrec.errors import GenrecError, UnknownItemError
 from genrec.models.contracts import Model, Ranker, Retriever
 
@@ -203,10 +204,8 @@ class Recommender:
             if attributes:
                 raise ValueError("this model reads no user attributes (trained without model.user_features): leave them out")
             return None
-        if isinstance(attributes, dict):
-            attributes = [f"{k}={v}" for k, v in attributes.items()]
-        tokens = [str(t) for t in attributes or []]
         vocab = self.user_attribute_vocabulary
+        tokens = request_tokens(attributes, self.model.config.user_numeric_fields, vocab)
         index = {t: k + 1 for k, t in enumerate(vocab)}
         unknown = [t for t in tokens if t not in index]
         if unknown and not ignore_unknown:

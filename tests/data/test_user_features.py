@@ -85,20 +85,29 @@ def test_the_token_table_follows_the_users_of_the_log(tmp_path):
         with_user_features(_data(), DataConfig())
 
 
-def test_batches_carry_each_users_tokens(tmp_path):
+@pytest.mark.parametrize("fraction, skip", [(1.0, None), (0.5, None), (1.0, np.array([2, 31]))])
+def test_batches_carry_each_users_tokens(tmp_path, fraction, skip):
+    # five users, user u's items are 10u+1.., so a token's item names its user; user b (3 items)
+    # has no training window and is dropped: a row whose tokens came from the wrong user shows
+    lengths = [6, 3, 5, 4, 7]
+    items = np.concatenate([np.arange(1, n + 1) + 10 * u for u, n in enumerate(lengths)])
+    data = SequenceData(np.concatenate([[0], np.cumsum(lengths)]), items, np.arange(len(items)) * 7,
+                        np.array([str(i) for i in range(1, 50)], dtype=object), np.array(list("abcde"), dtype=object), {})
     path = tmp_path / "users.csv"
-    path.write_text("user,g\na,m\nb,f\nc,m\n")
-    data = with_user_features(_data(), DataConfig(user_features=str(path)))
-    padded = next(TrainBatches(data, max_seq_len=5, batch_size=10).epoch(seed=0, epoch=0))
-    packed = next(TrainBatches(data, max_seq_len=5, batch_size=10, pack=True).epoch(seed=0, epoch=0))
-    first_item_user = {1: 0, 6: 1, 11: 2}  # each user's items start at 1 + 5u
+    path.write_text("user,g,h\na,1,x\nb,2,x\nc,3,y\nd,4,y\ne,5,x\n")  # g is numeric: deciles, one token per user
+    data = with_user_features(data, DataConfig(user_features=str(path)))
+    assert len({tuple(r) for r in data.user_tokens.tolist()}) == 5  # every user's row differs
+    batches = TrainBatches(data, max_seq_len=5, batch_size=10, fraction=fraction, seed=1, skip_items=skip)
+    packed_batches = TrainBatches(data, max_seq_len=5, batch_size=10, pack=True, fraction=fraction, seed=1, skip_items=skip)
+    padded, packed = next(batches.epoch(seed=0, epoch=0)), next(packed_batches.epoch(seed=0, epoch=0))
+    assert 1 not in batches.users.tolist()  # b: no window
     for r in range(padded.items.size(0)):  # [B 1 M]: the row's user
-        assert padded.user_tokens[r, 0].tolist() == data.user_tokens[first_item_user[int(padded.items[r, 0])]].tolist()
+        assert padded.user_tokens[r, 0].tolist() == data.user_tokens[(int(padded.items[r, 0]) - 1) // 10].tolist()
     assert packed.user_tokens.shape[:2] == packed.items.shape
     for r in range(packed.items.size(0)):  # [B N M]: each token its own user's
         for c in range(packed.items.size(1)):
-            u = (int(packed.items[r, c]) - 1) // 5
-            assert packed.user_tokens[r, c].tolist() == data.user_tokens[u].tolist()
+            if packed.items[r, c]:
+                assert packed.user_tokens[r, c].tolist() == data.user_tokens[(int(packed.items[r, c]) - 1) // 10].tolist()
     batch = next(eval_batches(data, "test", 5, 10))
     assert batch.user_tokens[:, 0].tolist() == data.user_tokens[batch.users.numpy()].tolist()
 
@@ -187,8 +196,15 @@ def test_training_run_reads_user_features_and_serves_with_attributes(tmp_path, s
     assert rec.reads_user_attributes and "group=even" in rec.user_attribute_vocabulary
     one = rec.recommend(["i3", "i4"], k=5, user_attributes=["group=even"])
     assert rec.recommend(["i3", "i4"], k=5, user_attributes={"group": "even"}) == one
-    batched = rec.recommend_many([rec.query(["i3", "i4"], user_attributes=["group=even"]), rec.query(["i3"])], k=5)
+    wide = ["group=even", "group=odd", "age=q1", "age=q7"]  # more tokens than any user had: a wider row
+    batched = rec.recommend_many([rec.query(["i3", "i4"], user_attributes=["group=even"]), rec.query(["i3"]),
+                                  rec.query(["i5"], user_attributes=wide)], k=5)
     assert [i for i, _ in batched[0]] == [i for i, _ in one]
+    assert [i for i, _ in batched[2]] == [i for i, _ in rec.recommend(["i5"], k=5, user_attributes=wide)]
+    assert [i for i, _ in batched[1]] == [i for i, _ in rec.recommend(["i3"], k=5)]
+    numeric = rec.model.config.user_numeric_fields["age"]  # the age column was numeric: its deciles travel with the model
+    assert len(numeric) == 9 and rec.recommend(["i3"], k=5, user_attributes={"group": "even", "age": 23}) == rec.recommend(
+        ["i3"], k=5, user_attributes=["group=even", f"age=q{int(np.searchsorted(numeric, 23, side='right'))}"])
     with pytest.raises(ValueError, match="unknown user attribute"):
         rec.recommend(["i3"], user_attributes=["group=blue"])
     assert len(rec.recommend(["i3"], user_attributes=["group=blue"], ignore_unknown=True)) == 10
@@ -215,3 +231,29 @@ def test_movielens_demographics_from_shared_data():
         "age=under-18", "age=18-24", "age=25-34", "age=35-44", "age=45-49", "age=50-55", "age=56+"}
     got = read_user_features(shared_file("ml-1m/users.dat.gz"))
     assert len(got) == 6040 and got["1"] == ["age=under-18", "gender=F", "occupation=10", "zip=4"]
+
+
+def test_distillation_reads_user_attributes_for_teacher_and_student(tmp_path, synthetic_csv):
+    from genrec.cli import main
+
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,group\n" + "".join(f"u{k},{'even' if k % 2 == 0 else 'odd'}\n" for k in range(60)))
+    cfg = {
+        "data": {"dataset": "custom", "source": str(synthetic_csv), "cache_dir": str(tmp_path / "cache"), "user_features": str(users),
+                 "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
+        "model": {"name": "sasrec", "max_seq_len": 10, "embedding_dim": 16, "num_layers": 2, "num_heads": 2, "dropout": 0.0,
+                  "user_features": "sum"},
+        "train": {"epochs": 1, "batch_size": 16, "num_negatives": 8, "num_threads": 1, "device": "cpu", "precision": "fp32"},
+        "eval": {"ks": [10]},
+    }
+    (tmp_path / "teacher.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "teacher.yaml"), "--out", str(tmp_path / "teacher")]) == 0
+    teacher = str(tmp_path / "teacher" / "best")
+    # a student with user features, and one without (the teacher still reads them)
+    for name, student_features in (("with", "sum"), ("without", "none")):
+        cfg["model"].update(num_layers=1, user_features=student_features)
+        cfg["distill"] = {"blocks": 1, "supervision_weight": 0.0}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["distill", str(tmp_path / f"{name}.yaml"), "--teacher", teacher, "--out", str(tmp_path / name)]) == 0
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        assert 0 <= metrics["test"]["ndcg@10"] <= 1 and metrics["teacher"]["test"]["ndcg@10"] > 0

@@ -66,7 +66,7 @@ LONG = [f"i{k % 40}" for k in range(1001)]
         ({"timestamps": [1], "k": 3}, 422, "invalid_request", "history: Field required"),
         (walk(["i1"]) | {"deny": ["zz"]}, 422, "unknown_items", "deny"),
         (walk(["i1"]) | {"user_attributes": ["gender=F"]}, 422, "invalid_request", "reads no user attributes"),
-        (walk(["i1"]) | {"user_attributes": {"age": 3.5}}, 422, "invalid_request", "user_attributes"),
+        (walk(["i1"]) | {"user_attributes": {"age": {"years": 3}}}, 422, "invalid_request", "user_attributes"),
     ],
 )
 def test_bad_recommend_requests_are_4xx_with_a_reason(app, body, status, code, says):

@@ -130,6 +130,16 @@ def test_negatives_from_the_targets_domain_never_leave_it(share):
     assert torch.isfinite(loss) and loss > 0
 
 
+@pytest.mark.parametrize("share", [True, False])
+def test_negatives_from_a_one_item_domain_are_all_accidental_hits(share):
+    # domain 0 is item 1 alone: every negative of its targets is the positive, masked -> loss 0
+    model = build_model(HSTUConfig(num_items=5, max_seq_len=4, embedding_dim=8, time_bias=False))
+    q = F.normalize(torch.randn(3, 8), dim=-1)
+    ranges = torch.tensor([[1, 2], [2, 6]])
+    assert sampled_softmax_loss(q, torch.tensor([1, 1, 1]), model, 16, 0.1, share, ranges=ranges).item() == 0.0
+    assert sampled_softmax_loss(q, torch.tensor([1, 3, 1]), model, 16, 0.1, share, ranges=ranges).item() > 0.0
+
+
 def test_negatives_from_target_domain_needs_domains_and_sampled_softmax():
     from genrec.config import ExperimentConfig
 

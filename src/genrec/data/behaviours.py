@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genrec.data.prepare import SequenceData, load_prepared, prepare
+from genrec.data.prepare import SequenceData
 from genrec.errors import DataFormatError
 
 
@@ -95,8 +95,3 @@ def with_behaviours(data: SequenceData, data_cfg) -> SequenceData:
     desc += "; the model reads " + ("target-behaviour interactions only" if reads is not None else "every interaction")
     return dataclasses.replace(data, behaviours=Behaviours(ids, len(vocab), targets, reads, desc))
 
-
-def load_data(data_cfg) -> SequenceData:
-    """The prepared data of a :class:`~genrec.config.DataConfig` with its behaviours set: exactly
-    what a task trains and evaluates on (for scripts that evaluate checkpoints themselves)."""
-    return with_behaviours(load_prepared(prepare(data_cfg)), data_cfg)

@@ -137,25 +137,29 @@ def _value_tokens(name: str, value) -> list[str]:
     return [f"{name}={v}" if name else str(v) for v in str(value).split("|") if v != ""]
 
 
-def _columns_to_tokens(ids: list[str], columns: dict[str, list]) -> dict[str, list[str]]:
-    """Columns of one table -> tokens per id: numbers by decile, text by value, booleans by flag."""
+def _columns_to_tokens(ids: list[str], columns: dict[str, list], edges: dict | None = None) -> dict[str, list[str]]:
+    """Columns of one table -> tokens per id: numbers by decile, text by value, booleans by flag.
+    ``edges``: filled with each numeric column's decile edges (``name=q<k>``, k = the number of
+    edges at or below the value), so a value outside the file can be tokenised alike."""
     out: dict[str, list[str]] = {i: [] for i in ids}
     for name, values in columns.items():
         present = [v for v in values if v is not None and v != ""]
         numeric = bool(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present)
         if numeric:
             finite = np.array([v for v in present if not (isinstance(v, float) and math.isnan(v))], dtype=float)
-            edges = np.quantile(finite, np.linspace(0.1, 0.9, 9)) if len(finite) else np.array([])
+            cuts = np.quantile(finite, np.linspace(0.1, 0.9, 9)) if len(finite) else np.array([])
+            if edges is not None:
+                edges[name] = [float(c) for c in cuts]
             for i, v in zip(ids, values):
                 if v is not None and v != "" and not (isinstance(v, float) and math.isnan(v)):
-                    out[i].append(f"{name}=q{int(np.searchsorted(edges, float(v), side='right'))}")
+                    out[i].append(f"{name}=q{int(np.searchsorted(cuts, float(v), side='right'))}")
         else:
             for i, v in zip(ids, values):
                 out[i] += _value_tokens(name, v)
     return out
 
 
-def _read_table(path: Path, id_columns=ITEM_ID_COLUMNS, what: str = "item") -> dict[str, list[str]]:
+def _read_table(path: Path, id_columns=ITEM_ID_COLUMNS, what: str = "item", edges: dict | None = None) -> dict[str, list[str]]:
     import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
@@ -180,10 +184,10 @@ def _read_table(path: Path, id_columns=ITEM_ID_COLUMNS, what: str = "item") -> d
         dup = next(i for i, c in Counter(ids).items() if c > 1)
         raise DataFormatError(f"{path}: {what} id {dup!r} appears on more than one row (column {id_col!r})")
     columns = {c: table[c].to_pylist() for c in names if c != id_col}
-    return _columns_to_tokens(ids, columns)
+    return _columns_to_tokens(ids, columns, edges)
 
 
-def _read_json(path: Path, what: str = "item") -> dict[str, list[str]]:
+def _read_json(path: Path, what: str = "item", edges: dict | None = None) -> dict[str, list[str]]:
     try:
         with open_text(path) as f:
             obj = json.load(f)
@@ -198,7 +202,7 @@ def _read_json(path: Path, what: str = "item") -> dict[str, list[str]]:
     if nested:
         ids = list(obj)
         fields = sorted({f for v in obj.values() for f in v})
-        return _columns_to_tokens(ids, {f: [obj[i].get(f) for i in ids] for f in fields})
+        return _columns_to_tokens(ids, {f: [obj[i].get(f) for i in ids] for f in fields}, edges)
     for key, value in obj.items():
         if not isinstance(value, list):
             raise DataFormatError(f"{path}: {what} {key!r}: expected a list of attributes, got {type(value).__name__}")

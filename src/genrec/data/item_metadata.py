@@ -4,7 +4,9 @@ Where a run's metadata comes from (``data.item_metadata``): a file named there, 
 (the default) the dataset's own metadata file when one is on the machine: MovieLens ``u.item``
 (ML-100K), ``movies.dat`` (ML-1M), ``movies.csv`` (ML-20M); for Beauty the P5 ``datamaps.json``
 (item id -> Amazon ASIN; the S3-Rec and P5 Beauty files number items alike), looked up under
-``data.source`` and every ``$GENREC_SOURCE`` folder. Training stores it with every checkpoint
+``data.source``, every ``$GENREC_SOURCE`` folder and the download cache (a downloaded MovieLens
+log brings only its ratings file: pass the archive or folder as ``data.source``, or the file as
+``data.item_metadata``, to store titles). Nothing is downloaded for it. Training stores it with every checkpoint
 (``item_metadata.json``, the catalogue's items only), and ``genrec serve`` shows it.
 
 Files read (``.gz`` too): CSV or TSV with a header (an ``item``/``item_id``/``id`` column, the
@@ -25,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from genrec.data.columns import ITEM_ID_COLUMNS
-from genrec.data.download import base_name
+from genrec.data.download import base_name, cache_root
 from genrec.errors import DataFormatError
 
 ID_COLUMNS = ITEM_ID_COLUMNS
@@ -111,13 +113,15 @@ def _from_json(obj, path: Path) -> dict[str, dict]:
 
 
 def discover(experiment: Mapping) -> Path | None:
-    """The dataset's own metadata file (``DATASET_FILES``) under ``data.source`` or a
-    ``$GENREC_SOURCE`` folder, or None."""
+    """The dataset's own metadata file (``DATASET_FILES``) under ``data.source``, a
+    ``$GENREC_SOURCE`` folder or the download cache (where ``data.item_features: auto`` puts
+    MovieLens' ``u.item`` / ``movies.dat``), or None. Nothing is downloaded for it."""
     data = experiment.get("data") or {}
     names, parent = DATASET_FILES.get(str(data.get("dataset", "")), ((), None))
     if not names:
         return None
     folders = [Path(p) for p in os.environ.get("GENREC_SOURCE", "").split(os.pathsep) if p]
+    folders.append(cache_root(data.get("cache_dir")) / "raw")
     if data.get("source"):
         src = Path(str(data["source"]))
         folders.insert(0, src if src.is_dir() else src.parent)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from genrec.data.download import USER_FEATURE_FILES, base_name
-from genrec.data.item_features import _read_json, _read_movielens, _read_table, feature_file, token_table
+from genrec.data.item_features import _read_json, _read_movielens, _read_table, _value_tokens, feature_file, token_table
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError, DataFormatError
 
@@ -65,8 +65,9 @@ def _users_dat_tokens(parts: list[str]) -> list[str] | None:
     return [f"age={ML1M_AGE_CODES[parts[2]]}", f"gender={parts[1]}", f"occupation={parts[3]}", *_zip(parts[4])]
 
 
-def read_user_features(path: str | Path) -> dict[str, list[str]]:
-    """{raw user id: [attribute token, ...]} from a user feature file (formats: module docstring)."""
+def read_user_features(path: str | Path, edges: dict | None = None) -> dict[str, list[str]]:
+    """{raw user id: [attribute token, ...]} from a user feature file (formats: module docstring);
+    ``edges``: filled with the decile edges of its numeric fields (tables and JSON objects)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataFormatError(f"data.user_features={str(path)!r}: no such file")
@@ -76,10 +77,35 @@ def read_user_features(path: str | Path) -> dict[str, list[str]]:
     if base == "users.dat":
         return _read_movielens(path, "::", "UserID::Gender::Age(1,18,25,35,45,50,56)::Occupation::Zip-code", _users_dat_tokens)
     if base.endswith(".json"):
-        return _read_json(path, "user")
+        return _read_json(path, "user", edges)
     if base.endswith((".csv", ".tsv", ".parquet")):
-        return _read_table(path, USER_ID_COLUMNS, "user")
+        return _read_table(path, USER_ID_COLUMNS, "user", edges)
     raise DataFormatError(f"{path}: unknown user feature format (JSON, CSV, TSV, Parquet, u.user, users.dat)")
+
+
+def request_tokens(attributes, numeric_fields: dict[str, list[float]], vocabulary: list[str]) -> list[str]:
+    """A request's user attributes -> tokens as training made them. A list is taken as tokens
+    already (``["gender=F", "age=25-34"]``). A ``{field: value}`` object is tokenised like the
+    attribute file: text ``field=value`` (``a|b`` several), ``true`` the bare flag, a number by the
+    training file's deciles of that field (``field=q<k>``), and a number given for ``age`` where the
+    vocabulary has MovieLens age groups, by its group."""
+    if attributes is None:
+        return []
+    if not isinstance(attributes, dict):
+        return [str(t) for t in attributes]
+    groups = {label for _, label in AGE_GROUPS} | {"56+"}
+    out: list[str] = []
+    for name, value in attributes.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if name in numeric_fields:
+                out.append(f"{name}=q{int(np.searchsorted(numeric_fields[name], float(value), side='right'))}")
+            elif name == "age" and any(t.startswith("age=") and t[4:] in groups for t in vocabulary):
+                out.append(f"age={age_group(int(value))}")
+            else:
+                out.append(f"{name}={value}")
+        else:
+            out += _value_tokens(name, value)
+    return out
 
 
 def with_user_features(data: SequenceData, data_cfg) -> SequenceData:
@@ -90,7 +116,8 @@ def with_user_features(data: SequenceData, data_cfg) -> SequenceData:
         raise ConfigError("model.user_features needs data.user_features (a file of user attributes, or auto for a dataset "
                           f"that has one: {sorted(USER_FEATURE_FILES)})")
     path = feature_file(data_cfg, data_cfg.user_features, "user_features", USER_FEATURE_FILES)
-    raw = read_user_features(path)
+    edges: dict[str, list[float]] = {}
+    raw = read_user_features(path, edges)
     table, vocab, covered, unknown = token_table(raw, data.user_ids)
     if covered == 0:
         raise DataFormatError(f"{path}: no user of the log has attributes here: {len(raw)} ids in the file, {unknown} of them "
@@ -99,5 +126,5 @@ def with_user_features(data: SequenceData, data_cfg) -> SequenceData:
     if covered < data.num_users / 2:
         print(f"genrec: warning: {path}: only {covered} of {data.num_users} users have attributes", file=sys.stderr)
     stats = {"source": str(path), "users_with_attributes": covered, "users": data.num_users, "attribute_tokens": len(vocab),
-             "ids_not_in_log": unknown}
+             "ids_not_in_log": unknown, "numeric_fields": edges}
     return dataclasses.replace(data, user_tokens=table[1:], user_vocabulary=tuple(vocab), user_feature_stats=stats)

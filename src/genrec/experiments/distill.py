@@ -28,7 +28,8 @@ import torch
 from genrec import checkpoint as ckpt
 from genrec import jsonio
 from genrec.config import ExperimentConfig
-from genrec.data.prepare import load_prepared, prepare
+from genrec.data.task_data import load_data
+from genrec.data.user_features import with_user_features
 from genrec.errors import ConfigError
 from genrec.experiments.run_folder import claim
 from genrec.training.strategy import make_strategy
@@ -52,7 +53,9 @@ def _distill(cfg: ExperimentConfig, out: Path, resume: bool) -> dict:
         torch.set_num_threads(cfg.train.num_threads)
     strategy = make_strategy(cfg.train)
     try:
-        data = load_prepared(prepare(cfg.data))
+        data = load_data(cfg)  # behaviours and user attributes, as build_task gives every task
+        if data.user_tokens is None and cfg.data.user_features:  # a teacher may read user attributes the student does not
+            data = with_user_features(data, cfg.data)
         teacher = load_teacher(cfg.distill.teacher, data)
         trainer = Trainer(cfg, out, DistillTask(cfg, data, teacher), strategy)
         result = trainer.fit(resume=resume)

@@ -79,6 +79,9 @@ class ModelConfig:
     ``user_features`` is on; serving maps a request's attributes with it)."""
     max_user_attributes: int = 0
     """Most attribute tokens of one user (set from the data when ``user_features`` is on)."""
+    user_numeric_fields: dict[str, list[float]] = field(default_factory=dict)
+    """Decile edges of each numeric user field of the attribute file (``age=q3`` = three edges at
+    or below the age), so serving tokenises a request's numbers as training did (set from the data)."""
 
     def __post_init__(self) -> None:
         if self.item_features not in ("none", "sum", "concat"):

@@ -182,9 +182,12 @@ def _v1(state: ServiceState) -> APIRouter:
                                f"{state.checkpoint}: a reload re-reads that path in every worker; to serve another "
                                "checkpoint, restart genrec serve with it (or copy it to the served path and reload)")
             os.kill(os.getppid(), signal.SIGHUP)  # uvicorn's supervisor: new workers one by one, each ready before an old one stops
+            state.metrics.reloads.labels("rolling_restart").inc()
             response.status_code = 202
             return {"reloaded": False, "rolling_restart": True, "workers": workers, "checkpoint": str(state.checkpoint),
-                    "model": state.service.digest[:12], "check": "GET /readyz until every worker answers the new model"}
+                    "previous_model": state.service.digest[:12],
+                    "check": "GET /readyz (or genrec_model_info in /metrics) until every worker serves the new model; "
+                             "a worker that cannot load it is not swapped in (see the server's log)"}
         start = time.perf_counter()
         svc = await state.reload(req.checkpoint if req else None)
         return {"reloaded": True, "checkpoint": str(svc.checkpoint), "model": svc.digest[:12],

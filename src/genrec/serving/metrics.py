@@ -52,7 +52,9 @@ class Metrics:
         self.errors.labels(route, code).inc()
 
     def serving(self, digest: str, index: str, kind: str) -> None:
-        if self._served is not None:  # set to 0, not removed: a worker's shared file keeps every series it wrote
+        if not self.shared:
+            self.model.clear()
+        elif self._served is not None:  # set to 0, not removed: a worker's shared file keeps every series it wrote
             self.model.labels(*self._served).set(0)
         self._served = (digest[:12], index, kind)
         self.model.labels(*self._served).set(1)

@@ -7,7 +7,7 @@ which answers 422 with a message saying what to fix.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator
 
 ItemId = StrictStr | StrictInt
 """A raw item id as in the training data; numbers are accepted and compared as strings."""
@@ -44,9 +44,10 @@ class RecommendRequest(_History):
     exclude_history: bool = Field(True, description="never return an item of the history")
     allow: list[ItemId] | None = Field(None, description="only these items may be returned (scored exactly)")
     deny: list[ItemId] | None = Field(None, description="these items are never returned")
-    user_attributes: list[str] | dict[str, str | StrictInt] | None = Field(
-        None, max_length=256, description="models with user features: the user's attributes as field=value tokens or a "
-        "{field: value} object, e.g. [\"gender=F\", \"age=25-34\"] (the vocabulary is in /v1/model)",
+    user_attributes: list[str] | dict[str, StrictBool | StrictInt | StrictFloat | str | list[str]] | None = Field(
+        None, max_length=256, description="models with user features: the user's attributes as field=value tokens, e.g. "
+        "[\"gender=F\", \"age=25-34\"], or a {field: value} object tokenised as the training file was (numbers by its "
+        "deciles, true as a flag), e.g. {\"gender\": \"F\", \"age\": 27}; the vocabulary is in /v1/model",
     )
 
 

@@ -78,11 +78,19 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
 
         del service
         shared = tempfile.mkdtemp(prefix="genrec-serve-metrics-")  # the workers' Prometheus values, summed by /metrics
-        os.environ[SETTINGS_ENV], os.environ[THREADS_ENV] = settings.to_json(), str(threads)
-        os.environ[WORKERS_ENV], os.environ[MULTIPROC_ENV] = str(workers), shared
+        # the workers inherit these (uvicorn spawns them from this process); restored afterwards, so
+        # nothing later in this process believes it is a worker
+        env = {SETTINGS_ENV: settings.to_json(), THREADS_ENV: str(threads), WORKERS_ENV: str(workers), MULTIPROC_ENV: shared}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             uvicorn.run("genrec.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
                         log_level=log_level, log_config=logs, timeout_worker_healthcheck=120)  # a new worker loads torch + the model
         finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
             shutil.rmtree(shared, ignore_errors=True)
     return {"served": settings.checkpoint, "host": host, "port": port, "workers": workers}

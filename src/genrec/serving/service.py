@@ -97,10 +97,11 @@ class Service:
 
     def __init__(self, settings: ServeSettings, checkpoint: str | None = None):
         self.settings = settings
+        # the digest of the very bytes loaded (one read of one version of the folder, found from the
+        # user's path), so a training run that swaps in a new best/ meanwhile cannot mislabel the
+        # model or its index
+        model, items, experiment, self.digest = load_model_verified(checkpoint or settings.checkpoint)
         self.checkpoint = resolve(checkpoint or settings.checkpoint)
-        # the digest of the very bytes loaded (one read of one version of the folder), so a
-        # training run that swaps in a new best/ meanwhile cannot mislabel the model or its index
-        model, items, experiment, self.digest = load_model_verified(self.checkpoint)
         self.rec = Recommender(model, items, experiment)
         self.can_recommend = isinstance(self.rec.model, Retriever)
         self.can_rank = isinstance(self.rec.model, Ranker)

@@ -67,7 +67,8 @@ class BuildSpec:
             if not self.user_attributes:
                 raise ConfigError(f"model.user_features={model.user_features!r} needs data.user_features (a file of user "
                                   "attributes, or auto for a dataset that has one)")
-            changes.update(user_attributes=list(self.user_attributes), max_user_attributes=self.max_user_attributes)
+            changes.update(user_attributes=list(self.user_attributes), max_user_attributes=self.max_user_attributes,
+                           user_numeric_fields=dict((self.user_feature_stats or {}).get("numeric_fields") or {}))
         if "time_bias" in fields and not self.timestamps:
             changes["time_bias"] = False
         if "task_names" in fields and self.task_names:  # models that carry their tasks (DIN)

@@ -19,7 +19,6 @@ batches come from (seed, epoch) too, so a run resumed from ``last/`` retraces th
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import shutil
@@ -116,17 +115,15 @@ class Trainer:
         dense = self.strategy.dense_parameters(self.model)
         self.optimizer = torch.optim.AdamW(dense, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay) if dense else None
         self.batches = task.batches(include_valid)
+        # titles and fields of the catalogue's items (data.item_metadata), stored with every checkpoint
+        # for genrec serve; read here, so a wrong file fails before the first epoch
+        self.item_metadata = run_metadata(cfg.data, task.data.item_ids)
         self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
 
     @property
     def is_main(self) -> bool:
         return self.strategy.is_main
 
-    @functools.cached_property
-    def item_metadata(self) -> dict[str, dict] | None:
-        """Titles and fields of the catalogue's items (``data.item_metadata``), stored with every
-        checkpoint for ``genrec serve``; read once, at the first save."""
-        return run_metadata(self.cfg.data, self.task.data.item_ids)
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, name: str, with_state: bool) -> None:

@@ -17,7 +17,7 @@ from genrec.experiments.scaling.fits import fits
 from genrec.experiments.scaling.flops import count_parameters, training_flops
 from genrec.experiments.scaling.report import plot, plot_data, write_csv
 
-BASE_MODEL_FIELDS = ("max_seq_len", "dropout", "l2_normalize", "num_heads", "item_features")
+BASE_MODEL_FIELDS = ("max_seq_len", "dropout", "l2_normalize", "num_heads", "item_features", "user_features", "behaviour_embedding")
 """Model fields a point takes from the base config; the rest of ``model`` is the backbone's own."""
 
 
@@ -114,6 +114,9 @@ def run_sweep(sweep_file: str | Path, out: str | Path, only: list[str] | None = 
     added after the sweep's own), then write results.csv, fits.csv and the plots from all
     finished points."""
     sweep, base_dir = SweepConfig.load(sweep_file)
+    if any(o.split("=", 1)[0].strip() == "train.data_fraction" for o in overrides or []):
+        raise ConfigError("train.data_fraction is the sweep's data_fractions axis (each point sets its own): list the "
+                          "fractions in the sweep file instead")
     sweep.overrides = [*sweep.overrides, *(overrides or [])]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

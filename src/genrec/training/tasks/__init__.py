@@ -22,9 +22,8 @@ import numpy as np
 import torch
 
 from genrec.data.batches import TrainBatches
-from genrec.data.behaviours import with_behaviours
+from genrec.data.task_data import task_data
 from genrec.data.prepare import SequenceData
-from genrec.data.user_features import with_user_features
 from genrec.errors import ConfigError
 from genrec.models import Model
 
@@ -75,9 +74,7 @@ def build_task(cfg, data: SequenceData) -> Task:
     from genrec.training.tasks.retrieval import RetrievalTask
 
     kind = cfg.task.kind
-    data = with_behaviours(data, cfg.data)  # multi-behaviour: targets and reads (no-op without data.behaviour)
-    if cfg.model.user_features != "none":  # user side information (ExperimentConfig checked the task and model)
-        data = with_user_features(data, cfg.data)
+    data = task_data(data, cfg)  # behaviours (data.behaviour) and user attributes (model.user_features)
     if cfg.distill.teacher:  # a distilled student: evaluated here; trained (with its teacher) by genrec.experiments.distill
         from genrec.training.tasks.distill import DistillTask
 

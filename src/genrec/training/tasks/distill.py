@@ -128,6 +128,10 @@ def load_teacher(path: str | Path, data: SequenceData) -> SequentialRecommender:
         same = sum(a == b for a, b in zip(item_ids, data.item_ids))
         raise ConfigError(f"distill.teacher={str(path)!r} was trained on another catalogue: {len(item_ids)} items, the "
                           f"student's data {data.num_items} ({same} ids agree in place); distil on the teacher's data")
+    if teacher.reads_user_attributes and list(teacher.config.user_attributes) != list(data.user_vocabulary):
+        raise ConfigError(f"distill.teacher={str(path)!r} reads user attributes: " + (
+            "the data's user attribute vocabulary differs from the teacher's (another data.user_features file?)"
+            if data.user_tokens is not None else "set data.user_features to the teacher's file"))
     teacher.requires_grad_(False)
     return teacher.eval()
 
