@@ -112,20 +112,21 @@ def test_batches_carry_each_users_tokens(tmp_path, fraction, skip):
     assert batch.user_tokens[:, 0].tolist() == data.user_tokens[batch.users.numpy()].tolist()
 
 
-def _model(name: str, vocab=("g=f", "g=m", "job=x")):
+def _model(name: str, vocab=("g=f", "g=m", "job=x"), mode="sum"):
     torch.manual_seed(0)
     cls = model_config_class(name)
     extra = {"time_bias": False} if "time_bias" in {f.name for f in dataclasses.fields(cls)} else {}
     cfg = cls(name=name, num_items=20, max_seq_len=6, embedding_dim=8, num_layers=1, num_heads=1, dropout=0.0,
-              user_features="sum", user_attributes=list(vocab), max_user_attributes=2, **extra)
+              user_features=mode, user_attributes=list(vocab), max_user_attributes=2, **extra)
     return build_model(cfg).eval()
 
 
 # hf_llama takes the same input path (SequentialRecommender.embed_items) but needs a saved local
 # Llama to build (tests/training/test_distill.py builds one)
+@pytest.mark.parametrize("mode", ["sum", "concat"])
 @pytest.mark.parametrize("name", [b for b in BACKBONES if b != "hf_llama"])
-def test_every_backbone_reads_the_profile_and_packed_rows_agree(name):
-    model = _model(name)
+def test_every_backbone_reads_the_profile_and_packed_rows_agree(name, mode):
+    model = _model(name, mode=mode)
     items = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
     a, b, none = torch.tensor([[[1, 3]], [[2, 0]]]), torch.tensor([[[2, 3]], [[2, 0]]]), torch.zeros(2, 1, 2, dtype=torch.long)
     with torch.no_grad():
@@ -164,7 +165,7 @@ def test_config_errors():
         ExperimentConfig.from_dict({"data": {"user_features": "u.csv"}, "model": {"name": "hstu", "user_features": "sum"},
                                     "task": {"kind": "ranking"}})
     with pytest.raises(ConfigError, match="user_features"):
-        ExperimentConfig.from_dict({"model": {"name": "hstu", "user_features": "concat"}})
+        ExperimentConfig.from_dict({"model": {"name": "hstu", "user_features": "average"}})
     with pytest.raises(ConfigError, match="data.user_features"):
         build_model(model_config_class("hstu")(num_items=4, user_features="sum"))
 

@@ -73,7 +73,8 @@ class ModelConfig:
     user_features: str = "none"
     """User side information (needs ``data.user_features``): ``none``; ``sum``: the mean of the
     user's attribute embeddings (age group, gender, ...) is added to every history token, so the
-    query depends on who the user is as well as on what they did."""
+    query depends on who the user is as well as on what they did; ``concat``: each token is a
+    linear map of the token and that mean, concatenated."""
     user_attributes: list[str] = field(default_factory=list)
     """User attribute vocabulary, token id k = ``user_attributes[k - 1]`` (set from the data when
     ``user_features`` is on; serving maps a request's attributes with it)."""
@@ -86,8 +87,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.item_features not in ("none", "sum", "concat"):
             raise ConfigError(f"model.item_features={self.item_features!r}: expected 'none', 'sum' or 'concat'")
-        if self.user_features not in ("none", "sum"):
-            raise ConfigError(f"model.user_features={self.user_features!r}: expected 'none' or 'sum'")
+        if self.user_features not in ("none", "sum", "concat"):
+            raise ConfigError(f"model.user_features={self.user_features!r}: expected 'none', 'sum' or 'concat'")
         for key in ("max_seq_len", "embedding_dim", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
@@ -141,12 +142,14 @@ class SequentialRecommender(nn.Module, Retriever):
                 self.behaviour_table.weight[0].zero_()
         if config.user_features != "none":
             if not config.user_attributes or config.max_user_attributes < 1:
-                raise ConfigError("model.user_features=sum needs the user attributes: set data.user_features (a file, or auto "
-                                  "for a dataset that has one)")
+                raise ConfigError(f"model.user_features={config.user_features} needs the user attributes: set data.user_features "
+                                  "(a file, or auto for a dataset that has one)")
             self.user_table = nn.EmbeddingBag(len(config.user_attributes) + 1, config.embedding_dim, mode="mean", padding_idx=0)
             nn.init.trunc_normal_(self.user_table.weight, std=0.02)
             with torch.no_grad():
                 self.user_table.weight[0].zero_()
+            if config.user_features == "concat":
+                self.user_proj = nn.Linear(2 * config.embedding_dim, config.embedding_dim, bias=False)
         if self.absolute_positions:
             self.pos_embedding = nn.Embedding(config.max_seq_len, config.embedding_dim)
             nn.init.trunc_normal_(self.pos_embedding.weight, std=0.02)
@@ -246,8 +249,11 @@ class SequentialRecommender(nn.Module, Retriever):
                 raise ValueError("this model reads user attributes (model.user_features): pass the user's attribute token ids")
             if user_tokens.dim() != 3 or user_tokens.size(0) != items.size(0) or user_tokens.size(1) not in (1, items.size(1)):
                 raise ValueError(f"user_tokens {tuple(user_tokens.shape)}: expected [B, 1, M] or [B, N, M] for items {tuple(items.shape)}")
-            profile = self.user_table(user_tokens.reshape(-1, user_tokens.size(-1)))  # users without any: 0
-            x = x + profile.view(*user_tokens.shape[:2], -1)
+            profile = self.user_table(user_tokens.reshape(-1, user_tokens.size(-1))).view(*user_tokens.shape[:2], -1)  # none: 0
+            if self.config.user_features == "sum":
+                x = x + profile
+            else:
+                x = self.user_proj(torch.cat([x, profile.expand(-1, x.size(1), -1)], dim=-1))
         return x * math.sqrt(self.config.embedding_dim)
 
     def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
