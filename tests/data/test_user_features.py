@@ -148,6 +148,26 @@ def test_every_backbone_reads_the_profile_and_packed_rows_agree(name, mode):
         model.user_vectors(items, user_tokens=torch.zeros(2, 2, dtype=torch.long))
 
 
+@pytest.mark.parametrize("name", [b for b in BACKBONES if b != "hf_llama"])
+def test_the_profile_token_comes_first_and_keeps_the_items_causal(name):
+    model = _model(name, mode="token")  # max_seq_len 6: the profile plus at most 5 items
+    assert model.max_history == 5
+    items = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]])
+    a, b = torch.tensor([[[1, 3]], [[2, 0]]]), torch.tensor([[[2, 3]], [[2, 0]]])
+    with torch.no_grad():
+        ha, hb = model.encode(items, user_tokens=a), model.encode(items, user_tokens=b)
+        assert ha.shape == (2, 4, 8)  # one output per item: the profile token's own is dropped
+        assert (ha[0] - hb[0]).abs().max() > 1e-4 and torch.allclose(ha[1], hb[1])  # the profile reaches every position
+        later = model.encode(torch.tensor([[1, 2, 9, 7], [4, 5, 0, 0]]), user_tokens=a)
+        torch.testing.assert_close(later[:, :2], ha[:, :2])  # position i reads the profile and items 0..i only
+        _, layers = model.encode_layers(items, user_tokens=a)
+        assert all(s.shape[:2] == (2, 4) for s in layers)
+    with pytest.raises(ValueError, match="exceeds the 5 items"):
+        model.encode(torch.ones(1, 6, dtype=torch.long), user_tokens=a[:1])
+    with pytest.raises(ValueError, match="packed"):
+        model.encode(items, segments=torch.ones_like(items), user_tokens=a)
+
+
 def test_the_profile_is_trained_and_padding_never_is():
     from genrec.training.losses import sampled_softmax_loss
 
@@ -166,11 +186,15 @@ def test_config_errors():
                                     "task": {"kind": "ranking"}})
     with pytest.raises(ConfigError, match="user_features"):
         ExperimentConfig.from_dict({"model": {"name": "hstu", "user_features": "average"}})
+    with pytest.raises(ConfigError, match="train.pack=false"):
+        ExperimentConfig.from_dict({"data": {"user_features": "u.csv"}, "model": {"name": "hstu", "user_features": "token"},
+                                    "train": {"pack": True}})
     with pytest.raises(ConfigError, match="data.user_features"):
         build_model(model_config_class("hstu")(num_items=4, user_features="sum"))
 
 
-def test_training_run_reads_user_features_and_serves_with_attributes(tmp_path, synthetic_csv, capsys):
+@pytest.mark.parametrize("mode", ["sum", "token"])
+def test_training_run_reads_user_features_and_serves_with_attributes(tmp_path, synthetic_csv, capsys, mode):
     """A whole run: attributes from a CSV beside the log, stated in the protocol, the vocabulary
     saved in the checkpoint; eval and the Recommender map attributes with it."""
     from genrec.cli import main
@@ -182,15 +206,15 @@ def test_training_run_reads_user_features_and_serves_with_attributes(tmp_path, s
         "data": {"dataset": "custom", "source": str(synthetic_csv), "cache_dir": str(tmp_path / "cache"), "user_features": str(users),
                  "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
         "model": {"name": "sasrec", "max_seq_len": 10, "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0,
-                  "user_features": "sum"},
+                  "user_features": mode},
         "train": {"epochs": 2, "batch_size": 16, "lr": 0.01, "num_negatives": 8, "num_threads": 1, "device": "cpu",
-                  "precision": "fp32", "pack": True},
+                  "precision": "fp32", "pack": mode != "token"},
         "eval": {"ks": [1, 10]},
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert any("user features (sum)" in n and "60 of 60 users" in n for n in metrics["protocol"]["notes"])
+    assert any(f"user features ({mode})" in n and "60 of 60 users" in n for n in metrics["protocol"]["notes"])
     assert "60 of 60 users have any" in metrics["protocol"]["user_attributes"]
     assert main(["eval", str(tmp_path / "run" / "best")]) == 0
     rec = Recommender.load(tmp_path / "run" / "best")

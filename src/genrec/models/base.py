@@ -74,7 +74,11 @@ class ModelConfig:
     """User side information (needs ``data.user_features``): ``none``; ``sum``: the mean of the
     user's attribute embeddings (age group, gender, ...) is added to every history token, so the
     query depends on who the user is as well as on what they did; ``concat``: each token is a
-    linear map of the token and that mean, concatenated."""
+    linear map of the token and that mean, concatenated; ``token``: that mean is one more token
+    at the start of the sequence (the HSTU paper's auxiliary series merged into the main one; a
+    static profile is a series of one), read by every position through attention, and taking one
+    of the ``max_seq_len`` positions (the model then reads ``max_seq_len - 1`` items; not with
+    ``train.pack``)."""
     user_attributes: list[str] = field(default_factory=list)
     """User attribute vocabulary, token id k = ``user_attributes[k - 1]`` (set from the data when
     ``user_features`` is on; serving maps a request's attributes with it)."""
@@ -87,8 +91,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.item_features not in ("none", "sum", "concat"):
             raise ConfigError(f"model.item_features={self.item_features!r}: expected 'none', 'sum' or 'concat'")
-        if self.user_features not in ("none", "sum", "concat"):
-            raise ConfigError(f"model.user_features={self.user_features!r}: expected 'none', 'sum' or 'concat'")
+        if self.user_features not in ("none", "sum", "concat", "token"):
+            raise ConfigError(f"model.user_features={self.user_features!r}: expected 'none', 'sum', 'concat' or 'token'")
+        if self.user_features == "token" and self.max_seq_len < 2:
+            raise ConfigError("model.user_features=token takes one of the max_seq_len positions: max_seq_len must be >= 2")
         for key in ("max_seq_len", "embedding_dim", "num_layers", "num_heads"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"model.{key}={getattr(self, key)} must be >= 1")
@@ -96,6 +102,12 @@ class ModelConfig:
             raise ConfigError(f"model.num_items={self.num_items} must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+
+
+def history_length(config: ModelConfig) -> int:
+    """Most history items a model of ``config`` reads: ``max_seq_len``, less the profile token of
+    ``user_features: token``."""
+    return config.max_seq_len - (1 if config.user_features == "token" else 0)
 
 
 def next_timestamps(timestamps: torch.Tensor, lengths: torch.Tensor, query_time: torch.Tensor) -> torch.Tensor:
@@ -160,8 +172,9 @@ class SequentialRecommender(nn.Module, Retriever):
 
     @property
     def max_history(self) -> int:
-        """Most history interactions the model reads (one token each)."""
-        return self.config.max_seq_len
+        """Most history interactions the model reads (one token each; ``max_seq_len`` less the
+        profile token of ``user_features: token``)."""
+        return history_length(self.config)
 
     def embedding_parameters(self) -> int:
         n = self.item_embedding.weight.numel()
@@ -252,8 +265,9 @@ class SequentialRecommender(nn.Module, Retriever):
             profile = self.user_table(user_tokens.reshape(-1, user_tokens.size(-1))).view(*user_tokens.shape[:2], -1)  # none: 0
             if self.config.user_features == "sum":
                 x = x + profile
-            else:
+            elif self.config.user_features == "concat":
                 x = self.user_proj(torch.cat([x, profile.expand(-1, x.size(1), -1)], dim=-1))
+            # token: the profile is a token of its own (:meth:`_inputs`), not part of the items
         return x * math.sqrt(self.config.embedding_dim)
 
     def add_positions(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -280,9 +294,9 @@ class SequentialRecommender(nn.Module, Retriever):
         sequences and a token sees only the earlier tokens of its own sequence. ``behaviours``
         [B, N]: each item's behaviour id (read when ``reads_behaviours``); ``user_tokens``: the
         user's attribute ids (read when ``reads_user_attributes``; shapes in :meth:`embed_items`)."""
-        x = self.embed_items(items, behaviours, user_tokens)
-        h, _ = self.transduce(x, self._context(items, timestamps, query_timestamps, segments))
-        return self._normalize(h)
+        x, ctx = self._inputs(items, timestamps, query_timestamps, segments, behaviours, user_tokens)
+        h, _ = self.transduce(x, ctx)
+        return self._normalize(self._drop_profile(h))
 
     def encode_layers(
         self,
@@ -297,14 +311,35 @@ class SequentialRecommender(nn.Module, Retriever):
         (encode's output [B, N, D], ``num_layers`` tensors [B, N, W], W = :attr:`layer_width`).
         The states are the residual stream after each layer, before any final norm or output map."""
         layers: list[torch.Tensor] = []
-        x = self.embed_items(items, behaviours, user_tokens)
-        h, _ = self.transduce(x, self._context(items, timestamps, query_timestamps, segments), None, layers)
-        return self._normalize(h), layers
+        x, ctx = self._inputs(items, timestamps, query_timestamps, segments, behaviours, user_tokens)
+        h, _ = self.transduce(x, ctx, None, layers)
+        return self._normalize(self._drop_profile(h)), [self._drop_profile(s) for s in layers]
 
     @property
     def layer_width(self) -> int:
         """Width W of the per-layer hidden states of :meth:`encode_layers`."""
         return self.config.embedding_dim
+
+    def _inputs(self, items, timestamps, query_timestamps, segments, behaviours, user_tokens) -> tuple[torch.Tensor, Context]:
+        """Token embeddings [B, N(+1), D] and attention context of :meth:`encode`: the items, and
+        with ``user_features: token`` the user's profile token first (its time: the first item's)."""
+        x = self.embed_items(items, behaviours, user_tokens)
+        if self.config.user_features != "token":
+            return x, self._context(items, timestamps, query_timestamps, segments)
+        if segments is not None:
+            raise ValueError("model.user_features=token reads padded rows, not packed ones (train.pack)")
+        if items.size(1) > self.max_history:
+            raise ValueError(f"sequence length {items.size(1)} exceeds the {self.max_history} items this model reads "
+                             f"(model.max_seq_len={self.config.max_seq_len}, one position is the profile token)")
+        profile = self.user_table(user_tokens.reshape(-1, user_tokens.size(-1))).view(items.size(0), 1, -1)  # [B 1 D]
+        x = torch.cat([profile * math.sqrt(self.config.embedding_dim), x], dim=1)
+        if timestamps is not None and query_timestamps is not None:  # the profile sits at the first item's time
+            timestamps, query_timestamps = (torch.cat([timestamps[:, :1], t], dim=1) for t in (timestamps, query_timestamps))
+        return x, self._context(F.pad(items, (1, 0), value=1), timestamps, query_timestamps, None)
+
+    def _drop_profile(self, h: torch.Tensor) -> torch.Tensor:
+        """Outputs [B, N(+1), ...] -> the items' [B, N, ...] (without the profile token's)."""
+        return h[:, 1:] if self.config.user_features == "token" else h
 
     def _context(self, items: torch.Tensor, timestamps: torch.Tensor | None, query_timestamps: torch.Tensor | None,
                  segments: torch.Tensor | None) -> Context:

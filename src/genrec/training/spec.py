@@ -90,9 +90,10 @@ class BuildSpec:
                          "data.domains) added to each history token")
         if model.user_features != "none" and self.user_feature_stats:
             st = self.user_feature_stats
+            how = {"sum": "added to every history token", "concat": "mapped with every history token",
+                   "token": "one token before the history (the model reads max_seq_len - 1 items)"}[model.user_features]
             notes.append(f"user features ({model.user_features}): {st['source']}, {st['attribute_tokens']} attribute tokens, "
-                         f"{st['users_with_attributes']} of {st['users']} users have any; their mean embedding is added to every "
-                         "history token")
+                         f"{st['users_with_attributes']} of {st['users']} users have any; their mean embedding is {how}")
         return notes
 
     def attach(self, model: Model) -> Model:

@@ -39,6 +39,7 @@ from genrec.data.batches import TrainBatch
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError
 from genrec.models import SequentialRecommender
+from genrec.models.base import history_length
 from genrec.training.losses import positions_loss
 from genrec.training.tasks.retrieval import RetrievalTask
 
@@ -167,8 +168,9 @@ class DistillTask(RetrievalTask):
         if student.num_layers > teacher.config.num_layers:
             raise ConfigError(f"model.num_layers={student.num_layers}: the student is deeper than its "
                               f"{teacher.config.num_layers}-layer teacher")
-        if teacher.max_history < student.max_seq_len:
-            raise ConfigError(f"model.max_seq_len={student.max_seq_len} exceeds the teacher's {teacher.max_history}")
+        if teacher.max_history < history_length(student):
+            raise ConfigError(f"the student reads {history_length(student)} items (model.max_seq_len={student.max_seq_len}), "
+                              f"more than the teacher's {teacher.max_history}")
 
     # ---- the Task members ---------------------------------------------------------------------
     def build_model(self) -> DistillationModel:

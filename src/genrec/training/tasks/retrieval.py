@@ -12,6 +12,7 @@ from genrec.data.splits import cold_item_ids
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.evaluator import evaluate
 from genrec.models import BACKBONES, Retriever, build_model
+from genrec.models.base import history_length
 from genrec.errors import ConfigError
 from genrec.training.losses import LOSSES, retrieval_loss
 from genrec.training.spec import SpecDerived, resolve_spec
@@ -34,7 +35,7 @@ class RetrievalTask(SpecDerived):
     def batches(self, include_valid: bool = False) -> TrainBatches:
         t = self.cfg.train
         return TrainBatches(
-            self.data, self.cfg.model.max_seq_len, t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout, t.pack,
+            self.data, history_length(self.cfg.model), t.batch_size, t.bucket_by_length, include_valid, self.cfg.eval.holdout, t.pack,
             t.data_fraction, t.seed, skip_items=self.cold_items,
         )
 
