@@ -20,6 +20,7 @@ from typing import NamedTuple
 import torch
 
 from genrec.checkpoint import load_model
+from genrec.data.domains import domain_name
 from genrec.data.user_features import request_tokens
 from genrec.errors import GenrecError, UnknownItemError
 from genrec.models.contracts import Model, Ranker, Retriever
@@ -36,6 +37,7 @@ class Query(NamedTuple):
     known: list[int]  # item idx of the whole known history (excluded from top-k)
     behaviours: torch.Tensor | None = None  # [1, n] behaviour ids of those items, when the model reads them
     user_tokens: torch.Tensor | None = None  # [1, 1, M] the user's attribute ids, when the model reads them
+    item_range: tuple[int, int] | None = None  # multi-domain: item idx [first, end) of the requested domain, what it ranks
 
 
 class Recommender:
@@ -67,6 +69,11 @@ class Recommender:
       their timestamps and feedback) when ``ignore_unknown=True``; unknown candidates always raise;
     - an empty history (or one with no known item left) raises ``ValueError``: a cold-start user
       needs a fallback (e.g. popular items) outside the model;
+    - a multi-domain checkpoint (``data.domains``) answers for one ``domain`` per request (one of
+      :attr:`domains`): the history holds that domain's items (raw ids, or ``<domain>:<id>``) and,
+      as context, other domains' items as ``<domain>:<id>``, in the order training read them
+      (without timestamps: the other domains' items first); the domain token of each item is set
+      from its domain, and top-k ranks the requested domain's catalogue only;
     - asking a ranking-only checkpoint (DIN, ``task.kind: ranking``) for retrieval, or a
       retrieval-only one for ``rank``, raises :class:`~genrec.errors.GenrecError` saying which
       method it does answer.
@@ -77,15 +84,14 @@ class Recommender:
             raise TypeError(f"Recommender needs a genrec model (Retriever and/or Ranker), got {type(model).__name__}")
         if len(item_ids) != model.num_items:
             raise GenrecError(f"{len(item_ids)} item ids for a model over {model.num_items} items")
-        if ((experiment or {}).get("data") or {}).get("domains"):
-            raise GenrecError("this checkpoint was trained on several domains (data.domains); serving one is not supported yet "
-                              "(a request would have to name its domain and its context): evaluate it with genrec eval")
         self.model = model.eval()
         self.item_ids: tuple[str, ...] = tuple(str(i) for i in item_ids)
         self.index = MappingProxyType({raw: i + 1 for i, raw in enumerate(self.item_ids)})
         if len(self.index) != len(self.item_ids):
             raise GenrecError("the item id list repeats an id: raw ids must be unique")
         self.experiment = dict(experiment or {})
+        self.domains = MappingProxyType(_domain_ranges(self.item_ids, (self.experiment.get("data") or {}).get("domains") or []))
+        """Multi-domain checkpoints: domain name -> item idx [first, end) (empty otherwise)."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu") -> "Recommender":
@@ -232,7 +238,32 @@ class Recommender:
                              "this model reads only those")
         return read
 
-    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback, user_attributes=None) -> Query:
+    def resolve_history(self, history: Sequence, domain: str | None = None) -> list[str]:
+        """Raw history ids as the catalogue names them: for a multi-domain checkpoint, an id that
+        is not ``<domain>:<id>`` already is taken as the requested ``domain``'s."""
+        if not self.domains:
+            if domain is not None:
+                raise ValueError("this model was trained on one domain: leave domain out")
+            return [str(h) for h in history]
+        if domain not in self.domains:
+            raise ValueError(f"this model was trained on several domains: name the one to recommend from, domain = one of "
+                             f"{list(self.domains)} (got {domain!r})")
+        return [str(h) if str(h) in self.index else f"{domain}:{h}" for h in history]
+
+    def _domain_behaviours(self, idx: list[int], domain: str) -> torch.Tensor | None:
+        """Multi-domain behaviour ids of the read items: own domain d -> d + 1, context from domain
+        e -> D + e + 1 (as :func:`genrec.data.domains.domain_behaviours` trained them)."""
+        if not self.reads_behaviours:
+            return None
+        ranges = list(self.domains.values())
+        own, D = list(self.domains).index(domain), len(ranges)
+        which = [next(d for d, (first, end) in enumerate(ranges) if first <= i < end) for i in idx]
+        return torch.tensor([[own + 1 if d == own else D + d + 1 for d in which]], device=self.device)
+
+    def _inputs(self, history, timestamps, query_time, ignore_unknown, feedback, user_attributes=None, domain=None) -> Query:
+        history = self.resolve_history(history, domain)
+        if self.domains and feedback is not None:
+            raise ValueError("a multi-domain model reads each item's domain from its id, not feedback: leave feedback out")
         known, kept = self._encode_ids(history, ignore_unknown)
         idx_at = dict(zip(kept, known))  # history position -> item idx
         kept = self._read(feedback, len(history), kept)  # what the model reads; known stays whole (exclusions)
@@ -240,7 +271,7 @@ class Recommender:
         L = self.model.max_history
         labels = self._labels(feedback, len(history), kept)
         labels = None if labels is None else labels[:, -L:]
-        behaviours = self._behaviours(feedback, len(history), kept)
+        behaviours = self._domain_behaviours(idx, domain) if self.domains else self._behaviours(feedback, len(history), kept)
         behaviours = None if behaviours is None else behaviours[:, -L:]
         ts = None
         if self.model.uses_timestamps:
@@ -249,7 +280,8 @@ class Recommender:
             ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=self.device)
         items = torch.tensor([idx[-L:]], device=self.device)
         qt = None if query_time is None else torch.tensor([int(query_time)], device=self.device)
-        return Query(items, ts, qt, labels, known, behaviours, self._user_tokens(user_attributes, ignore_unknown))
+        return Query(items, ts, qt, labels, known, behaviours, self._user_tokens(user_attributes, ignore_unknown),
+                     self.domains[domain] if self.domains else None)
 
     def _candidates(self, candidates: Sequence) -> torch.Tensor:
         """Raw candidate ids -> [1, C] item idx; unknown candidates always raise."""
@@ -272,21 +304,21 @@ class Recommender:
     # ---- retrieval --------------------------------------------------------------------------------
     def user_vector(
         self, history: Sequence, timestamps: Sequence[int] | None = None, query_time: int | None = None,
-        ignore_unknown: bool = False, feedback: Sequence | None = None, user_attributes=None,
+        ignore_unknown: bool = False, feedback: Sequence | None = None, user_attributes=None, domain: str | None = None,
     ) -> tuple[torch.Tensor, list[int]]:
         """-> ([1, D] query vector, item idx of the whole known history). The vector is scored by
         dot product against :meth:`item_vectors` (an inference tensor: no autograd)."""
         model = self._retriever()
-        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes)
+        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes, domain)
         return self._query(model, x), x.known
 
     def query(
         self, history: Sequence, timestamps: Sequence[int] | None = None, query_time: int | None = None,
-        ignore_unknown: bool = False, feedback: Sequence | None = None, user_attributes=None,
+        ignore_unknown: bool = False, feedback: Sequence | None = None, user_attributes=None, domain: str | None = None,
     ) -> Query:
         """Check one request and build its model inputs, without a forward pass (raises as
         :meth:`recommend` does). What a server's micro-batcher collects for :meth:`query_vectors`."""
-        return self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes)
+        return self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes, domain)
 
     def query_vectors(self, queries: Sequence[Query]) -> torch.Tensor:
         """[B, D] next-item query vectors of several requests in one padded forward pass.
@@ -332,13 +364,18 @@ class Recommender:
         if k < 1:
             raise ValueError(f"k={k} must be >= 1")
         user = self.query_vectors(queries)
-        top = self.top_items(user, k, [q.known for q in queries] if exclude_history else None)
+        top = self.top_items(user, k, [q.known for q in queries] if exclude_history else None, [q.item_range for q in queries])
         return [[(self.item_ids[i - 1], s) for i, s in row] for row in top]
 
-    def top_items(self, user: torch.Tensor, k: int, exclude: Sequence[Sequence[int]] | None = None) -> list[list[tuple[int, float]]]:
+    def top_items(self, user: torch.Tensor, k: int, exclude: Sequence[Sequence[int]] | None = None,
+                  ranges: Sequence[tuple[int, int] | None] | None = None) -> list[list[tuple[int, float]]]:
         """Exact top-k of query vectors user [B, D] over the whole catalogue (the model's chunked
-        scan), never an item idx of ``exclude[b]``: per row, (item idx, score) best first."""
+        scan), or over item idx [first, end) of ``ranges[b]`` (a multi-domain request's domain),
+        never an item idx of ``exclude[b]``: per row, (item idx, score) best first."""
         model = self._retriever()
+        if ranges is not None and any(r is not None for r in ranges):
+            return [self._top_in_range(model, user[b : b + 1], k, (exclude or [()] * len(ranges))[b], r or (1, model.num_items + 1))
+                    for b, r in enumerate(ranges)]
         ex = None
         if exclude is not None and any(exclude):
             E = max(len(e) for e in exclude)
@@ -348,6 +385,19 @@ class Recommender:
         return [
             [(i, s) for s, i in zip(srow, irow) if s != float("-inf")] for srow, irow in zip(scores.tolist(), ids.tolist())
         ]
+
+    def _top_in_range(self, model: Retriever, user: torch.Tensor, k: int, exclude: Sequence[int],
+                      item_range: tuple[int, int]) -> list[tuple[int, float]]:
+        """Top-k of one query [1, D] over item idx [first, end), never an idx of ``exclude``."""
+        first, end = item_range
+        with torch.inference_mode():
+            s = model.score_items(user, first, end).float()[0]  # [end - first]
+        s = s.masked_fill(~torch.isfinite(s), float("-inf"))
+        inside = [i - first for i in exclude if first <= i < end]
+        if inside:
+            s[torch.tensor(inside, device=s.device)] = float("-inf")
+        scores, ids = s.topk(min(k, end - first))
+        return [(first + int(i), float(v)) for v, i in zip(scores.tolist(), ids.tolist()) if v != float("-inf")]
 
     def recommend(
         self,
@@ -359,14 +409,18 @@ class Recommender:
         ignore_unknown: bool = False,
         feedback: Sequence | None = None,
         user_attributes=None,
+        domain: str | None = None,
     ) -> list[tuple[str, float]]:
-        """Top-k (raw item id, score) over the whole catalogue, best first. Fewer than k when the
-        catalogue minus the excluded history is smaller."""
+        """Top-k (raw item id, score) over the whole catalogue (a multi-domain model: over
+        ``domain``'s), best first. Fewer than k when the catalogue minus the excluded history is smaller."""
         model = self._retriever()
         if k < 1:
             raise ValueError(f"k={k} must be >= 1")
-        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes)
+        x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes, domain)
         user = self._query(model, x)
+        if x.item_range is not None:
+            top = self._top_in_range(model, user, k, x.known if exclude_history else [], x.item_range)
+            return [(self.item_ids[i - 1], s) for i, s in top]
         exclude = torch.tensor([x.known], device=self.device) if exclude_history else None
         with torch.inference_mode():
             scores, ids = model.topk(user, k, exclude)  # [1 k'] each
@@ -381,10 +435,11 @@ class Recommender:
         ignore_unknown: bool = False,
         feedback: Sequence | None = None,
         user_attributes=None,
+        domain: str | None = None,
     ) -> list[float]:
         """Retrieval scores (similarity to the next-item query) of the given candidates, in order."""
         model = self._retriever()
-        user = self._query(model, self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes))
+        user = self._query(model, self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes, domain))
         cands = self._candidates(candidates)
         with torch.inference_mode():
             return model.score_candidates(user, cands)[0].tolist()
@@ -427,3 +482,17 @@ def _behaviour_value(v) -> float | None:
 def _check_finite(t: torch.Tensor, what: str) -> None:
     if not bool(torch.isfinite(t).all()):
         raise GenrecError(f"the model produced non-finite {what} (NaN/inf): its weights are corrupted or training diverged")
+
+
+def _domain_ranges(item_ids: Sequence[str], domains: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Multi-domain catalogues (:mod:`genrec.data.domains`): raw ids ``<domain>:<id>``, one idx
+    range per domain, in ``data.domains`` order -> {domain: (first, end)}; {} for one domain."""
+    if not domains:
+        return {}
+    out: dict[str, tuple[int, int]] = {}
+    for name in map(domain_name, domains):
+        idx = [i + 1 for i, raw in enumerate(item_ids) if raw.startswith(name + ":")]
+        if not idx or idx[-1] - idx[0] + 1 != len(idx):
+            raise GenrecError(f"multi-domain checkpoint: the items of domain {name!r} are not one id range as data.domains makes them")
+        out[name] = (idx[0], idx[-1] + 1)
+    return out

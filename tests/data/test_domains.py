@@ -158,10 +158,36 @@ def test_joint_training_reports_each_domain(tmp_path):
     assert test["ndcg@10"] == pytest.approx((test["beauty/ndcg@10"] + test["toys/ndcg@10"]) / 2)
     assert "target's domain (beauty: 15 items, toys: 12 items)" in result["protocol"]["ranking"]
     from genrec import Recommender
-    from genrec.errors import GenrecError
 
-    with pytest.raises(GenrecError, match="several domains"):
-        Recommender.load(tmp_path / "run" / "best")
+    rec = Recommender.load(tmp_path / "run" / "best")  # served per domain
+    assert dict(rec.domains) == {"beauty": (1, 16), "toys": (16, 28)}
+    with pytest.raises(ValueError, match="name the one to recommend from"):
+        rec.recommend(["a3", "a4"])
+    top = rec.recommend(["a3", "a4"], k=5, domain="beauty")  # bare ids are the domain's own
+    assert len(top) == 5 and all(i.startswith("beauty:") for i, _ in top) and "beauty:a3" not in dict(top)
+    with_context = rec.recommend(["toys:b1", "toys:b2", "a3", "a4"], k=15, domain="beauty")
+    assert len(with_context) == 13 and all(i.startswith("beauty:") for i, _ in with_context)  # 15 items less the 2 read
+    assert [i for i, _ in with_context[:5]] != [i for i, _ in top] or with_context[0][1] != top[0][1]  # the context is read
+    batched = rec.recommend_many([rec.query(["a3", "a4"], domain="beauty"), rec.query(["b5"], domain="toys")], k=5)
+    assert [i for i, _ in batched[0]] == [i for i, _ in top]
+    assert batched[1] and all(i.startswith("toys:") for i, _ in batched[1])
+    x = rec.query(["toys:b1", "a3"], domain="beauty")  # domain tokens: context from toys = 2 + 1 + 1, own beauty = 0 + 1
+    assert x.behaviours.tolist() == [[4, 1]] and x.item_range == (1, 16)
+    with pytest.raises(ValueError, match="not feedback"):
+        rec.recommend(["a3"], domain="beauty", feedback=[1])
+    from tests.serving.conftest import SERVE_MISSING
+
+    if SERVE_MISSING:
+        return  # the service's part needs genrec[serve]
+    from tests.serving.client import make_app, request, strict_json
+
+    app = make_app(tmp_path / "run" / "best")
+    body = {"history": ["toys:b1", "toys:b2", "a3", "a4", "zz"], "k": 15, "domain": "beauty", "ignore_unknown": True}
+    got = strict_json(request(app, "POST", "/v1/recommend", json=body))
+    assert [i["item"] for i in got["items"]] == [i for i, _ in with_context] and got["dropped"] == ["zz"]
+    refused = request(app, "POST", "/v1/recommend", json={"history": ["a3"], "k": 5})
+    assert refused.status_code == 422 and "domain = one of ['beauty', 'toys']" in refused.text
+    assert strict_json(request(app, "GET", "/v1/model"))["domains"] == {"beauty": [1, 16], "toys": [16, 28]}
 
 
 def test_companion_files_are_found_beside_the_data_file_and_checked(tmp_path):

@@ -44,6 +44,8 @@ class RecommendRequest(_History):
     exclude_history: bool = Field(True, description="never return an item of the history")
     allow: list[ItemId] | None = Field(None, description="only these items may be returned (scored exactly)")
     deny: list[ItemId] | None = Field(None, description="these items are never returned")
+    domain: str | None = Field(None, description="multi-domain models: the domain to recommend from (one of /v1/model's "
+                               "domains); history ids of other domains are written <domain>:<id>")
     user_attributes: list[str] | dict[str, StrictBool | StrictInt | StrictFloat | str | list[str]] | None = Field(
         None, max_length=256, description="models with user features: the user's attributes as field=value tokens, e.g. "
         "[\"gender=F\", \"age=25-34\"], or a {field: value} object tokenised as the training file was (numbers by its "

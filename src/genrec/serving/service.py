@@ -136,7 +136,7 @@ class Service:
             "kind": self.kind, "num_items": model.num_items, "max_history": model.max_history,
             "uses_timestamps": model.uses_timestamps, "reads_feedback": self.rec.reads_feedback,
             "reads_behaviours": self.rec.reads_behaviours, "tasks": self.rec.task_names,
-            "user_attributes": self.rec.user_attribute_vocabulary,
+            "user_attributes": self.rec.user_attribute_vocabulary, "domains": {d: list(r) for d, r in self.rec.domains.items()},
             "index": None if self.index is None else self.index.describe(),
             "metadata": {"source": self.catalog.source, "titles": self.catalog.has_titles},
             "data": exp.get("data"), "model": exp.get("model"), "task": exp.get("task"),
@@ -189,11 +189,16 @@ def prepare_recommend(svc: Service, req: RecommendRequest) -> RecommendJob:
         if ids is not None and len(ids) > limits.max_list:
             raise ApiError(422, "list_too_long", f"the {name} list has {len(ids)} ids; at most {limits.max_list}")
     with translated():
-        query = svc.rec.query(history, req.timestamps, req.query_time, req.ignore_unknown, req.feedback, req.user_attributes)
+        query = svc.rec.query(history, req.timestamps, req.query_time, req.ignore_unknown, req.feedback, req.user_attributes,
+                              req.domain)
+        resolved = svc.rec.resolve_history(history, req.domain)
     exclude = set(query.known) if req.exclude_history else set()
     exclude |= set(svc.item_idx(req.deny or [], req.ignore_unknown, "deny"))
     allow = None if req.allow is None else svc.item_idx(req.allow, req.ignore_unknown, "allow")
-    dropped = [h for h in history if h not in svc.rec.index]
+    if query.item_range is not None:  # a multi-domain model ranks the requested domain's items only (scored exactly)
+        domain_items = range(*query.item_range)
+        allow = list(domain_items) if allow is None else [i for i in allow if i in domain_items]
+    dropped = [h for h, r in zip(history, resolved) if r not in svc.rec.index]
     return RecommendJob(svc, query, req.k, exclude, allow, dropped)
 
 
