@@ -34,9 +34,12 @@ def run(row: str, seed: int, out: Path, extra: list[str]) -> dict:
             cmd = [sys.executable, "-m", "genrec.cli", "train", str(ROOT / "configs" / f"{row}.yaml"), f"train.seed={seed}",
                    "train.num_threads=1", *extra, "--out", str(folder), "--overwrite"]
         print("+", " ".join(cmd), file=sys.stderr, flush=True)
-        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log = folder.parent / f"seed{seed}.stderr"  # a file, not a pipe: a run outlives this driver if it is stopped
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as err:
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err)
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+            raise SystemExit(f"{' '.join(cmd)} failed (log: {log}):\n{log.read_text()[-2000:]}")
     return json.loads((folder / "metrics.json").read_text())
 
 
