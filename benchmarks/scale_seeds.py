@@ -16,21 +16,16 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import statistics
 import sys
 from pathlib import Path
 
 import yaml
 
+from ablation import cell  # benchmarks/ablation.py: mean ± standard error over seeds
+
 KEY = ("backbone", "layers", "width", "data_fraction")
 METRICS = ("valid_ndcg@10", "valid_hr@10", "test_ndcg@10", "test_hr@10")
-
-
-def cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values) / math.sqrt(len(values)):.4f}"
 
 
 def main() -> None:

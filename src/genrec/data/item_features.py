@@ -210,21 +210,32 @@ def _read_json(path: Path, what: str = "item", edges: dict | None = None) -> dic
     return out
 
 
-def read_item_features(path: str | Path) -> dict[str, list[str]]:
-    """{raw item id: [attribute token, ...]} from a feature file (formats: module docstring)."""
+def read_attributes(path: str | Path, what: str, movielens: dict[str, tuple[str, str, object]], id_columns: tuple[str, ...],
+                    edges: dict | None = None) -> dict[str, list[str]]:
+    """{raw id: [attribute token, ...]} from an attribute file of ``what`` (item / user): a
+    MovieLens file named in ``movielens`` (name -> separator, its format for errors, the line's
+    tokens), JSON, or a CSV / TSV / Parquet table with an id column among ``id_columns``.
+    ``edges``: filled with the decile edges of numeric fields (tables and JSON objects)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataFormatError(f"data.item_features={str(path)!r}: no such file")
+        raise DataFormatError(f"data.{what}_features={str(path)!r}: no such file")
     base = base_name(path)
-    if base == "u.item":
-        return _read_movielens(path, "|", "id|title|date|video date|url|19 genre flags (0/1)", _u_item_tokens)
-    if base == "movies.dat":
-        return _read_movielens(path, "::", "MovieID::Title::Genres", _movies_dat_tokens)
+    if base in movielens:
+        return _read_movielens(path, *movielens[base])
     if base.endswith(".json"):
-        return _read_json(path)
+        return _read_json(path, what, edges)
     if base.endswith((".csv", ".tsv", ".parquet")):
-        return _read_table(path)
-    raise DataFormatError(f"{path}: unknown item feature format (JSON, CSV, TSV, Parquet, u.item, movies.dat)")
+        return _read_table(path, id_columns, what, edges)
+    raise DataFormatError(f"{path}: unknown {what} feature format (JSON, CSV, TSV, Parquet, {', '.join(movielens)})")
+
+
+ITEM_MOVIELENS = {"u.item": ("|", "id|title|date|video date|url|19 genre flags (0/1)", _u_item_tokens),
+                  "movies.dat": ("::", "MovieID::Title::Genres", _movies_dat_tokens)}
+
+
+def read_item_features(path: str | Path) -> dict[str, list[str]]:
+    """{raw item id: [attribute token, ...]} from a feature file (formats: module docstring)."""
+    return read_attributes(path, "item", ITEM_MOVIELENS, ITEM_ID_COLUMNS)
 
 
 def feature_file(data_cfg, value: str, key: str = "item_features", registry: dict = ITEM_FEATURE_FILES) -> Path:

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genrec.data.download import USER_FEATURE_FILES, base_name
-from genrec.data.item_features import _read_json, _read_movielens, _read_table, _value_tokens, feature_file, token_table
+from genrec.data.download import USER_FEATURE_FILES
+from genrec.data.item_features import _value_tokens, feature_file, read_attributes, token_table
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError, DataFormatError
 
@@ -65,22 +65,14 @@ def _users_dat_tokens(parts: list[str]) -> list[str] | None:
     return [f"age={ML1M_AGE_CODES[parts[2]]}", f"gender={parts[1]}", f"occupation={parts[3]}", *_zip(parts[4])]
 
 
+USER_MOVIELENS = {"u.user": ("|", "user id|age|gender|occupation|zip code", _u_user_tokens),
+                  "users.dat": ("::", "UserID::Gender::Age(1,18,25,35,45,50,56)::Occupation::Zip-code", _users_dat_tokens)}
+
+
 def read_user_features(path: str | Path, edges: dict | None = None) -> dict[str, list[str]]:
     """{raw user id: [attribute token, ...]} from a user feature file (formats: module docstring);
     ``edges``: filled with the decile edges of its numeric fields (tables and JSON objects)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataFormatError(f"data.user_features={str(path)!r}: no such file")
-    base = base_name(path)
-    if base == "u.user":
-        return _read_movielens(path, "|", "user id|age|gender|occupation|zip code", _u_user_tokens)
-    if base == "users.dat":
-        return _read_movielens(path, "::", "UserID::Gender::Age(1,18,25,35,45,50,56)::Occupation::Zip-code", _users_dat_tokens)
-    if base.endswith(".json"):
-        return _read_json(path, "user", edges)
-    if base.endswith((".csv", ".tsv", ".parquet")):
-        return _read_table(path, USER_ID_COLUMNS, "user", edges)
-    raise DataFormatError(f"{path}: unknown user feature format (JSON, CSV, TSV, Parquet, u.user, users.dat)")
+    return read_attributes(path, "user", USER_MOVIELENS, USER_ID_COLUMNS, edges)
 
 
 def request_tokens(attributes, numeric_fields: dict[str, list[float]], vocabulary: list[str]) -> list[str]:
