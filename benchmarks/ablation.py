@@ -36,10 +36,10 @@ def run(row: str, seed: int, out: Path, extra: list[str]) -> dict:
         print("+", " ".join(cmd), file=sys.stderr, flush=True)
         log = folder.parent / f"seed{seed}.stderr"  # a file, not a pipe: a run outlives this driver if it is stopped
         log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as err:
+        with open(log, "a") as err:  # appended: a resumed run keeps the earlier attempt's log
             proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err)
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed (log: {log}):\n{log.read_text()[-2000:]}")
+            raise SystemExit(f"{' '.join(cmd)} failed (log: {log}):\n{log.read_text(errors="replace")[-2000:]}")
     return json.loads((folder / "metrics.json").read_text())
 
 

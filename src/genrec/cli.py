@@ -136,7 +136,7 @@ def _feedback(text: str | None) -> list[list[float]] | None:
 
 def cmd_recommend(
     checkpoint: str, history: str, k: int, feedback: str | None, timestamps: str | None, query_time: int | None,
-    keep_history: bool, ignore_unknown: bool, user_attributes: str | None = None,
+    keep_history: bool, ignore_unknown: bool, user_attributes: str | None = None, domain: str | None = None,
 ) -> dict:
     """Top-k items for a history of raw item ids (comma-separated, oldest first). Unified models
     also read the feedback of each history item (--feedback); models with user features the
@@ -148,7 +148,7 @@ def cmd_recommend(
     ts = [int(t) for t in timestamps.split(",")] if timestamps else None
     attributes = [a.strip() for a in user_attributes.split(",") if a.strip()] if user_attributes else None
     top = rec.recommend(items, k, ts, query_time, exclude_history=not keep_history, ignore_unknown=ignore_unknown, feedback=_feedback(feedback),
-                        user_attributes=attributes)
+                        user_attributes=attributes, domain=domain)
     return {"history": items, "k": k, "items": [{"item": i, "score": round(s, 6)} for i, s in top]}
 
 
@@ -309,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--keep-history", action="store_true", help="allow items of the history in the results")
     sp.add_argument("--ignore-unknown", action="store_true", help="drop unknown item ids (and unknown user attributes) instead of failing")
     sp.add_argument("--user-attributes", help="models with user features: comma-separated field=value tokens, e.g. gender=F,age=25-34")
+    sp.add_argument("--domain", help="multi-domain models: the domain to recommend from (other domains' ids as <domain>:<id>)")
 
     sp = add("rank", cmd_rank)
     sp.add_argument("checkpoint")

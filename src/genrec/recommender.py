@@ -63,8 +63,9 @@ class Recommender:
       raises ``ValueError`` naming it, or is dropped with ``ignore_unknown=True``; none given reads
       the history alone, as training did for users the attribute file lacked. Models without user
       features refuse attributes;
-    - histories longer than the model's limit (``model.max_seq_len`` interactions) keep their
-      newest items; ``recommend`` still excludes every known history item, not only those kept;
+    - histories longer than the model's limit (``max_history``: ``model.max_seq_len`` interactions,
+      one fewer with a profile token) keep their newest items; ``recommend`` still excludes every
+      known history item, not only those kept;
     - unknown ids raise :class:`~genrec.errors.UnknownItemError` naming them, or are dropped (with
       their timestamps and feedback) when ``ignore_unknown=True``; unknown candidates always raise;
     - an empty history (or one with no known item left) raises ``ValueError``: a cold-start user
@@ -248,7 +249,8 @@ class Recommender:
         if domain not in self.domains:
             raise ValueError(f"this model was trained on several domains: name the one to recommend from, domain = one of "
                              f"{list(self.domains)} (got {domain!r})")
-        return [str(h) if str(h) in self.index else f"{domain}:{h}" for h in history]
+        own = lambda h: f"{domain}:{h}"  # noqa: E731
+        return [own(h) if str(h) not in self.index and own(h) in self.index else str(h) for h in history]
 
     def _domain_behaviours(self, idx: list[int], domain: str) -> torch.Tensor | None:
         """Multi-domain behaviour ids of the read items: own domain d -> d + 1, context from domain
@@ -440,7 +442,7 @@ class Recommender:
         """Retrieval scores (similarity to the next-item query) of the given candidates, in order."""
         model = self._retriever()
         user = self._query(model, self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes, domain))
-        cands = self._candidates(candidates)
+        cands = self._candidates(self.resolve_history(candidates, domain) if self.domains else candidates)
         with torch.inference_mode():
             return model.score_candidates(user, cands)[0].tolist()
 

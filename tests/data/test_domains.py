@@ -158,6 +158,7 @@ def test_joint_training_reports_each_domain(tmp_path):
     assert test["ndcg@10"] == pytest.approx((test["beauty/ndcg@10"] + test["toys/ndcg@10"]) / 2)
     assert "target's domain (beauty: 15 items, toys: 12 items)" in result["protocol"]["ranking"]
     from genrec import Recommender
+    from genrec.errors import UnknownItemError
 
     rec = Recommender.load(tmp_path / "run" / "best")  # served per domain
     assert dict(rec.domains) == {"beauty": (1, 16), "toys": (16, 28)}
@@ -167,7 +168,13 @@ def test_joint_training_reports_each_domain(tmp_path):
     assert len(top) == 5 and all(i.startswith("beauty:") for i, _ in top) and "beauty:a3" not in dict(top)
     with_context = rec.recommend(["toys:b1", "toys:b2", "a3", "a4"], k=15, domain="beauty")
     assert len(with_context) == 13 and all(i.startswith("beauty:") for i, _ in with_context)  # 15 items less the 2 read
-    assert [i for i, _ in with_context[:5]] != [i for i, _ in top] or with_context[0][1] != top[0][1]  # the context is read
+    alone, _ = rec.user_vector(["a3", "a4"], domain="beauty")
+    read, _ = rec.user_vector(["toys:b1", "toys:b2", "a3", "a4"], domain="beauty")
+    assert (alone - read).abs().max() > 1e-4  # the context is read
+    with pytest.raises(UnknownItemError) as err:
+        rec.recommend(["a3", "toys:zz"], domain="beauty")
+    assert err.value.unknown == ["toys:zz"]  # named as sent
+    assert rec.score(["a3"], ["a5", "toys:b1"], domain="beauty") == rec.score(["a3"], ["beauty:a5", "toys:b1"], domain="beauty")
     batched = rec.recommend_many([rec.query(["a3", "a4"], domain="beauty"), rec.query(["b5"], domain="toys")], k=5)
     assert [i for i, _ in batched[0]] == [i for i, _ in top]
     assert batched[1] and all(i.startswith("toys:") for i, _ in batched[1])
@@ -188,6 +195,9 @@ def test_joint_training_reports_each_domain(tmp_path):
     refused = request(app, "POST", "/v1/recommend", json={"history": ["a3"], "k": 5})
     assert refused.status_code == 422 and "domain = one of ['beauty', 'toys']" in refused.text
     assert strict_json(request(app, "GET", "/v1/model"))["domains"] == {"beauty": [1, 16], "toys": [16, 28]}
+    first = got["items"][0]["item"]
+    denied = strict_json(request(app, "POST", "/v1/recommend", json=body | {"deny": [first.split(":", 1)[1]]}))  # a bare own id
+    assert first not in [i["item"] for i in denied["items"]] and len(denied["items"]) == 12
 
 
 def test_companion_files_are_found_beside_the_data_file_and_checked(tmp_path):

@@ -162,10 +162,28 @@ def test_the_profile_token_comes_first_and_keeps_the_items_causal(name):
         torch.testing.assert_close(later[:, :2], ha[:, :2])  # position i reads the profile and items 0..i only
         _, layers = model.encode_layers(items, user_tokens=a)
         assert all(s.shape[:2] == (2, 4) for s in layers)
+        full = model.encode(torch.tensor([[1, 2, 3, 4, 5]]), user_tokens=a[:1])  # exactly max_history items: fits
+        torch.testing.assert_close(model.user_vectors(torch.tensor([[1, 2, 3, 4, 5]]), user_tokens=a[:1]), full[:, -1])
+        torch.testing.assert_close(model.user_vectors(items, user_tokens=a), torch.stack([ha[0, 2], ha[1, 1]]))
     with pytest.raises(ValueError, match="exceeds the 5 items"):
         model.encode(torch.ones(1, 6, dtype=torch.long), user_tokens=a[:1])
     with pytest.raises(ValueError, match="packed"):
         model.encode(items, segments=torch.ones_like(items), user_tokens=a)
+
+
+def test_the_profile_token_with_a_time_bias():
+    from genrec.models import HSTU, HSTUConfig
+
+    torch.manual_seed(0)
+    model = HSTU(HSTUConfig(name="hstu", num_items=20, max_seq_len=6, embedding_dim=8, num_layers=1, num_heads=1, dropout=0.0,
+                            time_bias=True, user_features="token", user_attributes=["g=f", "g=m"], max_user_attributes=1)).eval()
+    items, ts = torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([[100, 5000, 90000], [10, 20, 20]])
+    users = torch.tensor([[[1]], [[2]]])
+    with torch.no_grad():
+        q = model.user_vectors(items, ts, torch.tensor([95000, 30]), user_tokens=users)
+        later = model.user_vectors(items, ts, torch.tensor([9_000_000, 30]), user_tokens=users)
+    assert torch.isfinite(q).all() and (q[0] - later[0]).abs().max() > 1e-5  # the request time still reaches the query
+    torch.testing.assert_close(q[1], later[1])
 
 
 def test_the_profile_is_trained_and_padding_never_is():

@@ -17,10 +17,11 @@ Formats (``.gz`` read directly):
 - JSON ``{user id: [attribute, ...]}`` or ``{user id: {field: value, ...}}``.
 
 Every token gets an id 1..A, most frequent first over the prepared users; the vocabulary is
-stored in the model config (``model.user_attributes``), so a served checkpoint maps a request's
-attributes with the ids it was trained with. A model with ``model.user_features: sum`` adds the
-mean of the user's token embeddings to every history token (:meth:`SequentialRecommender.embed_items
-<genrec.models.base.SequentialRecommender.embed_items>`); users the file lacks read their history alone.
+stored in the model config (``model.user_attributes``, with the numeric fields' decile edges), so
+a served checkpoint maps a request's attributes with the ids it was trained with. A model with
+``model.user_features`` reads the mean of the user's token embeddings: ``sum`` adds it to every
+history token, ``concat`` maps it with every token, ``token`` puts it first as a token of its own
+(:class:`genrec.models.base.SequentialRecommender`); users the file lacks have a zero profile.
 """
 
 from __future__ import annotations

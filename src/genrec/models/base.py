@@ -43,8 +43,9 @@ class ModelConfig:
     num_items: int = 0
     """Catalogue size (item ids 1..num_items; 0 is padding). 0 here = take it from the data."""
     max_seq_len: int = 50
-    """Longest history the model reads, in interactions (items), for every task; longer histories
-    keep their most recent items. Models over interleaved item/action tokens convert it to tokens
+    """Longest history the model reads, in interactions (items), for every task (one fewer with
+    ``user_features: token``, whose profile takes a position); longer histories keep their most
+    recent items. Models over interleaved item/action tokens convert it to tokens
     themselves (:func:`genrec.models.generative.interleaved_tokens`)."""
     embedding_dim: int = 64
     """Width D of item embeddings and of the residual stream."""

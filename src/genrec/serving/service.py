@@ -35,7 +35,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     """Largest request body."""
     max_history: int = 1000
-    """Most history items a request may send (the model itself reads only its newest ``max_seq_len``)."""
+    """Most history items a request may send (the model itself reads only its newest ``max_history``)."""
     max_candidates: int = 1000
     """Most candidates of one /v1/rank request."""
     max_list: int = 10_000
@@ -193,8 +193,10 @@ def prepare_recommend(svc: Service, req: RecommendRequest) -> RecommendJob:
                               req.domain)
         resolved = svc.rec.resolve_history(history, req.domain)
     exclude = set(query.known) if req.exclude_history else set()
-    exclude |= set(svc.item_idx(req.deny or [], req.ignore_unknown, "deny"))
-    allow = None if req.allow is None else svc.item_idx(req.allow, req.ignore_unknown, "allow")
+    with translated():  # (multi-domain: bare ids are the requested domain's, as in the history)
+        deny, allow_ids = (None if ids is None else svc.rec.resolve_history(ids, req.domain) for ids in (req.deny, req.allow))
+    exclude |= set(svc.item_idx(deny or [], req.ignore_unknown, "deny"))
+    allow = None if allow_ids is None else svc.item_idx(allow_ids, req.ignore_unknown, "allow")
     if query.item_range is not None:  # a multi-domain model ranks the requested domain's items only (scored exactly)
         domain_items = range(*query.item_range)
         allow = list(domain_items) if allow is None else [i for i in allow if i in domain_items]

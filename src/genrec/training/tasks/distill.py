@@ -168,6 +168,9 @@ class DistillTask(RetrievalTask):
         if student.num_layers > teacher.config.num_layers:
             raise ConfigError(f"model.num_layers={student.num_layers}: the student is deeper than its "
                               f"{teacher.config.num_layers}-layer teacher")
+        if teacher.config.user_features == "token" and self.cfg.train.pack:
+            raise ConfigError("the teacher reads a profile token (model.user_features=token), which needs padded rows: "
+                              "set train.pack=false")
         if teacher.max_history < history_length(student):
             raise ConfigError(f"the student reads {history_length(student)} items (model.max_seq_len={student.max_seq_len}), "
                               f"more than the teacher's {teacher.max_history}")
