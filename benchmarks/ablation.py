@@ -39,7 +39,7 @@ def run(row: str, seed: int, out: Path, extra: list[str]) -> dict:
         with open(log, "a") as err:  # appended: a resumed run keeps the earlier attempt's log
             proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=err)
         if proc.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed (log: {log}):\n{log.read_text(errors="replace")[-2000:]}")
+            raise SystemExit(f"{' '.join(cmd)} failed (log: {log}):\n{log.read_text(errors='replace')[-2000:]}")
     return json.loads((folder / "metrics.json").read_text())
 
 
