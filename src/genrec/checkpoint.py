@@ -115,13 +115,22 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: missing (incomplete checkpoint)")
     digests = path.parent / DIGESTS
     if digests.exists():
-        expected = json.loads(digests.read_text()).get(path.name)
-        if expected is not None and file_digest(path) != expected:
-            raise CheckpointError(f"{path}: SHA-256 does not match {DIGESTS} (the file is corrupted or truncated)")
+        _check_digest(path, file_digest(path), json.loads(digests.read_text()))
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from exc
+        raise _unreadable(path, exc) from exc
+
+
+def _check_digest(path: Path, actual: str, digests: dict) -> None:
+    """Refuse a file whose SHA-256 differs from the one its folder's ``digests.json`` records."""
+    expected = digests.get(path.name)
+    if expected is not None and actual != expected:
+        raise CheckpointError(f"{path}: SHA-256 does not match {DIGESTS} (the file is corrupted or truncated)")
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})")
 
 
 def _read_json(path: Path) -> Any:
@@ -222,9 +231,7 @@ def load_model_verified(path: str | Path, device: str | torch.device = "cpu") ->
     weights = files["model.safetensors"]
     digest = hashlib.sha256(weights).hexdigest()
     if files[DIGESTS] is not None:
-        expected = _json_of(folder, DIGESTS, files[DIGESTS]).get("model.safetensors")
-        if expected is not None and digest != expected:
-            raise CheckpointError(f"{folder / 'model.safetensors'}: SHA-256 does not match {DIGESTS} (the file is corrupted or truncated)")
+        _check_digest(folder / "model.safetensors", digest, _json_of(folder, DIGESTS, files[DIGESTS]))
     model = build_model(model_config_from_dict(_json_of(folder, "model.json", files["model.json"])))
     experiment = _json_of(folder, "experiment.json", files["experiment.json"])
     if files["head.json"] is not None:
@@ -239,7 +246,7 @@ def load_model_verified(path: str | Path, device: str | torch.device = "cpu") ->
     try:
         state = load_bytes(weights)
     except (SafetensorError, ValueError) as exc:
-        raise CheckpointError(f"{folder / 'model.safetensors'}: not a readable safetensors file ({str(exc).splitlines()[0][:200]})") from exc
+        raise _unreadable(folder / "model.safetensors", exc) from exc
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that differ from model.json's

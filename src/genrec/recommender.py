@@ -91,6 +91,8 @@ class Recommender:
         if len(self.index) != len(self.item_ids):
             raise GenrecError("the item id list repeats an id: raw ids must be unique")
         self.experiment = dict(experiment or {})
+        # user attribute -> token id, built once (read by every request of a model with user features)
+        self._user_index = MappingProxyType({t: k + 1 for k, t in enumerate(self.user_attribute_vocabulary)})
         self.domains = MappingProxyType(_domain_ranges(self.item_ids, (self.experiment.get("data") or {}).get("domains") or []))
         """Multi-domain checkpoints: domain name -> item idx [first, end) (empty otherwise)."""
 
@@ -213,7 +215,7 @@ class Recommender:
             return None
         vocab = self.user_attribute_vocabulary
         tokens = request_tokens(attributes, self.model.config.user_numeric_fields, vocab)
-        index = {t: k + 1 for k, t in enumerate(vocab)}
+        index = self._user_index
         unknown = [t for t in tokens if t not in index]
         if unknown and not ignore_unknown:
             raise ValueError(f"unknown user attribute(s) {unknown[:5]}: this model knows {len(vocab)} tokens "
