@@ -431,13 +431,13 @@ class ExperimentConfig:
             raise ConfigError("eval.exclude_history=targets needs target behaviours (data.target_behaviours or data.domains)")
         if self.model.behaviour_embedding and not (self.data.behaviour or self.data.domains):
             raise ConfigError("model.behaviour_embedding needs behaviours: data.behaviour (with data.behaviour_values) or data.domains")
-        if getattr(self.model, "user_features", "none") == "token" and self.train.pack:
+        if self.model.user_features == "token" and self.train.pack:
             raise ConfigError("model.user_features=token puts a profile token before each sequence: use padded batches "
                               "(train.pack=false; train.bucket_by_length keeps the padding small)")
-        if getattr(self.model, "user_features", "none") != "none" and not self.data.user_features:
+        if self.model.user_features != "none" and not self.data.user_features:
             raise ConfigError("model.user_features needs data.user_features (a file of user attributes, or auto for a dataset "
                               "that has one)")
-        if getattr(self.model, "user_features", "none") != "none" and (self.task.kind != "retrieval" or self.model.name in ("din", "popularity")):
+        if self.model.user_features != "none" and (self.task.kind != "retrieval" or self.model.name in ("din", "popularity")):
             raise ConfigError("model.user_features is for retrieval (task.kind=retrieval) with a sequence backbone")
         if self.train.negatives_from == "target_domain" and not self.data.domains:
             raise ConfigError("train.negatives_from=target_domain needs several domains (data.domains)")
