@@ -64,8 +64,15 @@ def setup(device: torch.device, need_group: bool = False) -> tuple[DistEnv, torc
 
 
 def teardown(env: DistEnv) -> None:
-    """End the process group if :func:`setup` started it (a caller's own group is left alone)."""
+    """End the process group if :func:`setup` started it (a caller's own group is left alone).
+
+    Every rank first waits at a barrier: the ranks finish together (rank 0 tests and writes while
+    the others would exit), and gloo's worker threads have finished, and let go of, every earlier
+    collective's tensors. A worker thread that releases a Python-owned tensor while the
+    interpreter shuts down aborts the process ("terminate called without an active exception")
+    after a complete run; the barrier closes that window."""
     if env.owns_group and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
