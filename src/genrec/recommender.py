@@ -375,33 +375,25 @@ class Recommender:
                   ranges: Sequence[tuple[int, int] | None] | None = None) -> list[list[tuple[int, float]]]:
         """Exact top-k of query vectors user [B, D] over the whole catalogue (the model's chunked
         scan), or over item idx [first, end) of ``ranges[b]`` (a multi-domain request's domain),
-        never an item idx of ``exclude[b]``: per row, (item idx, score) best first."""
+        never an item idx of ``exclude[b]``: per row, (item idx, score) best first. Rows with the
+        same range share one scan."""
         model = self._retriever()
-        if ranges is not None and any(r is not None for r in ranges):
-            return [self._top_in_range(model, user[b : b + 1], k, (exclude or [()] * len(ranges))[b], r or (1, model.num_items + 1))
-                    for b, r in enumerate(ranges)]
-        ex = None
-        if exclude is not None and any(exclude):
-            E = max(len(e) for e in exclude)
-            ex = torch.tensor([list(e) + [0] * (E - len(e)) for e in exclude], device=self.device)  # [B E] 0 = none
-        with torch.inference_mode():
-            scores, ids = model.topk(user, k, ex)  # [B k'] each
-        return [
-            [(i, s) for s, i in zip(srow, irow) if s != float("-inf")] for srow, irow in zip(scores.tolist(), ids.tolist())
-        ]
-
-    def _top_in_range(self, model: Retriever, user: torch.Tensor, k: int, exclude: Sequence[int],
-                      item_range: tuple[int, int]) -> list[tuple[int, float]]:
-        """Top-k of one query [1, D] over item idx [first, end), never an idx of ``exclude``."""
-        first, end = item_range
-        with torch.inference_mode():
-            s = model.score_items(user, first, end).float()[0]  # [end - first]
-        s = s.masked_fill(~torch.isfinite(s), float("-inf"))
-        inside = [i - first for i in exclude if first <= i < end]
-        if inside:
-            s[torch.tensor(inside, device=s.device)] = float("-inf")
-        scores, ids = s.topk(min(k, end - first))
-        return [(first + int(i), float(v)) for v, i in zip(scores.tolist(), ids.tolist()) if v != float("-inf")]
+        ranges = list(ranges) if ranges is not None else [None] * user.size(0)
+        groups: dict[tuple[int, int] | None, list[int]] = {}
+        for b, r in enumerate(ranges):
+            groups.setdefault(r, []).append(b)
+        top: list[list[tuple[int, float]]] = [[] for _ in ranges]
+        for r, rows in groups.items():
+            ex = None
+            if exclude is not None and any(exclude[b] for b in rows):
+                E = max(len(exclude[b]) for b in rows)
+                ex = torch.tensor([list(exclude[b]) + [0] * (E - len(exclude[b])) for b in rows], device=self.device)  # [B E] 0 = none
+            start, end = r if r is not None else (1, None)
+            with torch.inference_mode():
+                scores, ids = model.topk(user[rows], k, ex, start=start, end=end)  # [B k'] each
+            for b, srow, irow in zip(rows, scores.tolist(), ids.tolist()):
+                top[b] = [(i, s) for s, i in zip(srow, irow) if s != float("-inf")]
+        return top
 
     def recommend(
         self,
@@ -422,13 +414,8 @@ class Recommender:
             raise ValueError(f"k={k} must be >= 1")
         x = self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes, domain)
         user = self._query(model, x)
-        if x.item_range is not None:
-            top = self._top_in_range(model, user, k, x.known if exclude_history else [], x.item_range)
-            return [(self.item_ids[i - 1], s) for i, s in top]
-        exclude = torch.tensor([x.known], device=self.device) if exclude_history else None
-        with torch.inference_mode():
-            scores, ids = model.topk(user, k, exclude)  # [1 k'] each
-        return [(self.item_ids[i - 1], s) for s, i in zip(scores[0].tolist(), ids[0].tolist()) if s != float("-inf")]
+        top = self.top_items(user, k, [x.known] if exclude_history else None, [x.item_range])[0]
+        return [(self.item_ids[i - 1], s) for i, s in top]
 
     def score(
         self,

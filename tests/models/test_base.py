@@ -35,6 +35,24 @@ def test_topk_chunked_equals_full_sort_with_exclusions(chunk):
         torch.testing.assert_close(scores[b], ref.values)
 
 
+@pytest.mark.parametrize("chunk", [2, 1000])
+def test_topk_inside_an_item_range(chunk):
+    torch.manual_seed(0)
+    model = build_model(HSTUConfig(num_items=20, max_seq_len=5, embedding_dim=8, time_bias=False)).eval()
+    user = torch.randn(2, 8)
+    exclude = torch.tensor([[7, 2, 0], [0, 0, 0]])  # 2 is outside the range: ignored
+    scores, ids = model.topk(user, 4, exclude, chunk_size=chunk, start=6, end=12)
+    full = model.score_items(user, 6, 12)  # ids 6..11
+    full[0, 7 - 6] = float("-inf")
+    ref = torch.topk(full, 4)
+    assert ids.tolist() == (ref.indices + 6).tolist()
+    torch.testing.assert_close(scores, ref.values)
+    _, ids = model.topk(user, 10, start=18)  # k above the range's size: the range, whole
+    assert sorted(ids[0].tolist()) == [18, 19, 20]
+    with pytest.raises(ValueError, match="item range"):
+        model.topk(user, 3, start=5, end=22)
+
+
 def test_topk_k_larger_than_catalogue():
     model = build_model(HSTUConfig(num_items=4, max_seq_len=5, embedding_dim=8, time_bias=False))
     _, ids = model.topk(torch.randn(1, 8), 10)

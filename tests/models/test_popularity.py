@@ -17,6 +17,8 @@ def test_scores_are_log_counts_and_topk_excludes():
     assert torch.allclose(model.score_items(user)[0], torch.log1p(torch.tensor([1.0, 3.0, 2.0, 0.0])))
     scores, ids = model.topk(user, 3, exclude=torch.tensor([[2]]))
     assert ids[0].tolist() == [3, 1, 4]
+    _, ids = model.topk(user, 3, exclude=torch.tensor([[2]]), start=2, end=4)  # ids 2 and 3 only
+    assert ids[0].tolist() == [3, 2]  # the excluded id fills the tail at -inf, as the full scan does
     assert model.score_candidates(user, torch.tensor([[4, 2]]))[0].tolist() == [0.0, float(torch.log1p(torch.tensor(3.0)))]
 
 

@@ -404,25 +404,35 @@ class SequentialRecommender(nn.Module, Retriever):
         k: int,
         exclude: torch.Tensor | None = None,
         chunk_size: int = 65536,
+        start: int = 1,
+        end: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k items over the catalogue. exclude [B, E] item ids never returned (0 = none).
-        Returns (scores [B, k'], item ids [B, k']) with k' = min(k, num_items), best first;
-        excluded items may fill the tail only when fewer than k items remain (score -inf).
-        Non-finite scores (NaN/inf) count as -inf: they rank last."""
-        B, num_items = user.size(0), self.config.num_items
-        k = min(k, num_items)
+        """Top-k items over the catalogue, or over item ids start..end-1 only. exclude [B, E] item
+        ids never returned (0 = none). Returns (scores [B, k'], item ids [B, k']) with
+        k' = min(k, end - start), best first; excluded items may fill the tail only when fewer than
+        k items remain (score -inf). Non-finite scores (NaN/inf) count as -inf: they rank last."""
+        B, end = user.size(0), item_range_end(self.config.num_items, start, end)
+        k = min(k, end - start)
         best_s = user.new_full((B, 0), float("-inf"))
         best_i = torch.zeros((B, 0), dtype=torch.long, device=user.device)
-        for start in range(1, num_items + 1, chunk_size):
-            end = min(start + chunk_size, num_items + 1)
-            s = self.score_items(user, start, end).float()  # [B C]
+        for first in range(start, end, chunk_size):
+            last = min(first + chunk_size, end)
+            s = self.score_items(user, first, last).float()  # [B C]
             s = s.masked_fill(~torch.isfinite(s), float("-inf"))  # non-finite scores rank last
             if exclude is not None:
-                s = mask_items(s, exclude, start, end)
-            s_top, i_top = s.topk(min(k, end - start), dim=1)
+                s = mask_items(s, exclude, first, last)
+            s_top, i_top = s.topk(min(k, last - first), dim=1)
             best_s, order = torch.cat([best_s, s_top], 1).topk(min(k, best_s.size(1) + s_top.size(1)), dim=1)
-            best_i = torch.cat([best_i, i_top + start], 1).gather(1, order)
+            best_i = torch.cat([best_i, i_top + first], 1).gather(1, order)
         return best_s, best_i
+
+
+def item_range_end(num_items: int, start: int, end: int | None) -> int:
+    """``end`` checked against the catalogue (None = past the last item id)."""
+    end = num_items + 1 if end is None else end
+    if not 1 <= start < end <= num_items + 1:
+        raise ValueError(f"item range [{start}, {end}) is not inside the catalogue's ids 1..{num_items}")
+    return end
 
 
 def item_mask(shape: torch.Size, items: torch.Tensor, start: int, end: int) -> torch.Tensor:

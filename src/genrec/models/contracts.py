@@ -88,9 +88,11 @@ class Retriever(Model):
 
     @abstractmethod
     def topk(
-        self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536
+        self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536,
+        start: int = 1, end: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k (scores [B, k'], ids [B, k']) over the catalogue, never an id of ``exclude`` [B, E]."""
+        """Top-k (scores [B, k'], ids [B, k']) over the catalogue, or over item ids start..end-1
+        only (a multi-domain model's domain), never an id of ``exclude`` [B, E]."""
 
 
 class Ranker(Model):

@@ -311,5 +311,6 @@ class GenerativeRecommender(InterleavedRanker, Retriever):
     def score_candidates(self, user: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         return self.backbone.score_candidates(user, candidates)
 
-    def topk(self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536):
-        return self.backbone.topk(user, k, exclude, chunk_size)
+    def topk(self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536,
+             start: int = 1, end: int | None = None):
+        return self.backbone.topk(user, k, exclude, chunk_size, start, end)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from genrec.errors import ConfigError
-from genrec.models.base import ModelConfig, mask_items
+from genrec.models.base import ModelConfig, item_range_end, mask_items
 from genrec.models.contracts import Retriever
 
 
@@ -81,9 +81,11 @@ class Popularity(nn.Module, Retriever):
         return user * self.log_counts[candidates]  # [B C]
 
     @torch.no_grad()
-    def topk(self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536):
-        s = self.score_items(user, 1, self.num_items + 1)  # [B I]
+    def topk(self, user: torch.Tensor, k: int, exclude: torch.Tensor | None = None, chunk_size: int = 65536,
+             start: int = 1, end: int | None = None):
+        end = item_range_end(self.num_items, start, end)
+        s = self.score_items(user, start, end)  # [B end-start]
         if exclude is not None:
-            s = mask_items(s, exclude, 1, self.num_items + 1)
-        top = s.topk(min(k, self.num_items), dim=1)
-        return top.values, top.indices + 1
+            s = mask_items(s, exclude, start, end)
+        top = s.topk(min(k, end - start), dim=1)
+        return top.values, top.indices + start
