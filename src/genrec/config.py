@@ -120,10 +120,13 @@ class DataConfig:
         _check_choice("data.read_behaviours", self.read_behaviours, ("all", "targets"))
         if not 0.0 <= self.cold_items < 1.0:
             raise ConfigError(f"data.cold_items={self.cold_items} must be in [0, 1)")
-        if self.domains and (self.behaviour or self.source or self.dataset != "custom" or self.item_features or self.user_features):
-            raise ConfigError("data.domains replaces data.dataset / data.source, and does not combine with data.behaviour, "
-                              "data.item_features or data.user_features yet (a domain's behaviours are its own domain vs the "
-                              "others' context)")
+        if self.domains and (self.behaviour or self.source or self.dataset != "custom" or self.item_features):
+            raise ConfigError("data.domains replaces data.dataset / data.source, and does not combine with data.behaviour or "
+                              "data.item_features yet (a domain's behaviours are its own domain vs the others' context; items "
+                              "are kept apart per domain). data.user_features does: users are joined by their raw id")
+        if self.domains and self.user_features == "auto":
+            raise ConfigError("data.user_features=auto reads a dataset's own file; with data.domains give the file of user "
+                              "attributes (keyed by the raw user id the domains share)")
         if self.domains:
             self._check_domains()
         if (self.behaviour_values or self.target_behaviours) and not self.behaviour:

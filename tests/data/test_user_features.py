@@ -85,6 +85,26 @@ def test_the_token_table_follows_the_users_of_the_log(tmp_path):
         with_user_features(_data(), DataConfig())
 
 
+def test_multi_domain_rows_get_their_users_attributes(tmp_path):
+    """Merged multi-domain data has one row per user and domain (``<domain>:<user>``): each row
+    reads the user's own attributes."""
+    from genrec.data.prepare import load_prepared, prepare
+
+    a, b, users = tmp_path / "beauty.csv", tmp_path / "toys.csv", tmp_path / "users.csv"
+    a.write_text("user_id,item_id\n" + "".join(f"u{u},a{u + i}\n" for u in range(3) for i in range(4)))
+    b.write_text("user_id,item_id\n" + "".join(f"u{u},b{u + i}\n" for u in range(1, 4) for i in range(4)))
+    users.write_text("user_id,g\nu0,x\nu1,y\nu3,x\n")  # u2 has none
+    cfg = DataConfig(domains=[str(a), str(b)], cache_dir=str(tmp_path / "c"), user_features=str(users))
+    data = with_user_features(load_prepared(prepare(cfg)), cfg)
+    got = {u: [data.user_vocabulary[t - 1] for t in row if t] for u, row in zip(data.user_ids, data.user_tokens.tolist())}
+    assert got == {"beauty:u0": ["g=x"], "beauty:u1": ["g=y"], "beauty:u2": [], "toys:u1": ["g=y"], "toys:u2": [], "toys:u3": ["g=x"]}
+    assert data.user_feature_stats["users_with_attributes"] == 4 and data.user_feature_stats["ids_not_in_log"] == 0
+    with pytest.raises(ConfigError, match="give the file of user attributes"):
+        DataConfig(domains=[str(a), str(b)], user_features="auto")
+    with pytest.raises(ConfigError, match="data.item_features"):
+        DataConfig(domains=[str(a), str(b)], item_features="items.json")
+
+
 @pytest.mark.parametrize("fraction, skip", [(1.0, None), (0.5, None), (1.0, np.array([2, 31]))])
 def test_batches_carry_each_users_tokens(tmp_path, fraction, skip):
     # five users, user u's items are 10u+1.., so a token's item names its user; user b (3 items)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -61,3 +62,27 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     out["metadata"] = tmp / "titles.csv"
     out["metadata"].write_text("item_id,title,colour\n" + "".join(f"i{k},Step {k} of the walk,c{k % 3}\n" for k in range(40)))
     return out
+
+
+@pytest.fixture(scope="session")
+def profiled_domains(tmp_path_factory) -> Path:
+    """A multi-domain SASRec (domains ``beauty`` and ``toys``, walks a0 -> a1 ... and b0 -> b1 ...)
+    that reads each user's attributes (``group``, ``age``; sum): its ``best`` folder."""
+    from genrec.cli import main
+
+    tmp = tmp_path_factory.mktemp("profiled")
+    rng = np.random.default_rng(0)
+    a, b, users = tmp / "beauty.csv", tmp / "toys.csv", tmp / "users.csv"
+    a.write_text("user_id,item_id\n" + "".join(f"u{u},a{(s + i) % 15}\n" for u in range(30) for s in [int(rng.integers(15))] for i in range(6)))
+    b.write_text("user_id,item_id\n" + "".join(f"u{u},b{(s + i) % 12}\n" for u in range(20, 50) for s in [int(rng.integers(12))] for i in range(6)))
+    users.write_text("user_id,group,age\n" + "".join(f"u{k},{'even' if k % 2 == 0 else 'odd'},{20 + k % 7}\n" for k in range(50)))
+    cfg = {
+        "data": {"domains": [str(a), str(b)], "cache_dir": str(tmp / "cache"), "user_features": str(users)},
+        "model": {"name": "sasrec", "max_seq_len": 8, "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.0,
+                  "behaviour_embedding": True, "user_features": "sum"},
+        "train": {"epochs": 2, "batch_size": 16, "num_negatives": 8, "lr": 0.01, "patience": 0, "num_threads": 1,
+                  "device": "cpu", "precision": "fp32"},
+    }
+    (tmp / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp / "cfg.yaml"), "--out", str(tmp / "run")]) == 0
+    return tmp / "run" / "best"

@@ -32,10 +32,8 @@ from playwright.sync_api import sync_playwright  # noqa: E402
 from .client import make_app  # noqa: E402
 
 
-@pytest.fixture
-def server(checkpoints):
-    """The service over the unified checkpoint (titles, token ``t``) on a free localhost port."""
-    app = make_app(checkpoints["unified"], token="t", metadata=str(checkpoints["metadata"]))
+def _serve(app):
+    """``app`` on a free localhost port: yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -51,40 +49,84 @@ def server(checkpoints):
     thread.join(timeout=10)
 
 
-def test_page_search_history_recommendations_and_ranking(server, checkpoints, tmp_path):
+@pytest.fixture
+def server(checkpoints):
+    """The service over the unified checkpoint (titles, token ``t``) on a free localhost port."""
+    yield from _serve(make_app(checkpoints["unified"], token="t", metadata=str(checkpoints["metadata"])))
+
+
+@pytest.fixture
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def test_page_search_history_recommendations_and_ranking(server, browser, checkpoints, tmp_path):
     rec = Recommender.load(checkpoints["unified"])
     errors = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 760})
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(server + "/")
-            page.wait_for_selector("#token-box", state="visible")  # the API said 401
-            page.fill("#token", "t")
-            page.dispatch_event("#token", "change")
-            page.wait_for_selector("#results li")
-            assert "unified" in page.inner_text("#model-info")
+    page = browser.new_page(viewport={"width": 1280, "height": 760})
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_selector("#token-box", state="visible")  # the API said 401
+    page.fill("#token", "t")
+    page.dispatch_event("#token", "change")
+    page.wait_for_selector("#results li")
+    assert "unified" in page.inner_text("#model-info")
 
-            page.fill("#search", "step 1")
-            page.wait_for_selector("#results li[data-item='i12']")
-            page.click("#results li[data-item='i1']")
-            page.click("#results li[data-item='i12']")
-            page.wait_for_function("document.querySelectorAll('#recs li').length === 10")
-            assert page.locator("#history li").all_inner_texts()[1].startswith("Step 12 of the walk")
+    page.fill("#search", "step 1")
+    page.wait_for_selector("#results li[data-item='i12']")
+    page.click("#results li[data-item='i1']")
+    page.click("#results li[data-item='i12']")
+    page.wait_for_function("document.querySelectorAll('#recs li').length === 10")
+    assert page.locator("#history li").all_inner_texts()[1].startswith("Step 12 of the walk")
 
-            shown = [li.get_attribute("data-item") for li in page.locator("#recs li").all()]
-            want = rec.recommend(["i1", "i12"], 10, timestamps=[0, 3600], feedback=[1, 1])  # gaps are what count
-            assert shown == [i for i, _ in want]
-            assert page.locator("#recs li .title").first.inner_text().startswith("Step ")
+    shown = [li.get_attribute("data-item") for li in page.locator("#recs li").all()]
+    want = rec.recommend(["i1", "i12"], 10, timestamps=[0, 3600], feedback=[1, 1])  # gaps are what count
+    assert shown == [i for i, _ in want]
+    assert page.locator("#recs li .title").first.inner_text().startswith("Step ")
 
-            page.click("#use-recs")
-            page.click("#rank")
-            page.wait_for_function("document.querySelectorAll('#ranked tbody tr').length === 10")
-            assert page.inner_text("#ranked thead").split() == ["item", "like"]
-            shot = tmp_path / "page.png"
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    page.click("#use-recs")
+    page.click("#rank")
+    page.wait_for_function("document.querySelectorAll('#ranked tbody tr').length === 10")
+    assert page.inner_text("#ranked thead").split() == ["item", "like"]
+    shot = tmp_path / "page.png"
+    page.screenshot(path=str(shot), full_page=True)
     assert not errors, errors
     assert shot.stat().st_size > 10_000
+
+
+def test_page_sends_the_domain_and_the_users_attributes(profiled_domains, browser):
+    """A multi-domain checkpoint that reads user attributes: the page offers the domains and one
+    choice per attribute field, and its recommendations are the Recommender's for them."""
+    rec = Recommender.load(profiled_domains)
+    errors = []
+    gen = _serve(make_app(profiled_domains))
+    url = next(gen)
+    try:
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_selector("#domain-box", state="visible")
+        assert page.locator("#domain option").all_inner_texts() == ["beauty", "toys"]
+        page.select_option("#domain", "toys")
+        page.select_option("#profile select[data-field='group']", "group=odd")
+        page.fill("#search", "a3")
+        page.click("#results li[data-item='beauty:a3']")  # context from the other domain
+        page.fill("#search", "b4")
+        page.click("#results li[data-item='toys:b4']")
+        want = [i for i, _ in rec.recommend(["beauty:a3", "toys:b4"], 10, timestamps=[0, 3600], domain="toys",
+                                             user_attributes=["group=odd"])]
+        assert len(want) == 10 and all(i.startswith("toys:") for i in want)
+        page.wait_for_function("document.querySelectorAll('#recs li').length === 10")
+        assert [li.get_attribute("data-item") for li in page.locator("#recs li").all()] == want
+        page.select_option("#profile select[data-field='group']", "")  # attributes left out
+        plain = [i for i, _ in rec.recommend(["beauty:a3", "toys:b4"], 10, timestamps=[0, 3600], domain="toys")]
+        page.wait_for_function(f"document.querySelector('#recs li').dataset.item === {plain[0]!r}")
+        assert [li.get_attribute("data-item") for li in page.locator("#recs li").all()] == plain
+    finally:
+        next(gen, None)
+    assert not errors, errors

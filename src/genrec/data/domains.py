@@ -42,6 +42,21 @@ def domain_name(entry: str) -> str:
     return Path(entry).name.removesuffix(".gz").split(".")[0] if ("/" in entry or "." in entry) else entry
 
 
+def raw_user_ids(data: SequenceData) -> list[str]:
+    """Each row's raw user id: merged multi-domain data names its rows ``<domain>:<user>`` (one
+    row per user and domain), the user is the part after the domain; other data, the id itself."""
+    names = [d["name"] for d in data.stats.get("domains") or []]
+    if not names:
+        return [str(u) for u in data.user_ids]
+    out = []
+    for u in map(str, data.user_ids):
+        name = u.split(":", 1)[0]
+        if name not in names:
+            raise ValueError(f"multi-domain data: row {u!r} does not start with a domain name ({names})")
+        out.append(u[len(name) + 1 :])
+    return out
+
+
 MERGE_VERSION = 1
 
 

@@ -76,15 +76,17 @@ class ItemFeatures:
 def token_table(raw: dict[str, list[str]], ids) -> tuple[np.ndarray, list[str], int, int]:
     """{raw id: [token, ...]} over the raw ids of idx 1..n -> (table [n + 1, M] of token ids, 0 =
     padding and row 0 empty; the vocabulary, token id k = vocab[k - 1], most frequent first; rows
-    with any token; ids of ``raw`` not among ``ids``)."""
-    index = {str(r): i + 1 for i, r in enumerate(ids)}
+    with any token; ids of ``raw`` not among ``ids``). An id may name several rows (a user's row
+    per domain): each gets the id's tokens."""
+    index: dict[str, list[int]] = {}
+    for i, r in enumerate(ids):
+        index.setdefault(str(r), []).append(i + 1)
     counts = Counter(t for k, toks in raw.items() if str(k) in index for t in set(toks))
     vocab = sorted(counts, key=lambda t: (-counts[t], t))
     tid = {t: k + 1 for k, t in enumerate(vocab)}
-    rows: list[list[int]] = [[] for _ in range(len(index) + 1)]
+    rows: list[list[int]] = [[] for _ in range(len(ids) + 1)]
     for key, toks in raw.items():
-        i = index.get(str(key))
-        if i is not None:
+        for i in index.get(str(key), ()):
             rows[i] = sorted({tid[t] for t in toks})
     width = max(1, max(len(r) for r in rows))
     table = np.zeros((len(rows), width), dtype=np.int64)

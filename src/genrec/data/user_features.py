@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genrec.data.domains import raw_user_ids
 from genrec.data.download import USER_FEATURE_FILES
 from genrec.data.item_features import _value_tokens, feature_file, read_attributes, token_table
 from genrec.data.prepare import SequenceData
@@ -111,10 +112,10 @@ def with_user_features(data: SequenceData, data_cfg) -> SequenceData:
     path = feature_file(data_cfg, data_cfg.user_features, "user_features", USER_FEATURE_FILES)
     edges: dict[str, list[float]] = {}
     raw = read_user_features(path, edges)
-    table, vocab, covered, unknown = token_table(raw, data.user_ids)
+    table, vocab, covered, unknown = token_table(raw, raw_user_ids(data))  # multi-domain rows: the user's own id
     if covered == 0:
         raise DataFormatError(f"{path}: no user of the log has attributes here: {len(raw)} ids in the file, {unknown} of them "
-                              f"unknown (file ids e.g. {list(raw)[:3]}, log user ids e.g. {[str(u) for u in data.user_ids[:3]]}); "
+                              f"unknown (file ids e.g. {list(raw)[:3]}, log user ids e.g. {raw_user_ids(data)[:3]}); "
                               "is it the right file?")
     if covered < data.num_users / 2:
         print(f"genrec: warning: {path}: only {covered} of {data.num_users} users have attributes", file=sys.stderr)

@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (sel) => document.querySelector(sel);
-const state = { card: null, history: [], titles: new Map(), recs: [] };
+const state = { card: null, history: [], titles: new Map(), recs: [], profile: new Map() };
 
 function token() { return localStorage.getItem("genrec-token") || ""; }
 
@@ -53,7 +53,37 @@ async function loadCard() {
     `${card.index ? ` (${card.index.score})` : ""}${ndcg}`;
   $("#rank-panel").hidden = card.tasks.length === 0;
   $("#k").max = card.num_items;
+  renderContext(card);
   if (card.kind === "ranking") $("#recs-panel").querySelector("h2").textContent = "Ranking-only checkpoint: no retrieval";
+}
+
+// A multi-domain model answers for one domain (its items only); a model with user features reads
+// the user's attributes (field=value tokens of its vocabulary). Both go with every request.
+function renderContext(card) {
+  const domains = Object.keys(card.domains || {});
+  const select = $("#domain");
+  select.replaceChildren(...domains.map((d) => new Option(d, d)));
+  $("#domain-box").hidden = domains.length === 0;
+  const fields = new Map();
+  for (const tok of card.user_attributes || []) {
+    const cut = tok.indexOf("=");
+    const field = cut < 0 ? tok : tok.slice(0, cut);
+    if (!fields.has(field)) fields.set(field, []);
+    fields.get(field).push(tok);
+  }
+  state.profile = new Map([...state.profile].filter(([f, tok]) => (fields.get(f) || []).includes(tok)));
+  $("#profile").replaceChildren(...[...fields].map(([field, toks]) => {
+    const label = document.createElement("label");
+    const pick = document.createElement("select");
+    pick.dataset.field = field;
+    pick.append(new Option("(not given)", ""), ...toks.map((t) => new Option(t.slice(field.length + 1) || t, t)));
+    pick.value = state.profile.get(field) || "";
+    pick.onchange = () => { if (pick.value) state.profile.set(field, pick.value); else state.profile.delete(field); refresh(); };
+    label.append(`${field} `, pick);
+    return label;
+  }));
+  $("#profile").hidden = fields.size === 0;
+  $("#context").hidden = domains.length === 0 && fields.size === 0;
 }
 
 // ---- search -------------------------------------------------------------------------------------
@@ -99,6 +129,8 @@ function historyBody() {
   const n = state.history.length;
   const body = { history: state.history.map((h) => h.item), timestamps: state.history.map((_, i) => now - 3600 * (n - 1 - i)) };
   if (state.card.reads_feedback) body.feedback = state.history.map((h) => h.feedback);
+  if (Object.keys(state.card.domains || {}).length) body.domain = $("#domain").value;
+  if (state.profile.size) body.user_attributes = [...state.profile.values()];
   return body;
 }
 
@@ -158,6 +190,7 @@ function wire() {
   }
   $("#clear").onclick = () => { state.history = []; renderHistory(); refresh(); };
   $("#k").onchange = refresh;
+  $("#domain").onchange = refresh;
   $("#rank").onclick = rank;
   $("#use-recs").onclick = () => { $("#candidates").value = state.recs.map((r) => r.item).join(", "); };
 }
