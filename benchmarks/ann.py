@@ -9,9 +9,11 @@ exact search, on a checkpoint's own catalogue and on a synthetic large one.
 Query vectors are real: the checkpoint's model on real user histories (each user's training
 sequence from the prepared data, when ``$GENREC_SOURCE`` / the cache can provide it; otherwise
 random histories over the catalogue, said on stderr). Catalogues: (1) the checkpoint's item vectors
-(``Recommender.item_vectors``, what ``genrec serve`` indexes); (2) ``--synthetic N`` random
-Gaussian item vectors of the model's width, L2-normalised when the model's are, queried with the
-same real query vectors.
+(``Recommender.item_vectors``, what ``genrec serve`` indexes); (2) ``--synthetic N`` random item
+vectors of the model's width, L2-normalised when the model's are, queried with the same real query
+vectors, in one or both ``--synthetic-shape``: ``isotropic`` (standard Gaussian: no direction
+preferred, the worst case for any partitioning index) and ``fitted`` (Gaussian with the real item
+vectors' mean and covariance: the catalogue's spread over directions, none of its clusters).
 
 Exact search = ``torch`` matmul + top-k over the whole catalogue in chunks (what ``--index exact``
 does). Latency = one query at a time (what a lone request costs), ``--threads`` threads for torch
@@ -80,6 +82,19 @@ def _user_histories(rec) -> list[tuple[list[str], list[int] | None]]:
             times = None if data.timestamps is None else data.timestamps[a:b].tolist()
             out.append(([str(data.item_ids[i - 1]) for i in data.items[a:b]], times))
     return out
+
+
+def synthetic_items(real: torch.Tensor, n: int, shape: str, seed: int) -> torch.Tensor:
+    """[n, D] random item vectors: standard Gaussian (``isotropic``), or Gaussian with the mean and
+    covariance of ``real`` [N, D] (``fitted``; a small ridge keeps the factorisation defined)."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, real.size(1), generator=gen, dtype=torch.float64)
+    if shape == "isotropic":
+        return z.float()
+    x = real.double()
+    mean = x.mean(0)
+    cov = torch.cov(x.T) + 1e-6 * torch.eye(x.size(1), dtype=torch.float64)
+    return (mean + z @ torch.linalg.cholesky(cov).T).float()
 
 
 def exact_topk(items: torch.Tensor, q: torch.Tensor, k: int, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,6 +177,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--synthetic", type=int, default=1_000_000, help="items of the synthetic catalogue (0: skip it)")
+    ap.add_argument("--synthetic-shape", nargs="+", choices=["isotropic", "fitted"], default=["isotropic", "fitted"],
+                    help="how the synthetic item vectors are drawn (see above)")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
@@ -182,12 +199,11 @@ def main() -> None:
     cosine = bool(torch.allclose(items.norm(dim=1), torch.ones(items.size(0)), atol=1e-3))
     result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "queries": queries.size(0), "query_source": source,
               "threads": args.threads, "rows": bench_catalogue(f"{Path(args.checkpoint).parent.name} items", items, queries, args)}
-    if args.synthetic:
-        gen = torch.Generator().manual_seed(args.seed)
-        synth = torch.randn(args.synthetic, items.size(1), generator=gen)
+    for shape in args.synthetic_shape if args.synthetic else []:
+        synth = synthetic_items(items, args.synthetic, shape, args.seed)
         if cosine:
             synth = torch.nn.functional.normalize(synth, dim=1)
-        result["rows"] += bench_catalogue(f"synthetic {args.synthetic}", synth.contiguous(), queries, args)
+        result["rows"] += bench_catalogue(f"synthetic {args.synthetic} ({shape})", synth.contiguous(), queries, args)
     print_table(result["rows"], args.k)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
