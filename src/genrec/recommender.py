@@ -277,13 +277,13 @@ class Recommender:
         labels = None if labels is None else labels[:, -L:]
         behaviours = self._domain_behaviours(idx, domain) if self.domains else self._behaviours(feedback, len(history), kept)
         behaviours = None if behaviours is None else behaviours[:, -L:]
-        ts = None
+        ts, device = None, self.device
         if self.model.uses_timestamps:
             if timestamps is None or len(timestamps) != len(history):
                 raise ValueError("this model uses timestamps (time bias on): give one timestamp per history item")
-            ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=self.device)
-        items = torch.tensor([idx[-L:]], device=self.device)
-        qt = None if query_time is None else torch.tensor([int(query_time)], device=self.device)
+            ts = torch.tensor([[int(timestamps[p]) for p in kept][-L:]], device=device)
+        items = torch.tensor([idx[-L:]], device=device)
+        qt = None if query_time is None else torch.tensor([int(query_time)], device=device)
         return Query(items, ts, qt, labels, known, behaviours, self._user_tokens(user_attributes, ignore_unknown),
                      self.domains[domain] if self.domains else None)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-SERVE_MISSING = [m for m in ("fastapi", "uvicorn", "prometheus_client", "httpx") if importlib.util.find_spec(m) is None]
+SERVE_MISSING = [m for m in ("fastapi", "uvicorn", "prometheus_client", "httpx", "orjson") if importlib.util.find_spec(m) is None]
 SKIP_REASON = f"the serve extra is not installed ({', '.join(SERVE_MISSING)} missing): pip install 'genrec[serve]'"
 
 

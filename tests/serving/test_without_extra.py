@@ -7,7 +7,7 @@ BLOCK = """
 import importlib.abc, sys
 class NoServeExtra(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("fastapi", "uvicorn", "prometheus_client", "faiss", "httpx", "starlette"):
+        if name.split(".")[0] in ("fastapi", "uvicorn", "prometheus_client", "faiss", "httpx", "starlette", "orjson"):
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, NoServeExtra())
 """
@@ -23,4 +23,4 @@ raise SystemExit(genrec.cli.main(["serve", {str(checkpoints["retrieval"])!r}]))
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "genrec serve needs fastapi, uvicorn, prometheus-client: pip install 'genrec[serve]'" in proc.stderr
+    assert "genrec serve needs fastapi, uvicorn, prometheus-client, orjson: pip install 'genrec[serve]'" in proc.stderr

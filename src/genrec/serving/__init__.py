@@ -22,7 +22,7 @@ import importlib
 
 from genrec.errors import GenrecError
 
-SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus_client": "prometheus-client"}
+SERVE_PACKAGES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "prometheus_client": "prometheus-client", "orjson": "orjson"}
 """Modules the service cannot run without (faiss-cpu is needed only for a FAISS index)."""
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hmac
 import os
 import signal
@@ -29,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -51,8 +53,11 @@ TOKEN_ENV = "GENREC_API_TOKEN"
 
 
 class StrictJSONResponse(JSONResponse):
+    """JSON as :func:`genrec.jsonio.dumps` writes it (non-finite floats as null, other objects
+    through ``str``), by orjson: several times less CPU per answer than the standard library."""
+
     def render(self, content) -> bytes:
-        return jsonio.dumps(content).encode()
+        return orjson.dumps(content, default=str, option=orjson.OPT_NON_STR_KEYS)
 
 
 class ServiceState:
@@ -86,9 +91,20 @@ class ServiceState:
                 self.metrics.reloads.labels("failed").inc()
                 raise ApiError(422, "reload_failed", f"reload failed, still serving {self.service.digest[:12]}: {exc}") from exc
             self.service, self.checkpoint = new, checkpoint or self.checkpoint
+            freeze_heap()  # the new model's objects out of the collector's scans; the old ones collectable again
             self.metrics.reloads.labels("ok").inc()
             self.metrics.serving(new.digest, new.index.kind if new.index else "none", new.kind)
             return new
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the model, the catalogue, the libraries: hundreds of thousands)
+    out of the cyclic garbage collector's generations, so its full collections, which otherwise
+    walk them all while requests wait, scan only what requests create. Earlier frozen objects are
+    unfrozen and collected first (a reload's old model must stay collectable)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 def create_app(settings: ServeSettings, service: Service | None = None, token: str | None = None) -> FastAPI:
@@ -100,6 +116,7 @@ def create_app(settings: ServeSettings, service: Service | None = None, token: s
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
         hup = _on_sighup(loop, state)
+        freeze_heap()
         yield
         if hup:
             loop.remove_signal_handler(signal.SIGHUP)
@@ -197,7 +214,8 @@ def _v1(state: ServiceState) -> APIRouter:
 
 
 def _bearer(state: ServiceState):
-    def check(request: Request) -> None:
+    # async: FastAPI runs a plain-def dependency in its thread pool, a thread hop per request
+    async def check(request: Request) -> None:
         if state.token is None:
             return
         given = request.headers.get("authorization", "")
