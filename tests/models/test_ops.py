@@ -73,10 +73,12 @@ def test_inference_hstu_attention_matches_reference():
         torch.testing.assert_close(hstu_attention_inference(q, k, v, b, 12.0, m), ref, atol=1e-6, rtol=1e-5)
         with torch.inference_mode():
             torch.testing.assert_close(hstu_attention(q, k, v, b, 12.0, m), ref, atol=1e-6, rtol=1e-5)
-    q.requires_grad_(True)  # with autograd: the reference path, differentiable
+    bias.requires_grad_(True)  # a trainable bias alone (the inputs frozen) still gets its gradient
     out = hstu_attention(q, k, v, bias, 12.0)
     assert out.requires_grad
     torch.testing.assert_close(out, hstu_attention_reference(q, k, v, bias, 12.0))
+    (grad,) = torch.autograd.grad(out.sum(), bias)
+    assert grad.abs().sum() > 0
 
 
 def test_toeplitz_bias_matches_the_gather_in_values_and_gradient():

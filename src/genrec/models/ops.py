@@ -160,7 +160,7 @@ def hstu_attention(
         return hstu_attention_causal_blocked(q, k, v, bias, norm, block_size)
     if callable(bias):
         bias = bias(0, q.size(2))
-    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))):
         return hstu_attention_inference(q, k, v, bias, norm, mask)
     return hstu_attention_reference(q, k, v, bias, norm, mask, dropout, training)
 
