@@ -88,13 +88,12 @@ def synthetic_items(real: torch.Tensor, n: int, shape: str, seed: int) -> torch.
     """[n, D] random item vectors: standard Gaussian (``isotropic``), or Gaussian with the mean and
     covariance of ``real`` [N, D] (``fitted``; a small ridge keeps the factorisation defined)."""
     gen = torch.Generator().manual_seed(seed)
+    if shape == "isotropic":  # float32, fitted float64: each as its committed rows drew it
+        return torch.randn(n, real.size(1), generator=gen)
     z = torch.randn(n, real.size(1), generator=gen, dtype=torch.float64)
-    if shape == "isotropic":
-        return z.float()
     x = real.double()
-    mean = x.mean(0)
     cov = torch.cov(x.T) + 1e-6 * torch.eye(x.size(1), dtype=torch.float64)
-    return (mean + z @ torch.linalg.cholesky(cov).T).float()
+    return (x.mean(0) + z @ torch.linalg.cholesky(cov).T).float()
 
 
 def exact_topk(items: torch.Tensor, q: torch.Tensor, k: int, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:

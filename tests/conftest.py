@@ -61,8 +61,8 @@ def synthetic_csv(tmp_path: Path) -> Path:
 
 RENDEZVOUS_ERRORS = ("EADDRINUSE", "Address already in use", "DistNetworkError", "RendezvousTimeoutError")
 # A rank aborting at exit after a complete run (a C++ thread of the process group's teardown; see
-# genrec.training.distributed.teardown). A fresh (not resumed) run is repeated once from an empty
-# folder, with a warning: the numbers were already written when it happened.
+# genrec.training.distributed.teardown). A fresh (not resumed) run whose metrics.json was written
+# is repeated once from an empty folder, with a warning; an abort before that is a failure.
 EXIT_CRASH = "terminate called without an active exception"
 
 
@@ -80,13 +80,14 @@ def torchrun():
             # not genrec's), or any failure before the first epoch finished (a launch failure;
             # nothing was trained, so a rerun is the same run). Shown as a warning either way.
             launch = any(e in proc.stderr for e in RENDEZVOUS_ERRORS) or "epoch 1:" not in proc.stderr
-            fresh_run = "--out" in argv and "--resume" not in argv
-            exit_crash = EXIT_CRASH in proc.stderr and fresh_run
+            out = Path(argv[argv.index("--out") + 1]) if "--out" in argv and "--resume" not in argv else None  # a fresh run's folder
+            exit_crash = EXIT_CRASH in proc.stderr and out is not None and (out / "metrics.json").exists()  # after a complete run
             if proc.returncode == 0 or attempt == 1 or not (launch or exit_crash):
                 break
-            if exit_crash:
-                shutil.rmtree(argv[argv.index("--out") + 1], ignore_errors=True)
-            warnings.warn(f"torchrun {' '.join(argv)} failed to launch or exit, retrying once:\n{proc.stderr[-3000:]}")
+            if out is not None:
+                shutil.rmtree(out, ignore_errors=True)  # the rerun starts from an empty folder
+            what = "aborted at exit after a complete run" if exit_crash else "failed to launch"
+            warnings.warn(f"torchrun {' '.join(argv)} {what}, retrying once:\n{proc.stderr[-3000:]}")
         assert proc.returncode == 0, f"torchrun {' '.join(argv)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
         return proc
 

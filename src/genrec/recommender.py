@@ -388,9 +388,9 @@ class Recommender:
             if exclude is not None and any(exclude[b] for b in rows):
                 E = max(len(exclude[b]) for b in rows)
                 ex = torch.tensor([list(exclude[b]) + [0] * (E - len(exclude[b])) for b in rows], device=self.device)  # [B E] 0 = none
-            start, end = r if r is not None else (1, None)
+            span = {} if r is None else {"start": r[0], "end": r[1]}  # (a Retriever of an older topk needs no range)
             with torch.inference_mode():
-                scores, ids = model.topk(user[rows], k, ex, start=start, end=end)  # [B k'] each
+                scores, ids = model.topk(user[rows], k, ex, **span)  # [B k'] each
             for b, srow, irow in zip(rows, scores.tolist(), ids.tolist()):
                 top[b] = [(i, s) for s, i in zip(srow, irow) if s != float("-inf")]
         return top

@@ -77,8 +77,15 @@ def test_inference_hstu_attention_matches_reference():
     out = hstu_attention(q, k, v, bias, 12.0)
     assert out.requires_grad
     torch.testing.assert_close(out, hstu_attention_reference(q, k, v, bias, 12.0))
-    (grad,) = torch.autograd.grad(out.sum(), bias)
-    assert grad.abs().sum() > 0
+    (grad,) = torch.autograd.grad(out.square().sum(), bias)
+    (want,) = torch.autograd.grad(hstu_attention_reference(q, k, v, bias, 12.0).square().sum(), bias)
+    torch.testing.assert_close(grad, want)
+    torch.manual_seed(0)  # attention dropout in training mode: the reference path even without gradients
+    with torch.no_grad():
+        dropped = hstu_attention(q, k, v, bias, 12.0, dropout=0.5, training=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped, hstu_attention_reference(q, k, v, bias, 12.0, dropout=0.5, training=True))
 
 
 def test_toeplitz_bias_matches_the_gather_in_values_and_gradient():

@@ -84,6 +84,7 @@ def test_bad_recommend_requests_are_4xx_with_a_reason(app, body, status, code, s
         (b"[1, 2]", "application/json", "invalid_body"),
         (b"", "application/json", "missing_body"),
         (b'{"history": ["i1"], "timestamps": [1]}', "text/plain", "invalid_body"),
+        (b'{"history": ["i1", "\\udc80x"], "timestamps": [1, 2]}', "application/json", "unknown_items"),  # a lone surrogate, echoed
     ],
 )
 def test_bodies_that_are_not_a_json_object_are_refused(app, content, content_type, code):

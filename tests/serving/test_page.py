@@ -81,11 +81,12 @@ def test_page_search_history_recommendations_and_ranking(server, browser, checkp
     page.wait_for_selector("#results li[data-item='i12']")
     page.click("#results li[data-item='i1']")
     page.click("#results li[data-item='i12']")
-    page.wait_for_function("document.querySelectorAll('#recs li').length === 10")
+    want = rec.recommend(["i1", "i12"], 10, timestamps=[0, 3600], feedback=[1, 1])  # gaps are what count
+    page.wait_for_function(f"document.querySelectorAll('#recs li').length === 10 && "
+                           f"document.querySelector('#recs li').dataset.item === {want[0][0]!r}")  # the answer for both items
     assert page.locator("#history li").all_inner_texts()[1].startswith("Step 12 of the walk")
 
     shown = [li.get_attribute("data-item") for li in page.locator("#recs li").all()]
-    want = rec.recommend(["i1", "i12"], 10, timestamps=[0, 3600], feedback=[1, 1])  # gaps are what count
     assert shown == [i for i, _ in want]
     assert page.locator("#recs li .title").first.inner_text().startswith("Step ")
 
@@ -121,7 +122,8 @@ def test_page_sends_the_domain_and_the_users_attributes(profiled_domains, browse
         want = [i for i, _ in rec.recommend(["beauty:a3", "toys:b4"], 10, timestamps=[0, 3600], domain="toys",
                                              user_attributes=["group=odd"])]
         assert len(want) == 10 and all(i.startswith("toys:") for i in want)
-        page.wait_for_function("document.querySelectorAll('#recs li').length === 10")
+        page.wait_for_function(f"document.querySelectorAll('#recs li').length === 10 && "
+                               f"document.querySelector('#recs li').dataset.item === {want[0]!r}")
         assert [li.get_attribute("data-item") for li in page.locator("#recs li").all()] == want
         page.select_option("#profile select[data-field='group']", "")  # attributes left out
         plain = [i for i, _ in rec.recommend(["beauty:a3", "toys:b4"], 10, timestamps=[0, 3600], domain="toys")]

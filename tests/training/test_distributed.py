@@ -29,3 +29,30 @@ def test_two_processes_match_one_and_resume(tmp_path, synthetic_csv, capsys, tor
     assert [r["valid"]["ndcg@10"] for r in ddp] == pytest.approx([r["valid"]["ndcg@10"] for r in single], abs=1e-3)
     assert (tmp_path / "ddp" / "best" / "model.safetensors").exists()
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["best_epoch"] is not None
+
+
+RANK0_FAILS = """
+import sys, torch, torch.distributed as dist
+from genrec.training import distributed
+env, _ = distributed.setup(torch.device("cpu"))
+if env.rank == 0:  # an error on rank 0 (say, while it tests) as rank 1 waits in the next collective
+    distributed.teardown(env, clean=False)
+    sys.exit(3)
+dist.all_reduce(torch.ones(1))
+"""
+
+
+def test_an_error_on_one_rank_ends_the_run_instead_of_hanging(tmp_path):
+    """After an error the ranks skip the teardown barrier: a barrier that rank 1, stuck in another
+    collective, never joins would hang both until the group's timeout (30 min on gloo)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "fails.py"
+    script.write_text(RANK0_FAILS)
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                          capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0 and time.monotonic() - start < 120, proc.stderr[-2000:]

@@ -52,6 +52,7 @@ def _distill(cfg: ExperimentConfig, out: Path, resume: bool) -> dict:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     strategy = make_strategy(cfg.train)
+    clean = False  # an error on this rank: no barrier at teardown (see distributed.teardown)
     try:
         data = load_data(cfg)  # behaviours and user attributes, as build_task gives every task
         if data.user_tokens is None and cfg.data.user_features:  # a teacher may read user attributes the student does not
@@ -63,9 +64,10 @@ def _distill(cfg: ExperimentConfig, out: Path, resume: bool) -> dict:
             export_student(trainer)
             add_teacher(trainer, teacher, result)
             jsonio.write_json(out / "metrics.json", result)
+        clean = True
         return result
     finally:
-        strategy.teardown()
+        strategy.teardown(clean)
 
 
 def export_student(trainer: Trainer) -> None:

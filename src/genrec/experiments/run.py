@@ -50,6 +50,7 @@ def train_one(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, 
     """One task on one model (plus its refit when ``train.refit``), under the strategy the
     environment and config ask for (one process, DDP under torchrun, row-wise sharded table)."""
     strategy = make_strategy(cfg.train)  # (the Trainer sets train.num_threads)
+    clean = False  # an error on this rank: no barrier at teardown (see distributed.teardown)
     try:
         if strategy.env.enabled and cfg.train.refit:
             raise ConfigError("train.refit and cascades run in one process; launch them without torchrun")
@@ -58,9 +59,10 @@ def train_one(cfg: ExperimentConfig, out_dir: str | Path, resume: bool = False, 
         if cfg.train.refit and trainer.is_main:
             add_refit(trainer, result)
             jsonio.write_json(Path(out_dir) / "metrics.json", result)
+        clean = True
         return result
     finally:
-        strategy.teardown()
+        strategy.teardown(clean)
 
 
 def make_trainer(cfg: ExperimentConfig, out_dir: str | Path, data: SequenceData | None = None,

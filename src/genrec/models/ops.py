@@ -154,13 +154,15 @@ def hstu_attention(
     ``norm`` is a constant (the model's max length), so results do not depend on batch padding.
 
     Dispatcher: causal calls longer than ``block_size`` (and without attention dropout) take
-    :func:`hstu_attention_causal_blocked`, which skips the upper triangle; everything else takes
-    :func:`hstu_attention_reference`. Tests compare the two."""
+    :func:`hstu_attention_causal_blocked`, which skips the upper triangle; calls that need no
+    gradient and no dropout (evaluation, serving) take :func:`hstu_attention_inference`, in place;
+    everything else takes :func:`hstu_attention_reference`. Tests compare them."""
     if mask is None and q.size(2) > block_size and not (dropout > 0.0 and training):
         return hstu_attention_causal_blocked(q, k, v, bias, norm, block_size)
     if callable(bias):
         bias = bias(0, q.size(2))
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))):
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias))
+    if not needs_grad and not (dropout > 0.0 and training):
         return hstu_attention_inference(q, k, v, bias, norm, mask)
     return hstu_attention_reference(q, k, v, bias, norm, mask, dropout, training)
 

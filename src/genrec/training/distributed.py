@@ -63,16 +63,21 @@ def setup(device: torch.device, need_group: bool = False) -> tuple[DistEnv, torc
     return env, device
 
 
-def teardown(env: DistEnv) -> None:
+def teardown(env: DistEnv, clean: bool = True) -> None:
     """End the process group if :func:`setup` started it (a caller's own group is left alone).
 
-    Every rank first waits at a barrier: the ranks finish together (rank 0 tests and writes while
-    the others would exit), and gloo's worker threads have finished, and let go of, every earlier
-    collective's tensors. A worker thread that releases a Python-owned tensor while the
-    interpreter shuts down aborts the process ("terminate called without an active exception")
-    after a complete run; the barrier closes that window."""
+    After a clean run (``clean``) every rank first waits at a barrier: the ranks finish together
+    (rank 0 tests and writes while the others would exit), and gloo's worker threads have
+    finished, and let go of, every earlier collective's tensors. A worker thread that releases a
+    Python-owned tensor while the interpreter shuts down aborts the process ("terminate called
+    without an active exception") after a complete run; the barrier closes that window. After an
+    error there is no barrier: the other ranks may be inside a collective this rank never joins,
+    and a barrier would hang them all until the group's timeout instead of failing now."""
     if env.owns_group and dist.is_initialized():
-        dist.barrier()
+        if clean and dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[env.local_rank])
+        elif clean:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -78,8 +78,9 @@ class SingleProcess:
     def finish(self, model: nn.Module) -> None:
         """After the last epoch: leave the main process with a plain, whole model."""
 
-    def teardown(self) -> None:
-        """End what the strategy started (the process group)."""
+    def teardown(self, clean: bool = True) -> None:
+        """End what the strategy started (the process group); ``clean``: the run ended without an
+        error on this rank (only then do the ranks wait for each other first)."""
 
 
 class DataParallel(SingleProcess):
@@ -103,8 +104,8 @@ class DataParallel(SingleProcess):
     def broadcast(self, obj):
         return distributed.broadcast(obj, self.env)
 
-    def teardown(self) -> None:
-        distributed.teardown(self.env)
+    def teardown(self, clean: bool = True) -> None:
+        distributed.teardown(self.env, clean)
 
 
 class RowwiseShardedTable(DataParallel):

@@ -128,6 +128,7 @@ class Objective:
                 if "valid" in record:
                     trial.report(select_score(record["valid"], metric), record["epoch"])
         strategy = make_strategy(cfg.train)
+        clean = False  # an error on this rank: no barrier at teardown (see distributed.teardown)
         try:
             trainer = TrialTrainer(cfg, folder, validation_only(build_task(cfg, self.data)), strategy, on_epoch=report)
             try:
@@ -135,8 +136,9 @@ class Objective:
             except optuna.TrialPruned:
                 trainer.finish(pruned_at=trainer.state["epoch"])
                 raise
+            clean = True
         finally:
-            strategy.teardown()
+            strategy.teardown(clean)
         trial.set_user_attr("best_epoch", result["best_epoch"])
         trial.set_user_attr("epochs_run", result["epochs_run"])
         return select_score(result["valid"], metric)

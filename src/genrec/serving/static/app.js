@@ -135,7 +135,9 @@ function historyBody() {
 }
 
 // ---- recommendations ----------------------------------------------------------------------------
+let refreshes = 0;  // answers to superseded requests are dropped: the list always shows the latest
 async function refresh() {
+  const mine = ++refreshes;
   showError(null);
   if (!state.history.length || !state.card || state.card.kind === "ranking") {
     $("#recs").replaceChildren();
@@ -144,6 +146,7 @@ async function refresh() {
   try {
     const k = Math.min(Number($("#k").value) || 10, state.card.num_items);
     const data = await api("POST", "/v1/recommend", { ...historyBody(), k });
+    if (mine !== refreshes) return;
     state.recs = data.items;
     const top = data.items.length ? Math.abs(data.items[0].score) || 1 : 1;
     $("#recs").replaceChildren(...data.items.map((item) => {
@@ -155,7 +158,7 @@ async function refresh() {
       bar.style.width = `${Math.max(4, 40 * Math.abs(item.score) / top)}px`;
       return itemRow(item, [bar, score]);
     }));
-  } catch (err) { showError(err); }
+  } catch (err) { if (mine === refreshes) showError(err); }
 }
 
 // ---- ranking ------------------------------------------------------------------------------------
