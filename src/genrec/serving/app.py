@@ -15,7 +15,7 @@ the token and sends it on its ``/v1`` calls).
 Errors are JSON ``{"error": {"code", "message"}}``: 400 for a body that is not JSON (or not an
 object), 401, 404, 413 over ``--max-body-bytes``, 422 for a request the model cannot answer as
 sent (the message says what to fix). A 500 means the service itself failed, never the input.
-Every JSON answer goes through :mod:`genrec.jsonio` (no NaN or Infinity).
+Every JSON answer is strict (no NaN or Infinity): :class:`~genrec.serving.responses.StrictJSONResponse`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -44,6 +42,7 @@ from genrec.errors import GenrecError
 from genrec.serving import schemas
 from genrec.serving.batcher import MicroBatcher
 from genrec.serving.metrics import Metrics
+from genrec.serving.responses import StrictJSONResponse
 from genrec.serving.service import ApiError, ServeSettings, Service, load_service, prepare_recommend, rank, recommend_batch
 
 WORKERS_ENV = "GENREC_SERVE_WORKERS"
@@ -51,32 +50,6 @@ WORKERS_ENV = "GENREC_SERVE_WORKERS"
 
 STATIC = Path(__file__).with_name("static")
 TOKEN_ENV = "GENREC_API_TOKEN"
-
-
-class StrictJSONResponse(JSONResponse):
-    """JSON as :func:`genrec.jsonio.dumps` writes it (non-finite floats as null, other objects
-    through ``str``), by orjson: several times less CPU per answer than the standard library.
-    What orjson refuses (a string with a lone surrogate, an integer over 64 bits) goes through
-    jsonio instead."""
-
-    def render(self, content) -> bytes:
-        try:
-            return orjson.dumps(content, default=_plain, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:  # orjson.JSONEncodeError
-            return jsonio.dumps(content).encode()
-
-
-def _plain(obj):
-    """orjson's fallback: numbers of other types (numpy scalars) as numbers, as the standard
-    library writes float and int subclasses (a non-finite one then becomes null); anything else as
-    its ``str``."""
-    if isinstance(obj, float):
-        return float(obj)
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, np.generic) and np.issubdtype(obj.dtype, np.number):
-        return obj.item()
-    return str(obj)
 
 
 class ServiceState:
