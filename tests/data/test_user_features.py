@@ -98,7 +98,8 @@ def test_multi_domain_rows_get_their_users_attributes(tmp_path):
     data = with_user_features(load_prepared(prepare(cfg)), cfg)
     got = {u: [data.user_vocabulary[t - 1] for t in row if t] for u, row in zip(data.user_ids, data.user_tokens.tolist())}
     assert got == {"beauty:u0": ["g=x"], "beauty:u1": ["g=y"], "beauty:u2": [], "toys:u1": ["g=y"], "toys:u2": [], "toys:u3": ["g=x"]}
-    assert data.user_feature_stats["users_with_attributes"] == 4 and data.user_feature_stats["ids_not_in_log"] == 0
+    stats = data.user_feature_stats
+    assert stats["users_with_attributes"] == 3 and stats["users"] == 4 and stats["ids_not_in_log"] == 0  # distinct users
     with pytest.raises(ConfigError, match="give the file of user attributes"):
         DataConfig(domains=[str(a), str(b)], user_features="auto")
     with pytest.raises(ConfigError, match="data.item_features"):

@@ -112,13 +112,15 @@ def with_user_features(data: SequenceData, data_cfg) -> SequenceData:
     path = feature_file(data_cfg, data_cfg.user_features, "user_features", USER_FEATURE_FILES)
     edges: dict[str, list[float]] = {}
     raw = read_user_features(path, edges)
-    table, vocab, covered, unknown = token_table(raw, raw_user_ids(data))  # multi-domain rows: the user's own id
-    if covered == 0:
+    ids = raw_user_ids(data)  # multi-domain data: one row per user and domain, each read by the user's own id
+    table, vocab, covered_rows, unknown = token_table(raw, ids)
+    if covered_rows == 0:
         raise DataFormatError(f"{path}: no user of the log has attributes here: {len(raw)} ids in the file, {unknown} of them "
-                              f"unknown (file ids e.g. {list(raw)[:3]}, log user ids e.g. {raw_user_ids(data)[:3]}); "
-                              "is it the right file?")
-    if covered < data.num_users / 2:
-        print(f"genrec: warning: {path}: only {covered} of {data.num_users} users have attributes", file=sys.stderr)
-    stats = {"source": str(path), "users_with_attributes": covered, "users": data.num_users, "attribute_tokens": len(vocab),
+                              f"unknown (file ids e.g. {list(raw)[:3]}, log user ids e.g. {ids[:3]}); is it the right file?")
+    users = len(set(ids))
+    covered = len({u for u, row in zip(ids, table[1:]) if row.any()})  # distinct users, not rows
+    if covered < users / 2:
+        print(f"genrec: warning: {path}: only {covered} of {users} users have attributes", file=sys.stderr)
+    stats = {"source": str(path), "users_with_attributes": covered, "users": users, "attribute_tokens": len(vocab),
              "ids_not_in_log": unknown, "numeric_fields": edges}
     return dataclasses.replace(data, user_tokens=table[1:], user_vocabulary=tuple(vocab), user_feature_stats=stats)
