@@ -118,7 +118,7 @@ def with_user_features(data: SequenceData, data_cfg) -> SequenceData:
         raise DataFormatError(f"{path}: no user of the log has attributes here: {len(raw)} ids in the file, {unknown} of them "
                               f"unknown (file ids e.g. {list(raw)[:3]}, log user ids e.g. {ids[:3]}); is it the right file?")
     users = len(set(ids))
-    covered = len({u for u, row in zip(ids, table[1:]) if row.any()})  # distinct users, not rows
+    covered = len({u for u, has in zip(ids, table[1:].any(axis=1)) if has})  # distinct users, not rows
     if covered < users / 2:
         print(f"genrec: warning: {path}: only {covered} of {users} users have attributes", file=sys.stderr)
     stats = {"source": str(path), "users_with_attributes": covered, "users": users, "attribute_tokens": len(vocab),
