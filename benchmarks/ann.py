@@ -4,7 +4,7 @@ exact search, on a checkpoint's own catalogue and on a synthetic large one.
     pip install 'genrec[serve]'
     GENREC_SOURCE=../shared/data python benchmarks/ann.py runs/beauty-hstu/best --synthetic 1000000 \\
         --out benchmarks/ann.json                                         # Beauty + 1M items
-    python benchmarks/ann.py CKPT --synthetic 20000 --queries 50 --nprobe 8 --ef-search 32   # smoke test
+    python benchmarks/ann.py CKPT --synthetic 20000 --queries 50 --nprobe 8 --ef-search 32 --refine 10   # smoke test
 
 Query vectors are real: the checkpoint's model on real user histories (each user's training
 sequence from the prepared data, when ``$GENREC_SOURCE`` / the cache can provide it; otherwise
@@ -20,8 +20,11 @@ does). Latency = one query at a time (what a lone request costs), ``--threads`` 
 and FAISS alike (default 1), after a warm-up; mean and p50/p99 in ms. Recall@k = |ANN top-k ∩ exact
 top-k| / k, averaged over queries. Speed-up = exact mean latency / index mean latency. IVF uses
 nlist = 4·√N lists (trained on the catalogue) and is measured at each ``--nprobe``; HNSW uses
-``--hnsw-m`` links and ``--ef-construction`` and is measured at each ``--ef-search``. Build
-seconds are reported per index (HNSW over 1M vectors takes minutes on 2 cores).
+``--hnsw-m`` links and ``--ef-construction`` and is measured at each ``--ef-search``. PQ
+(``genrec serve --index faiss-pq``) scans every item's 4-bit product-quantised code (``--pq-m``
+sub-quantisers, default half the width) with FAISS's fast-scan kernels and re-scores the best
+``--refine``·k exactly; it is measured at each ``--refine``. Build seconds are reported per index
+(HNSW over 1M vectors takes minutes on 2 cores).
 
 Target at 1M items: recall@10 >= 0.95 at >= 10x the exact search's speed.
 """
@@ -146,10 +149,21 @@ def bench_catalogue(name: str, items: torch.Tensor, queries: torch.Tensor, args)
         print(json.dumps(rows[-1]), flush=True)
 
     t = time.perf_counter()
-    flat = faiss.IndexFlatIP(D)
+    flat = faiss.IndexFlatIP(D)  # always: the FAISS kernels' exact baseline
     flat.add(x)
     add("faiss-flat", "", time.perf_counter() - t, lambda v: flat.search(v, k)[1])
 
+    if "ivf" in args.indexes:
+        bench_ivf(faiss, x, k, args, add)
+    if "hnsw" in args.indexes:
+        bench_hnsw(faiss, x, k, args, add)
+    if "pq" in args.indexes:
+        bench_pq(faiss, x, k, args, add)
+    return rows
+
+
+def bench_ivf(faiss, x: np.ndarray, k: int, args, add) -> None:
+    N, D = x.shape
     nlist = max(1, min(int(4 * N**0.5), N // 39))
     t = time.perf_counter()
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, nlist, faiss.METRIC_INNER_PRODUCT)
@@ -160,6 +174,9 @@ def bench_catalogue(name: str, items: torch.Tensor, queries: torch.Tensor, args)
         p = faiss.SearchParametersIVF(nprobe=nprobe)
         add("faiss-ivf", f"nlist={nlist} nprobe={nprobe}", build, lambda v, p=p: ivf.search(v, k, params=p)[1])
 
+
+def bench_hnsw(faiss, x: np.ndarray, k: int, args, add) -> None:
+    D = x.shape[1]
     t = time.perf_counter()
     hnsw = faiss.IndexHNSWFlat(D, args.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = args.ef_construction
@@ -169,7 +186,19 @@ def bench_catalogue(name: str, items: torch.Tensor, queries: torch.Tensor, args)
         p = faiss.SearchParametersHNSW(efSearch=max(ef, k))
         add("faiss-hnsw", f"M={args.hnsw_m} efC={args.ef_construction} ef={max(ef, k)}", build,
             lambda v, p=p: hnsw.search(v, k, params=p)[1])
-    return rows
+
+
+def bench_pq(faiss, x: np.ndarray, k: int, args, add) -> None:
+    D = x.shape[1]
+    m = args.pq_m or (D // 2 if D % 2 == 0 else D)  # genrec serve's faiss-pq default
+    t = time.perf_counter()
+    pq = faiss.index_factory(D, f"PQ{m}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
+    pq.train(x)
+    pq.add(x)
+    build = time.perf_counter() - t
+    for refine in args.refine:
+        p = faiss.IndexRefineSearchParameters(k_factor=float(refine))
+        add("faiss-pq", f"M={m}x4bit refine={refine}", build, lambda v, p=p: pq.search(v, k, params=p)[1])
 
 
 def main() -> None:
@@ -180,10 +209,15 @@ def main() -> None:
                     help="how the synthetic item vectors are drawn (see above)")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--indexes", nargs="+", choices=["ivf", "hnsw", "pq"], default=["ivf", "hnsw", "pq"],
+                    help="approximate indexes to measure (exact and faiss-flat always run, as the baseline)")
     ap.add_argument("--nprobe", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--hnsw-m", type=int, default=32)
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef-search", type=int, nargs="+", default=[32, 64, 128, 256])
+    ap.add_argument("--pq-m", type=int, default=0, help="faiss-pq sub-quantisers (0: half the width, as genrec serve)")
+    ap.add_argument("--refine", type=int, nargs="+", default=[10, 25, 50, 100],
+                    help="faiss-pq: candidates re-scored exactly, times k")
     ap.add_argument("--threads", type=int, default=1, help="torch and FAISS threads")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="write the results as JSON here")

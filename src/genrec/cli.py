@@ -5,7 +5,7 @@
     genrec eval CKPT [--split valid|test]
     genrec recommend CKPT --history 12,7,33 [-k 10]
     genrec rank CKPT --history 12,7,33 --feedback 1,0,1 --candidates 5,9,40
-    genrec serve CKPT [--port 8000] [--workers N] [--index exact|faiss-flat|faiss-ivf|faiss-hnsw]
+    genrec serve CKPT [--port 8000] [--workers N] [--index exact|faiss-flat|faiss-ivf|faiss-hnsw|faiss-pq]
     genrec scale SWEEP.yaml [KEY=VALUE ...] --out DIR [--only hstu,sasrec]
     genrec tune CONFIG [key=value ...] --space SPACE.yaml --trials N [--out DIR] [--storage URL]
     genrec prepare CONFIG [key=value ...]
@@ -171,7 +171,7 @@ def cmd_rank(
 
 def cmd_serve(
     checkpoint: str, host: str, port: int, workers: int, threads: int, index: str, nlist: int, nprobe: int, hnsw_m: int,
-    ef_search: int, no_batching: bool, max_batch: int, batch_wait_ms: float, metadata: str | None, index_dir: str | None,
+    ef_search: int, pq_m: int, refine: int, no_batching: bool, max_batch: int, batch_wait_ms: float, metadata: str | None, index_dir: str | None,
     max_body_bytes: int, max_history: int, log_level: str,
 ) -> dict:
     """Serve a checkpoint over HTTP until interrupted: POST /v1/recommend, POST /v1/rank,
@@ -191,7 +191,7 @@ def cmd_serve(
     from genrec.serving.service import Limits, ServeSettings
 
     settings = ServeSettings(
-        checkpoint, IndexOptions(index, nlist, nprobe, hnsw_m, ef_search=ef_search), metadata, index_dir, not no_batching,
+        checkpoint, IndexOptions(index, nlist, nprobe, hnsw_m, ef_search=ef_search, pq_m=pq_m, refine=refine), metadata, index_dir, not no_batching,
         max_batch, batch_wait_ms, Limits(max_body_bytes=max_body_bytes, max_history=max_history),
     )
     return serve(settings, host, port, workers, threads, log_level)
@@ -326,12 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--port", type=int, default=8000)
     sp.add_argument("--workers", type=int, default=1, help="processes sharing the port (each loads the model)")
     sp.add_argument("--threads", type=int, default=0, help="torch threads per worker (default 1; scale with --workers)")
-    sp.add_argument("--index", choices=["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"], default="exact",
+    sp.add_argument("--index", choices=["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-pq"], default="exact",
                     help="retrieval index (FAISS ones are saved beside the checkpoint, rebuilt when the weights change)")
     sp.add_argument("--nlist", type=int, default=0, help="faiss-ivf lists (default 4*sqrt(items))")
     sp.add_argument("--nprobe", type=int, default=32, help="faiss-ivf lists searched per query")
     sp.add_argument("--hnsw-m", type=int, default=32, help="faiss-hnsw links per node")
     sp.add_argument("--ef-search", type=int, default=128, help="faiss-hnsw search breadth")
+    sp.add_argument("--pq-m", type=int, default=0, help="faiss-pq 4-bit sub-quantisers (default: half the width)")
+    sp.add_argument("--refine", type=int, default=100, help="faiss-pq candidates re-scored exactly, times k")
     sp.add_argument("--no-batching", action="store_true", help="one forward pass per request (no micro-batching)")
     sp.add_argument("--max-batch", type=int, default=64, help="most requests in one forward pass")
     sp.add_argument("--batch-wait-ms", type=float, default=2.0, help="longest a request waits for its batch to fill")

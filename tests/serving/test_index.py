@@ -18,7 +18,7 @@ from genrec.serving.index import IndexOptions, build_index, index_folder  # noqa
 from .client import make_app, request, strict_json, walk  # noqa: E402
 
 NO_FAISS = importlib.util.find_spec("faiss") is None
-KINDS = ["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"]
+KINDS = ["exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-pq"]
 
 
 def _kind(kind):
@@ -35,7 +35,8 @@ def test_every_index_excludes_history_and_honours_allow_and_deny(checkpoints, tm
     want = rec.recommend(body["history"], 10, body["timestamps"])
     got = strict_json(request(app, "POST", "/v1/recommend", json=body))
     assert got["index"] == kind
-    # 40 items: IVF (nprobe >= its lists) and HNSW (efSearch >= the catalogue) are exact here
+    # 40 items: IVF (nprobe >= its lists), HNSW (efSearch >= the catalogue) and PQ (refine·k >= the
+    # catalogue: every item re-scored exactly) are exact here
     assert [i["item"] for i in got["items"]] == [i for i, _ in want]
     assert [i["score"] for i in got["items"]] == pytest.approx([s for _, s in want], abs=1e-5)
 
@@ -82,3 +83,21 @@ def test_dot_product_models_say_so(checkpoints):
         rec.model.item_embedding.weight.mul_(3.0)
     rec.model.config.l2_normalize = False
     assert build_index(rec, IndexOptions(), "", None).score_kind == "dot"
+
+
+def test_pq_index_scores_its_candidates_exactly_and_checks_its_shape(checkpoints):
+    _kind("faiss-pq")
+    rec = Recommender.load(checkpoints["retrieval"])
+    q = rec.user_vector(["i1", "i2"], timestamps=[1, 2])[0]
+    index = build_index(rec, IndexOptions("faiss-pq", refine=1), "", None)  # PQ picks k, exact scores them
+    assert index.describe()["params"] == {"M": index.vectors.size(1) // 2, "nbits": 4, "refine": 1}
+    row = index.search(q, [5], [set()], [None])[0]  # q [1, D]
+    assert len(row) == 5
+    exact = index.vectors @ q[0].float()
+    for item, score in row:
+        assert score == pytest.approx(float(exact[item - 1]), abs=1e-5)
+    width = index.vectors.size(1)
+    with pytest.raises(Exception, match=f"--pq-m {width - 1} must divide"):
+        build_index(rec, IndexOptions("faiss-pq", pq_m=width - 1), "", None)
+    with pytest.raises(Exception, match="refine=0 must be >= 1"):
+        IndexOptions("faiss-pq", refine=0)

@@ -3,8 +3,13 @@
 - ``exact``: the model's own chunked full-catalogue scan (:meth:`Recommender.top_items`, what
   ``Recommender.recommend`` and the evaluator use); exclusions are masked before the top-k.
 - ``faiss-flat`` (``IndexFlatIP``: exact inner product, FAISS's kernels), ``faiss-ivf``
-  (``IndexIVFFlat``, inner product, ``nlist`` lists, ``nprobe`` searched) and ``faiss-hnsw``
-  (``IndexHNSWFlat``, inner product, ``M`` links, ``efSearch``), built from the item vectors.
+  (``IndexIVFFlat``, inner product, ``nlist`` lists, ``nprobe`` searched), ``faiss-hnsw``
+  (``IndexHNSWFlat``, inner product, ``M`` links, ``efSearch``) and ``faiss-pq`` (every item
+  scanned as a 4-bit product-quantised code with FAISS's SIMD "fast-scan" kernels, then the best
+  ``refine``·k re-scored exactly against the stored vectors: ``index_factory("PQ{m}x4fs,RFlat")``),
+  built from the item vectors. ``faiss-pq`` partitions nothing, so it keeps its recall on
+  catalogues without cluster structure, where IVF and HNSW lose theirs (benchmarks/RESULTS.md,
+  "ANN indexes").
 
 A query's score for an item is their inner product, so scores are cosine similarities when the
 model L2-normalises its vectors (``model.l2_normalize``, the default) and dot products otherwise
@@ -37,7 +42,7 @@ import torch
 from genrec.errors import GenrecError
 from genrec.recommender import Recommender
 
-KINDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
+KINDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw", "faiss-pq")
 
 
 @dataclass(frozen=True)
@@ -54,13 +59,18 @@ class IndexOptions:
     """HNSW: candidate list size while building."""
     ef_search: int = 128
     """HNSW: candidate list size while searching (raised to the number of neighbours asked for)."""
+    pq_m: int = 0
+    """PQ: sub-quantisers, 4 bits each (0 = half the vector width: 2 dimensions per code nibble)."""
+    refine: int = 100
+    """PQ: candidates re-scored exactly, as a multiple of the neighbours asked for."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise GenrecError(f"--index {self.kind!r} is not one of {', '.join(KINDS)}")
         for key, value in asdict(self).items():
-            if key != "kind" and value < (0 if key == "nlist" else 1):
-                raise GenrecError(f"index option {key}={value} must be >= {0 if key == 'nlist' else 1}")
+            low = 0 if key in ("nlist", "pq_m") else 1
+            if key != "kind" and value < low:
+                raise GenrecError(f"index option {key}={value} must be >= {low}")
 
 
 class ItemIndex:
@@ -151,6 +161,15 @@ class FaissIndex(ItemIndex):
             return {"nlist": nlist, "nprobe": min(options.nprobe, nlist)}
         if self.kind == "faiss-hnsw":
             return {"M": options.hnsw_m, "efConstruction": options.ef_construction, "efSearch": options.ef_search}
+        if self.kind == "faiss-pq":
+            dim = self.vectors.size(1)
+            m = options.pq_m or (dim // 2 if dim % 2 == 0 else dim)
+            if dim % m:
+                raise GenrecError(f"--pq-m {m} must divide the item vectors' width {dim}")
+            if self.num_items < 16:
+                raise GenrecError(f"faiss-pq needs at least 16 items to train its 16 codes per sub-quantiser "
+                                  f"(the catalogue has {self.num_items}); use --index exact")
+            return {"M": m, "nbits": 4, "refine": options.refine}
         return {}
 
     def _build(self, faiss):
@@ -160,6 +179,9 @@ class FaissIndex(ItemIndex):
             index = faiss.IndexFlatIP(D)
         elif self.kind == "faiss-ivf":
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(D), D, self.params["nlist"], faiss.METRIC_INNER_PRODUCT)
+            index.train(x)
+        elif self.kind == "faiss-pq":
+            index = faiss.index_factory(D, f"PQ{self.params['M']}x4fs,RFlat", faiss.METRIC_INNER_PRODUCT)
             index.train(x)
         else:
             index = faiss.IndexHNSWFlat(D, self.params["M"], faiss.METRIC_INNER_PRODUCT)
@@ -175,6 +197,8 @@ class FaissIndex(ItemIndex):
             params = faiss.SearchParametersIVF(nprobe=self.params["nprobe"])
         elif self.kind == "faiss-hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.params["efSearch"], fetch))
+        elif self.kind == "faiss-pq":
+            params = faiss.IndexRefineSearchParameters(k_factor=float(self.params["refine"]))
         q = np.ascontiguousarray(user.float().cpu().numpy())
         scores, labels = self.index.search(q, fetch, params=params)  # [B fetch] each; label -1 = none found
         out = []
