@@ -101,3 +101,28 @@ def test_pq_index_scores_its_candidates_exactly_and_checks_its_shape(checkpoints
         build_index(rec, IndexOptions("faiss-pq", pq_m=width - 1), "", None)
     with pytest.raises(Exception, match="refine=0 must be >= 1"):
         IndexOptions("faiss-pq", refine=0)
+
+
+@pytest.mark.parametrize("kind", ["exact", "faiss-flat"])
+def test_domain_requests_rank_only_their_domain_with_every_index(profiled_domains, tmp_path, kind):
+    """A multi-domain request ranks its domain's items: one batched scan of the domain's idx range
+    with the exact index, the range's items scored exactly with a FAISS one; the answer says so."""
+    rec = Recommender.load(profiled_domains)
+    app = make_app(profiled_domains, index=_kind(kind), index_dir=str(tmp_path))
+    history, times = ["beauty:a3", "toys:b4"], [0, 3600]
+    for domain in ("toys", "beauty"):
+        want = rec.recommend(history, 5, timestamps=times, domain=domain)
+        got = strict_json(request(app, "POST", "/v1/recommend",
+                                  json={"history": history, "timestamps": times, "k": 5, "domain": domain}))
+        assert [i["item"] for i in got["items"]] == [i for i, _ in want]
+        assert all(i["item"].startswith(f"{domain}:") for i in got["items"])
+        assert got["index"] == "exact"
+
+    index = build_index(rec, IndexOptions(kind), "", None)
+    user = torch.cat([rec.user_vector(history, timestamps=times, domain=d)[0] for d in ("toys", "beauty", "toys")])
+    ranges = [rec.domains["toys"], rec.domains["beauty"], rec.domains["toys"]]
+    rows = index.search(user, [5, 5, 3], [set(), set(), {ranges[2][0]}], [None, None, None], ranges)
+    for b, row in enumerate(rows):
+        assert len(row) == [5, 5, 3][b] and all(ranges[b][0] <= i < ranges[b][1] for i, _ in row)
+        alone = rec.top_items(user[b : b + 1], [5, 5, 3][b], [sorted({ranges[2][0]} if b == 2 else set())], [ranges[b]])[0]
+        assert [i for i, _ in row] == [i for i, _ in alone]

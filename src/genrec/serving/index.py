@@ -19,7 +19,10 @@ Exclusions with every index (the request's history, its ``deny`` list): a FAISS 
 skip items while it searches, so it is asked for k + (number of excluded items) neighbours and the
 excluded ones are dropped afterwards; flat search then always returns k items, and IVF/HNSW return
 fewer only when their approximate search finds fewer. An ``allow`` list is scored exactly against
-the allowed items' vectors, whatever the index (it is a small candidate set by nature).
+the allowed items' vectors, whatever the index (it is a small candidate set by nature). A
+multi-domain request's domain (an item idx range) is one batched scan of that range with the exact
+index; a FAISS index, built over the whole catalogue, scores the range's items exactly instead.
+Each answer names the search that produced it (:meth:`ItemIndex.searched_by`).
 
 FAISS indexes are saved beside the checkpoint (``<checkpoint>.index/<kind>.faiss`` plus a JSON
 stamp) and reused while the stamp matches: the SHA-256 of the weights, the catalogue size and the
@@ -92,25 +95,41 @@ class ItemIndex:
         return {"kind": self.kind, "score": self.score_kind, "items": self.num_items}
 
     def search(
-        self, user: torch.Tensor, ks: Sequence[int], exclude: Sequence[set[int]], allow: Sequence[list[int] | None]
+        self, user: torch.Tensor, ks: Sequence[int], exclude: Sequence[set[int]], allow: Sequence[list[int] | None],
+        ranges: Sequence[tuple[int, int] | None] | None = None,
     ) -> list[list[tuple[int, float]]]:
         """user [B, D]; per row: how many items (``ks``), the item idx never returned
-        (``exclude``) and the only idx that may be (``allow``, None = any) -> per row
-        (item idx, score) best first, at most k."""
+        (``exclude``), the only idx that may be (``allow``, None = any) and the item idx range
+        [first, end) searched (``ranges``: a multi-domain request's domain, None = the whole
+        catalogue) -> per row (item idx, score) best first, at most k. :meth:`searched_by` says
+        which search answers a row."""
+        ranges = list(ranges) if ranges is not None else [None] * user.size(0)
         out: list[list[tuple[int, float]]] = [[] for _ in range(user.size(0))]
-        free = [b for b, a in enumerate(allow) if a is None]
+        free = [b for b in range(user.size(0)) if self._native(allow[b], ranges[b])]
         if free:
-            rows = self._search(user[free], max(ks[b] for b in free), [exclude[b] for b in free])
+            rows = self._search(user[free], max(ks[b] for b in free), [exclude[b] for b in free], [ranges[b] for b in free])
             for b, row in zip(free, rows):
                 out[b] = row[: ks[b]]
-        for b, allowed in enumerate(allow):
-            if allowed is not None:
-                out[b] = self._search_allowed(user[b], ks[b], exclude[b], allowed)
+        for b in sorted(set(range(user.size(0))) - set(free)):
+            allowed = allow[b] if allow[b] is not None else list(range(*ranges[b]))
+            if ranges[b] is not None:
+                allowed = [i for i in allowed if ranges[b][0] <= i < ranges[b][1]]
+            out[b] = self._search_allowed(user[b], ks[b], exclude[b], allowed)
         return out
 
-    def _search(self, user: torch.Tensor, k: int, exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
-        """Top-k (item idx, score) per row of user [B, D], never an excluded idx."""
-        return self.rec.top_items(user, k, [sorted(e) for e in exclude])
+    def searched_by(self, allow: list[int] | None, item_range: tuple[int, int] | None) -> str:
+        """Which search answers a row: this index, or ``exact`` (the allowed items scored one by
+        one: an allow list, or on a FAISS index a domain's item range)."""
+        return self.kind if self._native(allow, item_range) else "exact"
+
+    def _native(self, allow: list[int] | None, item_range: tuple[int, int] | None) -> bool:
+        """Whether :meth:`_search` answers the row (else its allowed items are scored one by one)."""
+        return allow is None
+
+    def _search(self, user: torch.Tensor, k: int, exclude: Sequence[set[int]],
+                ranges: Sequence[tuple[int, int] | None]) -> list[list[tuple[int, float]]]:
+        """Top-k (item idx, score) per row of user [B, D] within its range, never an excluded idx."""
+        return self.rec.top_items(user, k, [sorted(e) for e in exclude], ranges)
 
     def _search_allowed(self, q: torch.Tensor, k: int, exclude: set[int], allowed: list[int]) -> list[tuple[int, float]]:
         """Exact scores of the allowed items (minus the excluded) for one query q [D]."""
@@ -148,6 +167,9 @@ class FaissIndex(ItemIndex):
             if path is not None:
                 _save(faiss, self.index, path, stamp)
         self.stamp = stamp
+
+    def _native(self, allow: list[int] | None, item_range: tuple[int, int] | None) -> bool:
+        return allow is None and item_range is None  # a FAISS index searches the whole catalogue
 
     def describe(self) -> dict:
         return {**super().describe(), "params": self.params, "build_seconds": round(self.build_seconds, 3),
@@ -189,7 +211,8 @@ class FaissIndex(ItemIndex):
         index.add(x)
         return index
 
-    def _search(self, user: torch.Tensor, k: int, exclude: Sequence[set[int]]) -> list[list[tuple[int, float]]]:
+    def _search(self, user: torch.Tensor, k: int, exclude: Sequence[set[int]],
+                ranges: Sequence[tuple[int, int] | None]) -> list[list[tuple[int, float]]]:
         faiss = _faiss()
         fetch = min(self.num_items, k + max(len(e) for e in exclude))  # over-fetch, then filter
         params = None

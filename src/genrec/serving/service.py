@@ -197,9 +197,6 @@ def prepare_recommend(svc: Service, req: RecommendRequest) -> RecommendJob:
         deny, allow_ids = (None if ids is None else svc.rec.resolve_history(ids, req.domain) for ids in (req.deny, req.allow))
     exclude |= set(svc.item_idx(deny or [], req.ignore_unknown, "deny"))
     allow = None if allow_ids is None else svc.item_idx(allow_ids, req.ignore_unknown, "allow")
-    if query.item_range is not None:  # a multi-domain model ranks the requested domain's items only (scored exactly)
-        domain_items = range(*query.item_range)
-        allow = list(domain_items) if allow is None else [i for i in allow if i in domain_items]
     dropped = [h for h, r in zip(history, resolved) if r not in svc.rec.index]
     return RecommendJob(svc, query, req.k, exclude, allow, dropped)
 
@@ -208,11 +205,13 @@ def recommend_batch(jobs: Sequence[RecommendJob]) -> list[dict]:
     """Answer several checked requests of one Service: one forward pass, one index search."""
     svc = jobs[0].service
     user = svc.rec.query_vectors([j.query for j in jobs])  # [B D]
-    rows = svc.index.search(user, [j.k for j in jobs], [j.exclude for j in jobs], [j.allow for j in jobs])
+    ranges = [j.query.item_range for j in jobs]  # multi-domain: the requested domain's items only
+    rows = svc.index.search(user, [j.k for j in jobs], [j.exclude for j in jobs], [j.allow for j in jobs], ranges)
     return [
         {
             "items": [svc.titled(svc.rec.item_ids[i - 1]) | {"score": round(s, 6)} for i, s in row],
-            "score": svc.index.score_kind, "index": svc.index.kind, "dropped": job.dropped, "model": svc.digest[:12],
+            "score": svc.index.score_kind, "index": svc.index.searched_by(job.allow, job.query.item_range),
+            "dropped": job.dropped, "model": svc.digest[:12],
         }
         for job, row in zip(jobs, rows)
     ]
