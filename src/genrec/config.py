@@ -328,13 +328,19 @@ class TaskConfig:
     ranking_weight: float = 1.0
     """Unified: weight of the ranking loss (constant weighter; the initial weight for ``dwa``)."""
     weighter: str = "constant"
-    """Unified loss weighting: ``constant``, ``dwa`` (learning-speed weights, Dynamic Weight Average
-    form of UniGRF's gradient-guided weighter) or ``gradnorm`` (weights ∝ 1 / each loss's gradient
-    norm on the shared last layer)."""
+    """Unified loss weighting: ``constant``, ``dwa`` (learning speed from each loss's rate of change,
+    Dynamic Weight Average form), ``gradient`` (UniGRF's gradient-guided weighter: learning speed
+    from the rate of change of each task's gradient norm on the shared trunk; see
+    ``training/weighting.py``) or ``gradnorm`` (weights ∝ 1 / each loss's gradient norm on the
+    shared last layer)."""
     dwa_temperature: float = 2.0
-    """Temperature T of the DWA weights w_k = K·exp(r_k / T) / Σ_j exp(r_j / T)."""
+    """Temperature T of the ``dwa`` / ``gradient`` weights w_k = K·exp(r_k / T) / Σ_j exp(r_j / T)."""
     dwa_window: int = 20
-    """Steps averaged for DWA's loss ratios r_k = mean L_k(recent window) / mean L_k(the window before)."""
+    """Values averaged for the ``dwa`` / ``gradient`` ratios r_k = mean(recent window) / mean(the
+    window before): losses per step (``dwa``) or gradient norms per measurement (``gradient``)."""
+    grad_every: int = 1
+    """``gradient``: measure the gradient norms every this many steps (each measurement costs one
+    extra backward pass per task through the trunk)."""
     hard_negatives: int = 0
     """Enhancer (a): per position, this many of the retrieval side's top candidates that the ranking
     head scores lowest are added to the retrieval loss as negatives (0 = off)."""
@@ -362,7 +368,9 @@ class TaskConfig:
     def __post_init__(self) -> None:
         _check_choice("task.kind", self.kind, ("retrieval", "ranking", "unified", "cascade"))
         _check_choice("task.labels", self.labels, ("rating", "actions"))
-        _check_choice("task.weighter", self.weighter, ("constant", "dwa", "gradnorm"))
+        _check_choice("task.weighter", self.weighter, ("constant", "dwa", "gradient", "gradnorm"))
+        if self.dwa_window < 1 or self.grad_every < 1:
+            raise ConfigError(f"task.dwa_window={self.dwa_window} and task.grad_every={self.grad_every} must be >= 1")
         _check_choice("task.action_token", self.action_token, ("item_and_feedback", "feedback"))
         _check_choice("task.potential_positive_mode", self.potential_positive_mode, ("remove", "relabel"))
         if self.labels == "actions" and not (self.binary_actions or self.regression_actions):

@@ -15,7 +15,7 @@ from genrec.models import HSTU, HSTUConfig
 from genrec.models.generative import GenerativeRecommender, HeadConfig
 from genrec.training.enhancer import enhance
 from genrec.training.losses import sampled_softmax_loss
-from genrec.training.weighting import ConstantWeighter, DWAWeighter, GradNormWeighter
+from genrec.training.weighting import ConstantWeighter, DWAWeighter, GradientSpeedWeighter, GradNormWeighter
 
 
 class _Table:
@@ -92,6 +92,37 @@ def test_constant_and_gradnorm_weighters():
     assert weights["a"] == pytest.approx(2 * (1 / 5) / (1 / 5 + 1)) and weights["b"] == pytest.approx(2 * 1 / (1 / 5 + 1))
 
 
+def test_gradient_weighter_follows_the_rate_of_change_of_each_gradient_norm():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    w = GradientSpeedWeighter({"retrieval": 1.0, "ranking": 1.0}, temperature=2.0, window=2, every=2)
+    # gradient norms per step: retrieval 8, 8, 4, 4 (halves), ranking 1 throughout; measured every 2nd step
+    scale = [(8.0, 1.0), (9.0, 9.0), (8.0, 1.0), (9.0, 9.0), (4.0, 1.0), (9.0, 9.0), (4.0, 1.0)]
+    for step, (r, k) in enumerate(scale):
+        losses = {"retrieval": (p * torch.tensor([r, 0.0])).sum(), "ranking": (p * torch.tensor([0.0, k])).sum()}
+        _, weights = w.combine(losses, [p])
+        assert weights == {"retrieval": 1.0, "ranking": 1.0}  # base weights until two windows are full
+        assert w.measured == ({"grad_norm_retrieval": r, "grad_norm_ranking": k} if step % 2 == 0 else {})
+    _, weights = w.combine({"retrieval": p.sum(), "ranking": p.sum()}, [p])
+    # r_retrieval = (4 + 4) / (8 + 8) = 0.5, r_ranking = 1: the slower-learning ranking task gains weight
+    z = math.exp(0.25) + math.exp(0.5)
+    assert weights["retrieval"] == pytest.approx(2 * math.exp(0.25) / z)
+    assert weights["ranking"] == pytest.approx(2 * math.exp(0.5) / z)
+    again = GradientSpeedWeighter({"retrieval": 1.0, "ranking": 1.0}, temperature=2.0, window=2, every=2)
+    again.load_state_dict(json.loads(json.dumps(w.state_dict())))  # what last/state.json carries
+    assert again.current() == w.current() and again.steps == w.steps == 8
+    with pytest.raises(ValueError, match="shared parameters"):
+        again.combine({"retrieval": p.sum(), "ranking": p.sum()})
+
+
+def test_trunk_parameters_are_the_backbone_without_its_embedding_tables():
+    model = GenerativeRecommender(HSTU(HSTUConfig(num_items=8, max_seq_len=9, embedding_dim=8, time_bias=False)), HeadConfig())
+    trunk = {id(p) for p in model.trunk_parameters()}
+    tables = {id(m.weight) for m in model.backbone.modules() if isinstance(m, torch.nn.Embedding)}
+    assert trunk and not trunk & tables
+    assert trunk | tables == {id(p) for p in model.backbone.parameters()}
+    assert not trunk & {id(p) for n, p in model.named_parameters() if not n.startswith("backbone.")}  # heads: one task each
+
+
 def _config(tmp_path, synthetic_csv, **task):
     cfg = {
         "data": {"dataset": "custom", "source": str(synthetic_csv), "format": "csv", "cache_dir": str(tmp_path / "cache"),
@@ -136,6 +167,23 @@ def test_unified_train_recommend_rank_end_to_end(tmp_path, synthetic_csv, capsys
     assert main(["rank", str(ckpt), "--history", "i1,i2", "--timestamps", "10,20", "--candidates", "i4"]) == 2
     assert "feedback" in capsys.readouterr().err
     assert main(["rank", str(ckpt), "--history", "i1", "--feedback", "1", "--timestamps", "1", "--candidates", "nope"]) == 2
+
+
+@pytest.mark.parametrize("weighter", ["dwa", "gradient"])
+def test_unified_run_with_a_history_weighter_resumes_exactly(tmp_path, synthetic_csv, capsys, weighter):
+    """The weighter's history is part of last/: two epochs, or one and a resume, give the same weights."""
+    cfg = _config(tmp_path, synthetic_csv, kind="unified", weighter=weighter, dwa_window=2)
+    path = tmp_path / "u.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    full = _run(capsys, "train", path, "train.epochs=2", "--out", tmp_path / "full")
+    _run(capsys, "train", path, "train.epochs=1", "--out", tmp_path / "part")
+    part = _run(capsys, "train", "train.epochs=2", "--out", tmp_path / "part", "--resume")
+    assert part["valid"] == full["valid"] and part["test"] == full["test"]
+    steps = [json.loads(line) for line in (tmp_path / "full" / "steps.jsonl").read_text().splitlines()]
+    assert any(s["w_retrieval"] != 1.0 for s in steps)  # the weights moved within the two epochs
+    if weighter == "gradient":
+        assert all(s["grad_norm_retrieval"] > 0 and s["grad_norm_ranking"] > 0 for s in steps)  # grad_every 1
+    assert (tmp_path / "full" / "weights.png").exists()
 
 
 def test_ranking_din_and_cascade_runs(tmp_path, synthetic_csv, capsys):

@@ -154,6 +154,12 @@ class InterleavedRanker(nn.Module, Ranker):
         """The backbone's last ``last`` parameter tensors (GradNorm weighs gradients there)."""
         return list(self.backbone.parameters())[-last:]
 
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """Every trainable backbone parameter but the embedding tables: what both the retrieval
+        and the ranking loss train (the gradient-guided weighter measures gradient norms there)."""
+        tables = {id(p) for m in self.backbone.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+        return [p for p in self.backbone.parameters() if p.requires_grad and id(p) not in tables]
+
     # ---- encoding -----------------------------------------------------------------------------
     def tokens(self, items: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """items [B, n], labels [B, n, A] -> interleaved token embeddings [B, 2n, D]."""

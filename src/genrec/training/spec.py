@@ -117,6 +117,14 @@ class SpecDerived:
     def notes(self) -> list[str]:
         return self.spec.notes(self.cfg.model)
 
+    def state_dict(self) -> dict:
+        """What the task carries from step to step besides the model (a loss weighter's history),
+        saved in ``last/state.json`` so a resumed run continues exactly; JSON-able."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (a resumed run)."""
+
 
 def resolve_spec(data: SequenceData, task_names: tuple[str, ...] = (), task_kinds: tuple[str, ...] = (), cfg=None) -> BuildSpec:
     """The data's facts; with the experiment ``cfg``, also the item attributes its model asks for."""

@@ -8,6 +8,7 @@ Run folder layout (a stable contract):
 - ``log.jsonl``      one JSON line per epoch (loss, throughput, validation metrics);
 - ``curves.png``     training loss and validation metrics per epoch, redrawn after every epoch (needs matplotlib);
 - ``steps.jsonl``    unified models: one line per step (both losses, the weighter's weights, enhancer stats);
+- ``weights.png``    unified models: the weighter's weights and each task's loss (or gradient norm) per step;
 - ``best/``          checkpoint of the best validation epoch (what ``eval``/``recommend`` take);
 - ``last/``          checkpoint + optimizer + trainer state after the last finished epoch (resume);
 - ``metrics.json``   {"protocol", "best_epoch", "valid", "test"} (+ "test_refit" with ``train.refit``).
@@ -138,7 +139,7 @@ class Trainer:
                 ckpt.fill_optimizer(folder, self.optimizer)
                 for file, tensors in extra.items():
                     ckpt.save_tensors(folder / file, tensors)
-                (folder / "state.json").write_text(jsonio.dumps(self.state))
+                (folder / "state.json").write_text(jsonio.dumps({**self.state, "task": self.task.state_dict()}))
 
         ckpt.write_atomic_dir(self.out / name, fill)
 
@@ -147,6 +148,7 @@ class Trainer:
         self.strategy.restore(folder, self.model)
         ckpt.load_optimizer(folder, self.optimizer)
         self.state = json.loads((folder / "state.json").read_text())
+        self.task.load_state_dict(self.state.pop("task", None) or {})
         if self.state.get("best_score") is None:  # -inf (nothing validated yet) is written as null
             self.state["best_score"] = float("-inf")
 
@@ -159,7 +161,7 @@ class Trainer:
 
     def _clear_partial(self) -> None:
         """Remove what an epoch that never finished left (its step log, a best/ of no saved epoch)."""
-        for name in ("log.jsonl", "steps.jsonl", "curves.png", "metrics.json"):
+        for name in ("log.jsonl", "steps.jsonl", "curves.png", "weights.png", "metrics.json"):
             (self.out / name).unlink(missing_ok=True)
         for name in ("best", "best.old"):
             if (self.out / name).is_dir():
@@ -201,6 +203,8 @@ class Trainer:
         if step_logs and self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             jsonio.append_lines(self.out / "steps.jsonl", step_logs)
+            if "w_retrieval" in step_logs[0]:
+                curves.plot_steps(self.out / "steps.jsonl", self.out / "weights.png")
         return record
 
     def evaluate(self, split: str) -> dict:

@@ -11,6 +11,16 @@ the weights it used (the trainer logs them per step).
   before (DWA's epoch-level ratio at step granularity). Base weights multiply the result.
 - :class:`GradNormWeighter`: w_k ∝ 1 / ‖∂L_k/∂θ_shared‖ (θ_shared: the parameters both tasks share
   last), normalised to sum to K, so neither task's gradient dominates the shared layers.
+- :class:`GradientSpeedWeighter` (``gradient``): UniGRF's weighter as its description reads: each
+  task's learning speed is the rate of change of its gradient norm on the shared trunk (every
+  backbone parameter both losses reach, embedding tables excluded), G_k = ‖∂L_k/∂θ_trunk‖, measured
+  every ``every`` steps; r_k = mean G_k over the last ``window`` measurements / mean over the
+  ``window`` before. A task whose gradients shrink more slowly (larger r_k) is learning more slowly
+  and gets more weight: w_k = base_k·K·exp(r_k / T) / Σ_j exp(r_j / T). Base weights until two
+  windows are full.
+
+Weighters with a history (``dwa``, ``gradient``) save it with the run's ``last/`` checkpoint
+(:meth:`ConstantWeighter.state_dict`), so a resumed run weighs its steps as the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,13 +32,39 @@ import torch
 
 
 class ConstantWeighter:
+    needs_shared = False
+    """Whether :meth:`combine` needs the shared parameters."""
+
     def __init__(self, base: dict[str, float]):
         self.base = dict(base)
+        self.measured: dict[str, float] = {}
+        """What the last :meth:`combine` measured, for the step log (gradient norms)."""
 
     def combine(self, losses: dict[str, torch.Tensor], shared: list[torch.nn.Parameter] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """-> (weighted sum, the weights used)."""
         weights = dict(self.base)
         return sum(weights[k] * v for k, v in losses.items()), weights
+
+    def state_dict(self) -> dict:
+        """The history the weights depend on (JSON-able)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def _speed_weights(base: dict[str, float], history: dict[str, deque], window: int, temperature: float) -> dict[str, float]:
+    """w_k = base_k·K·exp(r_k / T) / Σ_j exp(r_j / T), r_k = mean of the last ``window`` values of
+    history[k] / mean of the ``window`` before; the base weights until both windows are full."""
+    if not all(len(h) == 2 * window for h in history.values()):
+        return dict(base)
+    ratios = {}
+    for k, h in history.items():
+        vals = list(h)
+        before, recent = sum(vals[:window]), sum(vals[window:])
+        ratios[k] = recent / before if before > 0 else 1.0
+    z = sum(math.exp(r / temperature) for r in ratios.values())
+    return {k: base[k] * len(ratios) * math.exp(r / temperature) / z for k, r in ratios.items()}
 
 
 class DWAWeighter(ConstantWeighter):
@@ -39,17 +75,7 @@ class DWAWeighter(ConstantWeighter):
 
     def current(self) -> dict[str, float]:
         """Weights from the loss history so far (the base weights until two windows are full)."""
-        full = all(len(h) == 2 * self.window for h in self.history.values())
-        if not full:
-            return dict(self.base)
-        ratios = {}
-        for k, h in self.history.items():
-            vals = list(h)
-            before, recent = sum(vals[: self.window]), sum(vals[self.window :])
-            ratios[k] = recent / before if before > 0 else 1.0
-        z = sum(math.exp(r / self.temperature) for r in ratios.values())
-        K = len(ratios)
-        return {k: self.base[k] * K * math.exp(r / self.temperature) / z for k, r in ratios.items()}
+        return _speed_weights(self.base, self.history, self.window, self.temperature)
 
     def combine(self, losses, shared=None):
         weights = self.current()
@@ -57,8 +83,18 @@ class DWAWeighter(ConstantWeighter):
             self.history[k].append(float(v.detach()))
         return sum(weights[k] * v for k, v in losses.items()), weights
 
+    def state_dict(self) -> dict:
+        return {"history": {k: list(h) for k, h in self.history.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, vals in (state.get("history") or {}).items():
+            self.history[k].clear()
+            self.history[k].extend(vals)
+
 
 class GradNormWeighter(ConstantWeighter):
+    needs_shared = True
+
     def combine(self, losses, shared=None):
         if not shared:
             raise ValueError("GradNormWeighter needs the shared parameters")
@@ -72,10 +108,43 @@ class GradNormWeighter(ConstantWeighter):
         return sum(weights[k] * v for k, v in losses.items()), weights
 
 
+class GradientSpeedWeighter(DWAWeighter):
+    """Weights from the rate of change of each task's gradient norm on the shared trunk."""
+
+    needs_shared = True
+
+    def __init__(self, base: dict[str, float], temperature: float = 2.0, window: int = 20, every: int = 1):
+        super().__init__(base, temperature, window)
+        self.every, self.steps = every, 0
+
+    def combine(self, losses, shared=None):
+        if not shared:
+            raise ValueError("GradientSpeedWeighter needs the shared parameters")
+        weights = self.current()
+        self.measured = {}
+        if self.steps % self.every == 0:  # one extra backward pass per task through the trunk
+            for k, v in losses.items():
+                grads = torch.autograd.grad(v, shared, retain_graph=True, allow_unused=True)
+                norm = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None))
+                self.history[k].append(norm)
+                self.measured[f"grad_norm_{k}"] = norm
+        self.steps += 1
+        return sum(weights[k] * v for k, v in losses.items()), weights
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.steps = int(state.get("steps", 0))
+
+
 def build_weighter(task_cfg) -> ConstantWeighter:
     base = {"retrieval": task_cfg.retrieval_weight, "ranking": task_cfg.ranking_weight}
     if task_cfg.weighter == "dwa":
         return DWAWeighter(base, task_cfg.dwa_temperature, task_cfg.dwa_window)
+    if task_cfg.weighter == "gradient":
+        return GradientSpeedWeighter(base, task_cfg.dwa_temperature, task_cfg.dwa_window, task_cfg.grad_every)
     if task_cfg.weighter == "gradnorm":
         return GradNormWeighter(base)
     return ConstantWeighter(base)

@@ -51,6 +51,12 @@ class Task(Protocol):
     def describe(self) -> dict:
         """Protocol lines for metrics.json: task, labels, loss."""
 
+    def state_dict(self) -> dict:
+        """Step-to-step state besides the model (JSON-able), saved with ``last/``."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` on resume."""
+
 
 def select_score(metrics: dict, select_metric: str) -> float:
     """Validation score used for selection: a metric, or the sum of several (``ndcg@10+auc``)."""

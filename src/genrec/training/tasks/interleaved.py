@@ -91,11 +91,19 @@ class UnifiedTask(RankingTask):
     def loss(self, model: GenerativeRecommender, batch: FeedbackBatch, epoch: int) -> tuple[torch.Tensor, dict]:
         l_rank, enc = self.ranking_loss(model, batch)
         l_ret, logs = self._retrieval_loss(model, enc, batch, epoch)
-        shared = model.shared_parameters() if self.cfg.task.weighter == "gradnorm" else None
+        shared = None
+        if self.weighter.needs_shared:
+            shared = model.trunk_parameters() if self.cfg.task.weighter == "gradient" else model.shared_parameters()
         loss, weights = self.weighter.combine({"retrieval": l_ret, "ranking": l_rank}, shared)
         logs.update(retrieval_loss=float(l_ret.detach()), ranking_loss=float(l_rank.detach()),
-                    w_retrieval=weights["retrieval"], w_ranking=weights["ranking"])
+                    w_retrieval=weights["retrieval"], w_ranking=weights["ranking"], **self.weighter.measured)
         return loss, logs
+
+    def state_dict(self) -> dict:
+        return {"weighter": self.weighter.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.weighter.load_state_dict(state.get("weighter") or {})
 
     def _retrieval_loss(self, model: GenerativeRecommender, enc, batch: FeedbackBatch, epoch: int) -> tuple[torch.Tensor, dict]:
         t, task = self.cfg.train, self.cfg.task
