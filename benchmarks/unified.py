@@ -30,7 +30,9 @@ ROWS = [
     ("unified, no modules", "unified-hstu", ["task.weighter=constant", *NO_ENHANCER]),
     ("unified + enhancer", "unified-hstu", ["task.weighter=constant"]),
     ("unified + weighter (DWA)", "unified-hstu", NO_ENHANCER),
+    ("unified + gradient weighter", "unified-hstu", ["task.weighter=gradient", *NO_ENHANCER]),
     ("unified + both (UniGRF)", "unified-hstu", []),
+    ("unified + enhancer + gradient weighter", "unified-hstu", ["task.weighter=gradient"]),
     ("unified, no modules, feedback-only action tokens", "unified-hstu", ["task.weighter=constant", *NO_ENHANCER, *FIRST_DESIGN]),
     ("unified + both, feedback-only action tokens", "unified-hstu", FIRST_DESIGN),
 ]

@@ -346,8 +346,16 @@ class TaskConfig:
     head scores lowest are added to the retrieval loss as negatives (0 = off)."""
     candidate_pool: int = 16
     """Enhancer: the retrieval side's top candidates per position that the ranking head scores."""
+    enhancer_pool: str = "negatives"
+    """Enhancer: where the pool comes from: ``negatives`` (the step's sampled negatives that
+    retrieval scores highest; potential positives are then sampled negatives, as UniGRF describes)
+    or ``catalogue`` (the retrieval side's top items over the catalogue: genrec's first design)."""
+    enhancer_rows: float = 0.1
+    """Enhancer (``negatives`` pool): fraction of the batch's sequences examined per step, drawn at
+    random (bounds the ranking head's extra pass: one candidate token per pool item and position)."""
     pool_sample: int = 0
-    """Enhancer: pick the pool's top candidates from this many shared uniform items (0 = the whole catalogue)."""
+    """Enhancer (``catalogue`` pool): pick the pool's top candidates from this many shared uniform
+    items (0 = the whole catalogue)."""
     potential_positive_alpha: float = 0.0
     """Enhancer (b): pool candidates whose ranking probability exceeds α are not used as negatives
     (0 = off)."""
@@ -373,6 +381,9 @@ class TaskConfig:
             raise ConfigError(f"task.dwa_window={self.dwa_window} and task.grad_every={self.grad_every} must be >= 1")
         _check_choice("task.action_token", self.action_token, ("item_and_feedback", "feedback"))
         _check_choice("task.potential_positive_mode", self.potential_positive_mode, ("remove", "relabel"))
+        _check_choice("task.enhancer_pool", self.enhancer_pool, ("negatives", "catalogue"))
+        if not 0.0 < self.enhancer_rows <= 1.0:
+            raise ConfigError(f"task.enhancer_rows={self.enhancer_rows} must be in (0, 1]")
         if self.labels == "actions" and not (self.binary_actions or self.regression_actions):
             raise ConfigError("task.labels=actions needs task.binary_actions and/or task.regression_actions")
         if min(self.retrieval_weight, self.ranking_weight) < 0:

@@ -13,7 +13,7 @@ from genrec.cli import main
 from genrec.config import TaskConfig
 from genrec.models import HSTU, HSTUConfig
 from genrec.models.generative import GenerativeRecommender, HeadConfig
-from genrec.training.enhancer import enhance
+from genrec.training.enhancer import enhance, enhance_negatives
 from genrec.training.losses import sampled_softmax_loss
 from genrec.training.weighting import ConstantWeighter, DWAWeighter, GradientSpeedWeighter, GradNormWeighter
 
@@ -68,6 +68,44 @@ def test_enhancer_picks_retrieved_high_ranked_low_and_flags_likely_positives(mon
         assert sorted(ex.hard[pos].tolist()) == sorted(pool)[:2]  # lowest ranking probability = smallest ids
         expect_pp = sorted(i for i in pool if torch.sigmoid(torch.tensor(i - 4.5)) > 0.9)
         assert sorted(i for i in ex.potential[pos].tolist() if i) == expect_pp
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_enhancer_pool_is_the_steps_negatives_retrieval_scores_highest(monkeypatch, shared):
+    torch.manual_seed(0)
+    model = GenerativeRecommender(HSTU(HSTUConfig(num_items=12, max_seq_len=9, embedding_dim=8, time_bias=False)), HeadConfig())
+    items = torch.tensor([[1, 2, 3, 0], [4, 5, 6, 7]])  # 2 + 3 positions with a target
+    enc = model.encode_history(items, torch.ones(2, 4, 1))
+    q = model.retrieval_vectors(enc.hidden[:, 1::2][:, :-1])  # [2 3 D]
+    monkeypatch.setattr(model, "next_slot_outputs", lambda enc, pool, t: (pool.float() - 8.5).unsqueeze(-1))  # ids > 8 liked
+    K = 7
+    neg = torch.randint(1, 13, (1 if shared else 5, K))
+    neg[0, :2] = torch.tensor([3, 5])  # accidental hits of some positions
+    cfg = TaskConfig(kind="unified", hard_negatives=2, candidate_pool=4, potential_positive_alpha=0.6, enhancer_rows=1.0)
+    ex = enhance_negatives(model, enc, q, items, None, cfg, 0, neg)
+    positions = [(b, k) for b in range(2) for k in range(3) if items[b, k + 1] != 0]
+    assert ex.hard.shape == (5, 2) and ex.potential.shape == (5, 4)
+    for t, (b, k) in enumerate(positions):
+        cands = neg[0 if shared else t]
+        s = (q[b, k] @ model.item_vectors(cands).T).masked_fill(cands == items[b, k + 1], -math.inf)
+        pool = cands[s.topk(4).indices].tolist()  # the negatives retrieval over-scores (the target never)
+        assert sorted(ex.hard[t].tolist()) == sorted(pool)[:2]  # ranked lowest = smallest ids
+        assert sorted(i for i in ex.potential[t].tolist() if i) == sorted(i for i in pool if i > 8)
+    few = enhance_negatives(model, enc, q, items, None, TaskConfig(kind="unified", hard_negatives=2, candidate_pool=4,
+                                                                  enhancer_rows=1e-9), 0, neg)
+    assert few.stats["enhancer_rows"] == 0 and not few.hard.any() and few.potential is None  # nothing examined: no extras
+
+
+def test_hard_negative_padding_is_never_a_negative():
+    torch.manual_seed(0)
+    vecs = torch.randn(6, 4)
+    m, q, pos = _Table(vecs), torch.randn(2, 4), torch.tensor([1, 2])
+    neg = torch.tensor([[3, 4]])
+    logit = lambda t, i: float(q[t] @ vecs[i])  # noqa: E731
+    loss = sampled_softmax_loss(q, pos, m, 2, 1.0, True, hard=torch.tensor([[5], [0]]), negatives=neg)
+    expect = [-logit(0, 1) + math.log(sum(math.exp(logit(0, i)) for i in (1, 3, 4, 5))),
+              -logit(1, 2) + math.log(sum(math.exp(logit(1, i)) for i in (2, 3, 4)))]  # row 2: no hard negative
+    assert loss.item() == pytest.approx(sum(expect) / 2, abs=1e-5)
 
 
 def test_dwa_gives_the_slower_task_more_weight():

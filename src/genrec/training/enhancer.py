@@ -1,6 +1,23 @@
 """UniGRF's ranking-driven enhancer: the ranking head shapes the retrieval loss (PAPERS.md §2).
 
-Per retrieval position (an action token predicting the next item):
+Two pools (``task.enhancer_pool``):
+
+- ``negatives`` (default; :func:`enhance_negatives`), the paper's description: the pool at a
+  retrieval position is the ``candidate_pool`` negatives **of this step's sampled set** that the
+  retrieval side scores highest (over-estimated by retrieval). The ranking head scores them
+  (detached); (a) the ``hard_negatives`` it ranks lowest, where the two stages disagree most, join
+  the loss once more as hard negatives (their logit counts twice in the softmax denominator);
+  (b) those whose ranking probability exceeds α were wrongly labelled negative by the sampling and
+  are taken out of the negatives (``remove``) or counted as positives (``relabel``). The scoring
+  pass runs without dropout (the ranking head's own judgement, not a noisy draw). Only a random
+  ``enhancer_rows`` fraction of the batch's sequences is examined per step (the rest train
+  plainly), which bounds the cost: the ranking head's M-FALCON pass costs one candidate token per
+  pool item and position.
+- ``catalogue`` (genrec's first design; :func:`enhance`): the pool is the retrieval side's top
+  items over the whole catalogue (or ``pool_sample`` uniform items), scored as below; potential
+  positives need not be among the sampled negatives.
+
+Per retrieval position (an action token predicting the next item), the ``catalogue`` pool:
 
 1. pool: the retrieval side's top ``candidate_pool`` items (the target excluded), over the whole
    catalogue or over ``pool_sample`` shared uniform items;
@@ -12,7 +29,8 @@ Per retrieval position (an action token predicting the next item):
    negatives (``remove``) or counted as extra positives (``relabel``).
 
 Choices the paper leaves open and that are options here: the pool, m, α, the mode, the warm-up
-(``task.enhancer_warmup_epochs``) and which binary task's probability is read.
+(``task.enhancer_warmup_epochs``), the fraction of sequences examined and which binary task's
+probability is read.
 """
 
 from __future__ import annotations
@@ -59,5 +77,69 @@ def enhance(
     if task_cfg.potential_positive_alpha > 0:
         is_pp = probs > task_cfg.potential_positive_alpha
         potential = torch.where(is_pp, pool, torch.zeros_like(pool))
+        stats["potential_positives_per_position"] = float(is_pp.sum(1).double().mean()) if is_pp.numel() else 0.0
+    return Enhancement(hard, potential, task_cfg.potential_positive_mode, stats)
+
+
+@torch.no_grad()
+def enhance_negatives(
+    model: GenerativeRecommender, enc: Interleaved, q: torch.Tensor, items: torch.Tensor, item_times, task_cfg,
+    task_index: int, negatives: torch.Tensor,
+) -> Enhancement:
+    """The ``negatives`` pool. q [B, n-1, D] retrieval queries at action tokens 0..n-2 (targets
+    items[:, 1:]); negatives: this step's sampled negatives, [1, K] shared or [T, K] per target
+    position (row-major over the positions with a target). Returns per-position extras for the
+    positions with a target (row-major): ``hard`` [T, m] and ``potential`` [T, P], 0 where a
+    position was not examined."""
+    B, n1, _ = q.shape
+    targets = items[:, 1:]  # [B n-1]
+    has = targets != 0
+    rows = torch.nonzero(torch.rand(B, device=q.device) < task_cfg.enhancer_rows).squeeze(1)  # examined sequences
+    T, P, m = int(has.sum()), task_cfg.candidate_pool, task_cfg.hard_negatives
+    hard = torch.zeros(T, m, dtype=torch.long, device=q.device) if m else None
+    potential = torch.zeros(T, P, dtype=torch.long, device=q.device) if task_cfg.potential_positive_alpha > 0 else None
+    stats = {"enhancer_rows": int(rows.numel())}
+    if rows.numel() == 0:
+        return Enhancement(hard, potential, task_cfg.potential_positive_mode, stats)
+    K = negatives.size(1)
+    qr, tr = q[rows].float(), targets[rows]  # [R n-1 D], [R n-1]
+    if negatives.size(0) == 1:  # one set for the batch: one matmul
+        grid = negatives.view(1, 1, K).expand(rows.numel(), n1, K)  # [R n-1 K]
+        scores = qr @ model.item_vectors(negatives[0]).float().T  # [R n-1 K] retrieval scores of the negatives
+    else:  # per position: back onto the [B n-1] grid, then the examined rows
+        full = torch.zeros(B, n1, K, dtype=negatives.dtype, device=q.device)
+        full[has] = negatives
+        grid = full[rows]
+        scores = torch.einsum("rnd,rnkd->rnk", qr, model.item_vectors(grid).float())
+    scores = scores.masked_fill((grid == tr.unsqueeze(-1)) | (grid == 0), float("-inf"))  # accidental hits never enter
+    top = scores.topk(min(P, K), dim=-1)
+    pool = grid.gather(2, top.indices)  # [R n-1 P] the retrieval side's highest-scored negatives
+    sub = Interleaved(enc.hidden[rows].detach(), [(k[rows].detach(), v[rows].detach()) for k, v in enc.cache], enc.lengths[rows],
+                      None if enc.token_times is None else enc.token_times[rows],
+                      None if enc.request_time is None else enc.request_time[rows])
+    was_training = model.training
+    model.eval()  # the ranking head's own judgement: no dropout in this scoring pass
+    try:
+        out = model.next_slot_outputs(sub, pool, None if item_times is None else item_times[rows])  # [R n-1 P A]
+    finally:
+        model.train(was_training)
+    probs = torch.sigmoid(out[..., task_index].float())
+    valid = torch.isfinite(top.values) & has[rows].unsqueeze(-1)  # [R n-1 P]
+    probs = probs.masked_fill(~valid, float("nan"))
+    # back to the positions with a target, row-major: examined rows' positions get their extras
+    where = torch.zeros(B, n1, dtype=torch.long, device=q.device)
+    where[has] = torch.arange(1, T + 1, device=q.device)  # 1-based index into the T positions
+    slot = where[rows]  # [R n-1] 0 = no target
+    keep = slot > 0
+    idx = slot[keep] - 1
+    pool_k, probs_k, valid_k = pool[keep], probs[keep], valid[keep]  # [E P] each, E examined positions
+    stats["pool_mean_ranking_prob"] = float(probs_k[valid_k].mean()) if bool(valid_k.any()) else 0.0
+    if hard is not None:
+        low = probs_k.masked_fill(~valid_k, float("inf")).topk(min(m, pool_k.size(1)), dim=1, largest=False)
+        picked = pool_k.gather(1, low.indices).masked_fill(~torch.isfinite(low.values), 0)
+        hard[idx, : picked.size(1)] = picked
+    if potential is not None:
+        is_pp = valid_k & (probs_k > task_cfg.potential_positive_alpha)
+        potential[idx, : pool_k.size(1)] = torch.where(is_pp, pool_k, torch.zeros_like(pool_k))
         stats["potential_positives_per_position"] = float(is_pp.sum(1).double().mean()) if is_pp.numel() else 0.0
     return Enhancement(hard, potential, task_cfg.potential_positive_mode, stats)

@@ -38,19 +38,25 @@ def sampled_softmax_loss(
     mode: str = "remove",
     never: torch.Tensor | None = None,
     ranges: torch.Tensor | None = None,
+    negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the positive and uniform random negatives (ids 1..num_items). Negatives that
     hit the positive are masked out, as in the HSTU reference. share: one negative set per batch.
+    ``negatives``: the set already drawn (:func:`draw_negatives`, [1 | T, K]) instead of a new draw.
 
     The ranking-driven enhancer's extras (:mod:`genrec.training.enhancer`): ``hard`` [T, m] extra
-    negatives; ``potential`` [T, P] item ids (0 = none) that are never negatives and, with
+    negatives (0 = none); ``potential`` [T, P] item ids (0 = none) that are never negatives and, with
     ``mode="relabel"``, count as positives: loss = −log Σ_{pos ∪ potential} / Σ_all.
     ``never`` [n]: item ids masked out like accidental hits (the cold-item check's held-out items).
     ``ranges`` [G, 2]: item id ranges [first, end) of multi-domain data; each position's negatives
     come from its target's range (shared: one set per range)."""
     T, num_items = q.size(0), model.config.num_items
-    if ranges is None:
-        neg = torch.randint(1, num_items + 1, (1 if share else T, num_negatives), device=q.device)
+    if negatives is not None:
+        if ranges is not None:
+            raise ValueError("pre-drawn negatives are uniform over the catalogue: not with multi-domain ranges")
+        neg = negatives
+    elif ranges is None:
+        neg = draw_negatives(num_items, T, num_negatives, share, q.device)
     else:
         group = torch.searchsorted(ranges[:, 1].contiguous(), pos, right=True)  # [T] the target's range
         first, size = (ranges[:, 0], ranges[:, 1] - ranges[:, 0]) if share else (ranges[group, 0], ranges[group, 1] - ranges[group, 0])
@@ -67,6 +73,8 @@ def sampled_softmax_loss(
         neg = torch.cat([neg, hard], dim=1)
         neg_logit = torch.cat([neg_logit, torch.einsum("td,tmd->tm", q, model.item_vectors(hard))], dim=1)
     bad = neg == pos.unsqueeze(1)  # accidental hits
+    if hard is not None:
+        bad = bad | (neg == 0)  # no hard negative at that position
     if never is not None:
         bad = bad | torch.isin(neg, never)
     if potential is not None:
@@ -81,6 +89,11 @@ def sampled_softmax_loss(
         return (denom - numer).mean()
     logits = torch.cat([pos_logit, neg_logit], dim=1)
     return F.cross_entropy(logits, torch.zeros(T, dtype=torch.long, device=q.device))
+
+
+def draw_negatives(num_items: int, positions: int, num_negatives: int, share: bool, device) -> torch.Tensor:
+    """Uniform negative item ids 1..num_items: [1, K] shared by the batch, or [positions, K]."""
+    return torch.randint(1, num_items + 1, (1 if share else positions, num_negatives), device=device)
 
 
 def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:

@@ -19,8 +19,8 @@ from genrec.errors import ConfigError
 from genrec.evaluation.evaluator import evaluate
 from genrec.evaluation.ranking import evaluate_ranking
 from genrec.models import GenerativeRecommender, HeadConfig, InterleavedRanker, build_interleaved
-from genrec.training.enhancer import enhance
-from genrec.training.losses import sampled_softmax_loss, ranking_loss
+from genrec.training.enhancer import enhance, enhance_negatives
+from genrec.training.losses import draw_negatives, sampled_softmax_loss, ranking_loss
 from genrec.training.spec import SpecDerived, resolve_spec
 from genrec.training.weighting import build_weighter
 
@@ -115,9 +115,15 @@ class UnifiedTask(RankingTask):
         logs: dict = {}
         if task.enhancer_on and epoch >= task.enhancer_warmup_epochs and bool(has.any()):
             start = time.perf_counter()
-            ex = enhance(model, enc, q_all, batch.items, batch.timestamps, task, self.enhancer_index)
+            neg = None
+            if task.enhancer_pool == "negatives":  # the pool is drawn from the step's own negatives
+                neg = draw_negatives(model.config.num_items, q.size(0), t.num_negatives, share, q.device)
+                ex = enhance_negatives(model, enc, q_all, batch.items, batch.timestamps, task, self.enhancer_index, neg)
+            else:
+                ex = enhance(model, enc, q_all, batch.items, batch.timestamps, task, self.enhancer_index)
             logs.update(ex.stats, enhancer_seconds=time.perf_counter() - start)
-            loss = sampled_softmax_loss(q, pos, model, t.num_negatives, t.temperature, share, ex.hard, ex.potential, ex.mode)
+            loss = sampled_softmax_loss(q, pos, model, t.num_negatives, t.temperature, share, ex.hard, ex.potential, ex.mode,
+                                        negatives=neg)
         else:
             loss = sampled_softmax_loss(q, pos, model, t.num_negatives, t.temperature, share)
         return loss, logs
@@ -129,7 +135,8 @@ class UnifiedTask(RankingTask):
 
     def describe(self) -> dict:
         task, t = self.cfg.task, self.cfg.train
-        enhancer = ({"hard_negatives": task.hard_negatives, "candidate_pool": task.candidate_pool, "pool_sample": task.pool_sample,
+        enhancer = ({"pool": task.enhancer_pool, "hard_negatives": task.hard_negatives, "candidate_pool": task.candidate_pool,
+                     **({"rows_examined": task.enhancer_rows} if task.enhancer_pool == "negatives" else {"pool_sample": task.pool_sample}),
                      "potential_positive_alpha": task.potential_positive_alpha, "mode": task.potential_positive_mode,
                      "warmup_epochs": task.enhancer_warmup_epochs, "scores": "detached"} if task.enhancer_on else "off")
         loss = (f"unified: retrieval sampled softmax ({t.num_negatives} uniform negatives per {t.negative_sharing}, "
