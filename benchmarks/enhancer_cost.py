@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 OFF = ["task.hard_negatives=0", "task.potential_positive_alpha=0"]
 VARIANTS = {
     "plain unified step (no enhancer)": OFF,
-    "enhancer, negatives pool (shipped: a tenth of the rows)": [],
+    "enhancer, negatives pool (shipped: pool 8, 5% of the rows)": [],
     "enhancer, negatives pool, every row": ["task.enhancer_rows=1.0"],
     "enhancer, catalogue pool (first design)": ["task.enhancer_pool=catalogue"],
 }

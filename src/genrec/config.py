@@ -350,7 +350,7 @@ class TaskConfig:
     """Enhancer: where the pool comes from: ``negatives`` (the step's sampled negatives that
     retrieval scores highest; potential positives are then sampled negatives, as UniGRF describes)
     or ``catalogue`` (the retrieval side's top items over the catalogue: genrec's first design)."""
-    enhancer_rows: float = 0.1
+    enhancer_rows: float = 0.05
     """Enhancer (``negatives`` pool): fraction of the batch's sequences examined per step, drawn at
     random (bounds the ranking head's extra pass: one candidate token per pool item and position)."""
     pool_sample: int = 0
@@ -388,8 +388,9 @@ class TaskConfig:
             raise ConfigError("task.labels=actions needs task.binary_actions and/or task.regression_actions")
         if min(self.retrieval_weight, self.ranking_weight) < 0:
             raise ConfigError("task.retrieval_weight and task.ranking_weight must be >= 0")
-        if self.hard_negatives < 0 or self.candidate_pool < 1 or self.hard_negatives > self.candidate_pool:
-            raise ConfigError(f"task.hard_negatives={self.hard_negatives} must be in [0, task.candidate_pool={self.candidate_pool}]")
+        if self.hard_negatives < 0 or self.candidate_pool < 1 or (self.hard_negatives and self.hard_negatives >= self.candidate_pool):
+            raise ConfigError(f"task.hard_negatives={self.hard_negatives} must be 0 or below task.candidate_pool={self.candidate_pool}: "
+                              "the ranking head picks the ones it ranks lowest among the pool (with m = pool it would pick nothing)")
         if not 0.0 <= self.potential_positive_alpha < 1.0:
             raise ConfigError(f"task.potential_positive_alpha={self.potential_positive_alpha} must be in [0, 1)")
         if self.kind == "cascade" and not (self.retrieval_config and self.ranking_config):

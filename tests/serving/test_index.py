@@ -47,6 +47,8 @@ def test_every_index_excludes_history_and_honours_allow_and_deny(checkpoints, tm
     allow = ["i1", "i9", "i20", "i33", "i20"]  # a history item and a repeat
     got = strict_json(request(app, "POST", "/v1/recommend", json=body | {"allow": allow, "deny": ["i9"]}))["items"]
     scores = dict(zip(["i20", "i33"], rec.score(body["history"], ["i20", "i33"], body["timestamps"])))
+    answer = strict_json(request(app, "POST", "/v1/recommend", json=body | {"allow": allow, "deny": ["i9"]}))
+    assert answer["index"] == "exact"  # an allow list is scored exactly, whatever the index
     assert sorted(i["item"] for i in got) == ["i20", "i33"]  # history and deny removed, no duplicates
     assert got[0]["score"] >= got[1]["score"] and got[0]["score"] == pytest.approx(scores[got[0]["item"]], abs=1e-5)
 
@@ -119,10 +121,19 @@ def test_domain_requests_rank_only_their_domain_with_every_index(profiled_domain
         assert got["index"] == "exact"
 
     index = build_index(rec, IndexOptions(kind), "", None)
-    user = torch.cat([rec.user_vector(history, timestamps=times, domain=d)[0] for d in ("toys", "beauty", "toys")])
-    ranges = [rec.domains["toys"], rec.domains["beauty"], rec.domains["toys"]]
-    rows = index.search(user, [5, 5, 3], [set(), set(), {ranges[2][0]}], [None, None, None], ranges)
+    domains = ("toys", "beauty", "toys", None, "beauty")
+    user = torch.cat([rec.user_vector(history, timestamps=times, domain=d or "toys")[0] for d in domains])
+    ranges = [None if d is None else rec.domains[d] for d in domains]
+    beauty = list(range(*rec.domains["beauty"]))
+    allow = [None, None, None, None, [beauty[3], beauty[1], rec.domains["toys"][0]]]  # the toys item is outside the range
+    exclude = [set(), set(), {ranges[2][0]}, set(), {beauty[1]}]
+    ks = [5, 5, 3, 4, 5]
+    rows = index.search(user, ks, exclude, allow, ranges)  # one micro-batch: native, range and allow rows mixed
     for b, row in enumerate(rows):
-        assert len(row) == [5, 5, 3][b] and all(ranges[b][0] <= i < ranges[b][1] for i, _ in row)
-        alone = rec.top_items(user[b : b + 1], [5, 5, 3][b], [sorted({ranges[2][0]} if b == 2 else set())], [ranges[b]])[0]
-        assert [i for i, _ in row] == [i for i, _ in alone]
+        if allow[b] is not None:  # the allow list within the range, minus the excluded
+            assert [i for i, _ in row] == [beauty[3]]
+            assert index.searched_by(allow[b], ranges[b]) == "exact"
+            continue
+        alone = rec.top_items(user[b : b + 1], ks[b], [sorted(exclude[b])], [ranges[b]])[0]
+        assert [i for i, _ in row] == [i for i, _ in alone] and len(row) == ks[b]
+        assert index.searched_by(None, ranges[b]) == (kind if ranges[b] is None else "exact")

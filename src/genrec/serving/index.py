@@ -6,7 +6,7 @@
   (``IndexIVFFlat``, inner product, ``nlist`` lists, ``nprobe`` searched), ``faiss-hnsw``
   (``IndexHNSWFlat``, inner product, ``M`` links, ``efSearch``) and ``faiss-pq`` (every item
   scanned as a 4-bit product-quantised code with FAISS's SIMD "fast-scan" kernels, then the best
-  ``refine``·k re-scored exactly against the stored vectors: ``index_factory("PQ{m}x4fs,RFlat")``),
+  ``refine``·k (plus the excluded items it over-fetches) re-scored exactly against the stored vectors: ``index_factory("PQ{m}x4fs,RFlat")``),
   built from the item vectors. ``faiss-pq`` partitions nothing, so it keeps its recall on
   catalogues without cluster structure, where IVF and HNSW lose theirs (benchmarks/RESULTS.md,
   "ANN indexes").
@@ -20,8 +20,8 @@ skip items while it searches, so it is asked for k + (number of excluded items) 
 excluded ones are dropped afterwards; flat search then always returns k items, and IVF/HNSW return
 fewer only when their approximate search finds fewer. An ``allow`` list is scored exactly against
 the allowed items' vectors, whatever the index (it is a small candidate set by nature). A
-multi-domain request's domain (an item idx range) is one batched scan of that range with the exact
-index; a FAISS index, built over the whole catalogue, scores the range's items exactly instead.
+multi-domain request's domain (an item idx range) is one batched exact scan of that range, whatever
+the index (a FAISS index is built over the whole catalogue).
 Each answer names the search that produced it (:meth:`ItemIndex.searched_by`).
 
 FAISS indexes are saved beside the checkpoint (``<checkpoint>.index/<kind>.faiss`` plus a JSON
@@ -63,9 +63,11 @@ class IndexOptions:
     ef_search: int = 128
     """HNSW: candidate list size while searching (raised to the number of neighbours asked for)."""
     pq_m: int = 0
-    """PQ: sub-quantisers, 4 bits each (0 = half the vector width: 2 dimensions per code nibble)."""
+    """PQ: sub-quantisers, 4 bits each (0 = half the vector width, 2 dimensions each; the full width
+    when it is odd)."""
     refine: int = 100
-    """PQ: candidates re-scored exactly, as a multiple of the neighbours asked for."""
+    """PQ: candidates re-scored exactly, as a multiple of the neighbours asked for (plus the
+    excluded items the search over-fetches)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -105,21 +107,22 @@ class ItemIndex:
         which search answers a row."""
         ranges = list(ranges) if ranges is not None else [None] * user.size(0)
         out: list[list[tuple[int, float]]] = [[] for _ in range(user.size(0))]
-        free = [b for b in range(user.size(0)) if self._native(allow[b], ranges[b])]
-        if free:
-            rows = self._search(user[free], max(ks[b] for b in free), [exclude[b] for b in free], [ranges[b] for b in free])
-            for b, row in zip(free, rows):
-                out[b] = row[: ks[b]]
-        for b in sorted(set(range(user.size(0))) - set(free)):
-            allowed = allow[b] if allow[b] is not None else list(range(*ranges[b]))
-            if ranges[b] is not None:
-                allowed = [i for i in allowed if ranges[b][0] <= i < ranges[b][1]]
-            out[b] = self._search_allowed(user[b], ks[b], exclude[b], allowed)
+        native = [b for b in range(user.size(0)) if self._native(allow[b], ranges[b])]
+        scans = [b for b in range(user.size(0)) if b not in set(native) and allow[b] is None]  # a range on a FAISS index
+        for group, search in ((native, self._search), (scans, lambda *a: ItemIndex._search(self, *a))):
+            if group:
+                rows = search(user[group], max(ks[b] for b in group), [exclude[b] for b in group], [ranges[b] for b in group])
+                for b, row in zip(group, rows):
+                    out[b] = row[: ks[b]]
+        for b in range(user.size(0)):
+            if allow[b] is not None:
+                allowed = allow[b] if ranges[b] is None else [i for i in allow[b] if ranges[b][0] <= i < ranges[b][1]]
+                out[b] = self._search_allowed(user[b], ks[b], exclude[b], allowed)
         return out
 
     def searched_by(self, allow: list[int] | None, item_range: tuple[int, int] | None) -> str:
-        """Which search answers a row: this index, or ``exact`` (the allowed items scored one by
-        one: an allow list, or on a FAISS index a domain's item range)."""
+        """Which search answers a row: this index, or ``exact`` (an allow list: the allowed items
+        scored exactly; on a FAISS index, a domain's item range: the exact scan of that range)."""
         return self.kind if self._native(allow, item_range) else "exact"
 
     def _native(self, allow: list[int] | None, item_range: tuple[int, int] | None) -> bool:
@@ -220,8 +223,8 @@ class FaissIndex(ItemIndex):
             params = faiss.SearchParametersIVF(nprobe=self.params["nprobe"])
         elif self.kind == "faiss-hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.params["efSearch"], fetch))
-        elif self.kind == "faiss-pq":
-            params = faiss.IndexRefineSearchParameters(k_factor=float(self.params["refine"]))
+        elif self.kind == "faiss-pq":  # refine·k candidates besides the excluded ones are re-scored exactly
+            params = faiss.IndexRefineSearchParameters(k_factor=(self.params["refine"] * k + fetch - k) / fetch)
         q = np.ascontiguousarray(user.float().cpu().numpy())
         scores, labels = self.index.search(q, fetch, params=params)  # [B fetch] each; label -1 = none found
         out = []

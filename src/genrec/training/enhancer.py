@@ -8,8 +8,9 @@ Two pools (``task.enhancer_pool``):
   (detached); (a) the ``hard_negatives`` it ranks lowest, where the two stages disagree most, join
   the loss once more as hard negatives (their logit counts twice in the softmax denominator);
   (b) those whose ranking probability exceeds α were wrongly labelled negative by the sampling and
-  are taken out of the negatives (``remove``) or counted as positives (``relabel``). The scoring
-  pass runs without dropout (the ranking head's own judgement, not a noisy draw). Only a random
+  are taken out of the negatives (``remove``) or counted as positives (``relabel``). The candidate
+  tokens' scoring pass runs without dropout (the cached history states are the training pass's).
+  Only a random
   ``enhancer_rows`` fraction of the batch's sequences is examined per step (the rest train
   plainly), which bounds the cost: the ranking head's M-FALCON pass costs one candidate token per
   pool item and position.
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from genrec.models.generative import GenerativeRecommender, Interleaved
+from genrec.training.logits import gathered_logits
 
 
 @dataclass
@@ -101,45 +103,41 @@ def enhance_negatives(
     stats = {"enhancer_rows": int(rows.numel())}
     if rows.numel() == 0:
         return Enhancement(hard, potential, task_cfg.potential_positive_mode, stats)
-    K = negatives.size(1)
-    qr, tr = q[rows].float(), targets[rows]  # [R n-1 D], [R n-1]
-    if negatives.size(0) == 1:  # one set for the batch: one matmul
-        grid = negatives.view(1, 1, K).expand(rows.numel(), n1, K)  # [R n-1 K]
-        scores = qr @ model.item_vectors(negatives[0]).float().T  # [R n-1 K] retrieval scores of the negatives
-    else:  # per position: back onto the [B n-1] grid, then the examined rows
-        full = torch.zeros(B, n1, K, dtype=negatives.dtype, device=q.device)
-        full[has] = negatives
-        grid = full[rows]
-        scores = torch.einsum("rnd,rnkd->rnk", qr, model.item_vectors(grid).float())
-    scores = scores.masked_fill((grid == tr.unsqueeze(-1)) | (grid == 0), float("-inf"))  # accidental hits never enter
-    top = scores.topk(min(P, K), dim=-1)
-    pool = grid.gather(2, top.indices)  # [R n-1 P] the retrieval side's highest-scored negatives
-    sub = Interleaved(enc.hidden[rows].detach(), [(k[rows].detach(), v[rows].detach()) for k, v in enc.cache], enc.lengths[rows],
-                      None if enc.token_times is None else enc.token_times[rows],
-                      None if enc.request_time is None else enc.request_time[rows])
-    was_training = model.training
-    model.eval()  # the ranking head's own judgement: no dropout in this scoring pass
-    try:
-        out = model.next_slot_outputs(sub, pool, None if item_times is None else item_times[rows])  # [R n-1 P A]
-    finally:
-        model.train(was_training)
-    probs = torch.sigmoid(out[..., task_index].float())
-    valid = torch.isfinite(top.values) & has[rows].unsqueeze(-1)  # [R n-1 P]
-    probs = probs.masked_fill(~valid, float("nan"))
-    # back to the positions with a target, row-major: examined rows' positions get their extras
+    # the examined positions with a target, row-major among the T positions: E of them
     where = torch.zeros(B, n1, dtype=torch.long, device=q.device)
     where[has] = torch.arange(1, T + 1, device=q.device)  # 1-based index into the T positions
     slot = where[rows]  # [R n-1] 0 = no target
     keep = slot > 0
-    idx = slot[keep] - 1
-    pool_k, probs_k, valid_k = pool[keep], probs[keep], valid[keep]  # [E P] each, E examined positions
-    stats["pool_mean_ranking_prob"] = float(probs_k[valid_k].mean()) if bool(valid_k.any()) else 0.0
+    idx = slot[keep] - 1  # [E]
+    qe, te = q[rows][keep].float(), targets[rows][keep]  # [E D], [E]
+    if negatives.size(0) == 1:  # one set for the batch: one matmul
+        cand = negatives.expand(idx.numel(), -1)  # [E K]
+        scores = qe @ model.item_vectors(negatives[0]).float().T  # retrieval scores of the negatives
+    else:  # per position, by blocks (never [E K D])
+        cand = negatives[idx]
+        scores = gathered_logits(qe, model.item_vectors, cand, model.config.num_items).float()
+    scores = scores.masked_fill(cand == te.unsqueeze(1), float("-inf"))  # accidental hits never enter the pool
+    top = scores.topk(min(P, cand.size(1)), dim=1)
+    pool_e, valid_e = cand.gather(1, top.indices), torch.isfinite(top.values)  # [E P] the negatives retrieval over-scores
+    pool = torch.zeros(rows.numel(), n1, pool_e.size(1), dtype=pool_e.dtype, device=q.device)  # 0 (padding) elsewhere
+    pool[keep] = pool_e
+    sub = Interleaved(enc.hidden[rows].detach(), [(k[rows].detach(), v[rows].detach()) for k, v in enc.cache], enc.lengths[rows],
+                      None if enc.token_times is None else enc.token_times[rows],
+                      None if enc.request_time is None else enc.request_time[rows])
+    was_training = model.training
+    model.eval()  # the candidate tokens' pass without dropout (the cached history states are the training pass's)
+    try:
+        out = model.next_slot_outputs(sub, pool, None if item_times is None else item_times[rows])  # [R n-1 P A]
+    finally:
+        model.train(was_training)
+    probs_e = torch.sigmoid(out[..., task_index].float())[keep].masked_fill(~valid_e, float("nan"))  # [E P]
+    stats["pool_mean_ranking_prob"] = float(probs_e[valid_e].mean()) if bool(valid_e.any()) else 0.0
     if hard is not None:
-        low = probs_k.masked_fill(~valid_k, float("inf")).topk(min(m, pool_k.size(1)), dim=1, largest=False)
-        picked = pool_k.gather(1, low.indices).masked_fill(~torch.isfinite(low.values), 0)
+        low = probs_e.masked_fill(~valid_e, float("inf")).topk(min(m, pool_e.size(1)), dim=1, largest=False)
+        picked = pool_e.gather(1, low.indices).masked_fill(~torch.isfinite(low.values), 0)
         hard[idx, : picked.size(1)] = picked
     if potential is not None:
-        is_pp = valid_k & (probs_k > task_cfg.potential_positive_alpha)
-        potential[idx, : pool_k.size(1)] = torch.where(is_pp, pool_k, torch.zeros_like(pool_k))
+        is_pp = valid_e & (probs_e > task_cfg.potential_positive_alpha)
+        potential[idx, : pool_e.size(1)] = torch.where(is_pp, pool_e, torch.zeros_like(pool_e))
         stats["potential_positives_per_position"] = float(is_pp.sum(1).double().mean()) if is_pp.numel() else 0.0
     return Enhancement(hard, potential, task_cfg.potential_positive_mode, stats)

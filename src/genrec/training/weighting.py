@@ -20,7 +20,9 @@ the weights it used (the trainer logs them per step).
   windows are full.
 
 Weighters with a history (``dwa``, ``gradient``) save it with the run's ``last/`` checkpoint
-(:meth:`ConstantWeighter.state_dict`), so a resumed run weighs its steps as the uninterrupted one.
+(:meth:`ConstantWeighter.state_dict`), so a resumed single-process run weighs its steps as the
+uninterrupted one. Under DDP each rank keeps the history of its own shard and a resume restores
+rank 0's on every rank. Non-finite values (a skipped step) are not recorded.
 """
 
 from __future__ import annotations
@@ -79,8 +81,10 @@ class DWAWeighter(ConstantWeighter):
 
     def combine(self, losses, shared=None):
         weights = self.current()
-        for k, v in losses.items():
-            self.history[k].append(float(v.detach()))
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        if all(math.isfinite(x) for x in values.values()):  # a skipped non-finite step leaves no trace
+            for k, x in values.items():
+                self.history[k].append(x)
         return sum(weights[k] * v for k, v in losses.items()), weights
 
     def state_dict(self) -> dict:
@@ -123,11 +127,14 @@ class GradientSpeedWeighter(DWAWeighter):
         weights = self.current()
         self.measured = {}
         if self.steps % self.every == 0:  # one extra backward pass per task through the trunk
+            norms = {}
             for k, v in losses.items():
-                grads = torch.autograd.grad(v, shared, retain_graph=True, allow_unused=True)
-                norm = math.sqrt(sum(float(g.detach().float().pow(2).sum()) for g in grads if g is not None))
-                self.history[k].append(norm)
-                self.measured[f"grad_norm_{k}"] = norm
+                grads = [g for g in torch.autograd.grad(v, shared, retain_graph=True, allow_unused=True) if g is not None]
+                norms[k] = float(torch.stack([g.detach().float().norm() for g in grads]).norm()) if grads else 0.0  # one sync
+            self.measured = {f"grad_norm_{k}": n for k, n in norms.items()}
+            if all(math.isfinite(n) for n in norms.values()):
+                for k, n in norms.items():
+                    self.history[k].append(n)
         self.steps += 1
         return sum(weights[k] * v for k, v in losses.items()), weights
 
