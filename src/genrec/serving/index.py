@@ -108,7 +108,7 @@ class ItemIndex:
         ranges = list(ranges) if ranges is not None else [None] * user.size(0)
         out: list[list[tuple[int, float]]] = [[] for _ in range(user.size(0))]
         native = [b for b in range(user.size(0)) if self._native(allow[b], ranges[b])]
-        scans = [b for b in range(user.size(0)) if b not in set(native) and allow[b] is None]  # a range on a FAISS index
+        scans = [b for b in range(user.size(0)) if allow[b] is None and b not in native]  # a range on a FAISS index
         for group, search in ((native, self._search), (scans, lambda *a: ItemIndex._search(self, *a))):
             if group:
                 rows = search(user[group], max(ks[b] for b in group), [exclude[b] for b in group], [ranges[b] for b in group])

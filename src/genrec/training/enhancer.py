@@ -68,8 +68,7 @@ def enhance(
     scores = (q.float() @ model.item_vectors(ids).float().T)  # [B n-1 S]
     scores = scores.masked_fill(ids.view(1, 1, -1) == targets.unsqueeze(-1), float("-inf"))
     pool = ids[scores.topk(min(P, ids.numel()), dim=-1).indices]  # [B n-1 P]
-    detached = Interleaved(enc.hidden.detach(), [(k.detach(), v.detach()) for k, v in enc.cache], enc.lengths, enc.token_times, enc.request_time)
-    probs = torch.sigmoid(model.next_slot_outputs(detached, pool, item_times)[..., task_index].float())  # [B n-1 P]
+    probs = torch.sigmoid(model.next_slot_outputs(_detached(enc), pool, item_times)[..., task_index].float())  # [B n-1 P]
     has = targets != 0
     pool, probs = pool[has], probs[has]  # [T P]
     hard = potential = None
@@ -121,9 +120,7 @@ def enhance_negatives(
     pool_e, valid_e = cand.gather(1, top.indices), torch.isfinite(top.values)  # [E P] the negatives retrieval over-scores
     pool = torch.zeros(rows.numel(), n1, pool_e.size(1), dtype=pool_e.dtype, device=q.device)  # 0 (padding) elsewhere
     pool[keep] = pool_e
-    sub = Interleaved(enc.hidden[rows].detach(), [(k[rows].detach(), v[rows].detach()) for k, v in enc.cache], enc.lengths[rows],
-                      None if enc.token_times is None else enc.token_times[rows],
-                      None if enc.request_time is None else enc.request_time[rows])
+    sub = _detached(enc, rows)
     was_training = model.training
     model.eval()  # the candidate tokens' pass without dropout (the cached history states are the training pass's)
     try:
@@ -141,3 +138,13 @@ def enhance_negatives(
         potential[idx, : pool_e.size(1)] = torch.where(is_pp, pool_e, torch.zeros_like(pool_e))
         stats["potential_positives_per_position"] = float(is_pp.sum(1).double().mean()) if is_pp.numel() else 0.0
     return Enhancement(hard, potential, task_cfg.potential_positive_mode, stats)
+
+
+def _detached(enc: Interleaved, rows: torch.Tensor | None = None) -> Interleaved:
+    """``enc`` (its ``rows`` only, when given) cut from the autograd graph: the enhancer's scoring
+    pass reads the history's states without training through them."""
+    def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t if t is None or rows is None else t[rows]
+
+    return Interleaved(pick(enc.hidden).detach(), [(pick(k).detach(), pick(v).detach()) for k, v in enc.cache], pick(enc.lengths),
+                       pick(enc.token_times), pick(enc.request_time))

@@ -55,6 +55,13 @@ class ConstantWeighter:
         pass
 
 
+def gradient_norm(loss: torch.Tensor, params: list[torch.nn.Parameter]) -> float:
+    """‖∂loss/∂params‖ over all of ``params`` (0 when none is reached), one host sync; the graph is
+    kept for the step's own backward."""
+    grads = [g for g in torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True) if g is not None]
+    return float(torch.stack([g.detach().float().norm() for g in grads]).norm()) if grads else 0.0
+
+
 def _speed_weights(base: dict[str, float], history: dict[str, deque], window: int, temperature: float) -> dict[str, float]:
     """w_k = base_k·K·exp(r_k / T) / Σ_j exp(r_j / T), r_k = mean of the last ``window`` values of
     history[k] / mean of the ``window`` before; the base weights until both windows are full."""
@@ -102,10 +109,7 @@ class GradNormWeighter(ConstantWeighter):
     def combine(self, losses, shared=None):
         if not shared:
             raise ValueError("GradNormWeighter needs the shared parameters")
-        norms = {}
-        for k, v in losses.items():
-            grads = torch.autograd.grad(v, shared, retain_graph=True, allow_unused=True)
-            norms[k] = math.sqrt(sum(float(g.pow(2).sum()) for g in grads if g is not None)) or 1.0
+        norms = {k: gradient_norm(v, shared) or 1.0 for k, v in losses.items()}
         inv = {k: self.base[k] / n for k, n in norms.items()}
         z = sum(inv.values()) or 1.0
         weights = {k: len(inv) * w / z for k, w in inv.items()}
@@ -127,10 +131,7 @@ class GradientSpeedWeighter(DWAWeighter):
         weights = self.current()
         self.measured = {}
         if self.steps % self.every == 0:  # one extra backward pass per task through the trunk
-            norms = {}
-            for k, v in losses.items():
-                grads = [g for g in torch.autograd.grad(v, shared, retain_graph=True, allow_unused=True) if g is not None]
-                norms[k] = float(torch.stack([g.detach().float().norm() for g in grads]).norm()) if grads else 0.0  # one sync
+            norms = {k: gradient_norm(v, shared) for k, v in losses.items()}
             self.measured = {f"grad_norm_{k}": n for k, n in norms.items()}
             if all(math.isfinite(n) for n in norms.values()):
                 for k, n in norms.items():
