@@ -177,13 +177,14 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         scaled = q / temperature
         shift = scaled.norm(dim=1) * table.norm(dim=1).max()  # >= every logit of the row
         total, blocks = _exp_sums(scaled, table, shift, cols, keep)
-        if not bool((total > _TINY).all()):  # the bound is too loose for some row: use exact maxima
+        exact = not bool((total > _TINY).all())
+        if exact:  # the bound is too loose for some row: use exact maxima, subtracted after the matmul
             shift = torch.stack([(scaled @ table[s : s + cols].T).amax(1) for s in range(0, N, cols)], 1).amax(1)
-            total, blocks = _exp_sums(scaled, table, shift, cols, keep)
+            total, blocks = _exp_sums(scaled, table, shift, cols, keep, fold=False)
         lse = total.log_() + shift
         pos = (scaled * table[target]).sum(-1)
         ctx.save_for_backward(q, table, target, lse, shift)
-        ctx.temperature, ctx.cols, ctx.blocks = temperature, cols, blocks
+        ctx.temperature, ctx.cols, ctx.blocks, ctx.fold = temperature, cols, blocks, not exact
         return (lse - pos).mean()
 
     @staticmethod
@@ -203,13 +204,13 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         grad_table = torch.empty_like(table) if ctx.needs_input_grad[1] else None  # a frozen table needs none
         buf = q_aug = None
         if not ctx.blocks:
-            buf, q_aug = q.new_empty(T, min(N, cols)), _shifted(scaled, shift)
+            buf = q.new_empty(T, min(N, cols))
         for i, s in enumerate(range(0, N, cols)):
             e = min(N, s + cols)
             if ctx.blocks:
                 p = ctx.blocks[i]
             else:
-                p = torch.mm(q_aug, _with_ones(table[s:e]).T, out=buf[:, : e - s]).exp_()
+                p = _exp_block(scaled, table[s:e], shift, ctx.fold, buf[:, : e - s])
             acc.addmm_(p, table[s:e])
             if grad_table is not None:
                 torch.mm(p.T, weighted_q, out=grad_table[s:e])
@@ -234,18 +235,28 @@ def _with_ones(rows: torch.Tensor) -> torch.Tensor:
     return torch.cat([rows, rows.new_ones(rows.size(0), 1)], dim=1)
 
 
-def _exp_sums(scaled: torch.Tensor, table: torch.Tensor, shift: torch.Tensor, cols: int, keep: bool):
+def _exp_block(scaled: torch.Tensor, rows: torch.Tensor, shift: torch.Tensor, fold: bool, out: torch.Tensor | None) -> torch.Tensor:
+    """exp(scaled . rows - shift) [T, R], into ``out`` when given. ``fold``: the shift rides along
+    the matmul as an extra column (one pass; fine while the shift is near the logits' scale);
+    otherwise it is subtracted after the matmul, so logits far larger than their spread (the exact
+    maxima fallback) lose no precision to the cancellation inside the dot product."""
+    if fold:
+        block = torch.mm(_shifted(scaled, shift), _with_ones(rows).T, out=out)
+    else:
+        block = torch.mm(scaled, rows.T, out=out).sub_(shift.unsqueeze(1))
+    return block.exp_()
+
+
+def _exp_sums(scaled: torch.Tensor, table: torch.Tensor, shift: torch.Tensor, cols: int, keep: bool, fold: bool = True):
     """Per row, sum_j exp(scaled . table[j] - shift), by blocks of ``cols`` items; with ``keep``
-    also the blocks of exponentials themselves (for the backward pass)."""
+    also the blocks of exponentials themselves (for the backward pass). ``fold``: see :func:`_exp_block`."""
     T, N = scaled.size(0), table.size(0)
     total = scaled.new_zeros(T)
-    q_aug, t_aug = _shifted(scaled, shift), _with_ones(table)
     buf = None if keep else scaled.new_empty(T, min(N, cols))
     blocks = []
     for s in range(0, N, cols):
         e = min(N, s + cols)
-        block = torch.mm(q_aug, t_aug[s:e].T) if keep else torch.mm(q_aug, t_aug[s:e].T, out=buf[:, : e - s])
-        block.exp_()
+        block = _exp_block(scaled, table[s:e], shift, fold, None if keep else buf[:, : e - s])
         total += block.sum(1)
         if keep:
             blocks.append(block)
