@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import socket
 import subprocess
 import sys
@@ -159,6 +160,19 @@ class Server:
     def reset_peak(self) -> None:
         self.peak = self.rss()
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the server and its worker processes so far."""
+        import psutil
+
+        total = 0.0
+        for p in [self.ps, *self.ps.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+        return total
+
     def stop(self) -> None:
         self._stop.set()
         self.proc.terminate()
@@ -171,7 +185,9 @@ def run_locust(url: str, users: int, seconds: float, max_requests: int, bodies: 
     env = {**os.environ, BODIES_ENV: str(bodies), LIMIT_ENV: str(max_requests)}
     cmd = ["locust", "-f", __file__, "--headless", "--host", url, "-u", str(users), "-r", str(users),
            "--run-time", f"{max(1, int(seconds))}s", "--json-file", str(out), "--only-summary", "--loglevel", "WARNING"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 120)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # locust's own CPU (a waited-for child)
     stats = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
     n = sum(s["num_requests"] for s in stats)
     if n == 0:
@@ -185,6 +201,7 @@ def run_locust(url: str, users: int, seconds: float, max_requests: int, bodies: 
         "users": users, "requests": n, "errors": sum(s["num_failures"] for s in stats), "rps": round(n / max(span, 1e-9), 1),
         "p50_ms": percentile(times, 0.50), "p95_ms": percentile(times, 0.95), "p99_ms": percentile(times, 0.99),
         "mean_ms": round(sum(s["total_response_time"] for s in stats) / n, 2),
+        "client_cpu_ms_per_request": round(1000 * (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / n, 3),
     }
 
 
@@ -229,8 +246,10 @@ def main() -> None:
                 run_locust(server.url, max(users), args.warmup, args.max_requests, bodies, workdir)  # warm-up
                 for u in users:
                     server.reset_peak()
+                    cpu = server.cpu_seconds()
                     row = run_locust(server.url, u, args.seconds, args.max_requests, bodies, workdir)
-                    row |= {"mode": mode, "peak_rss_mb": round(server.peak / 2**20, 1)}
+                    row |= {"mode": mode, "peak_rss_mb": round(server.peak / 2**20, 1),
+                            "server_cpu_ms_per_request": round(1000 * (server.cpu_seconds() - cpu) / row["requests"], 3)}
                     result["runs"].append(row)
                     print(json.dumps(row), flush=True)
             finally:
@@ -258,11 +277,11 @@ def soak(args, users: int, bodies: Path, workdir: Path, extra: list[str]) -> dic
 
 
 def print_table(runs: list[dict]) -> None:
-    print("\n| mode | users | requests | errors | req/s | p50 ms | p95 ms | p99 ms | peak RSS MB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| mode | users | requests | errors | req/s | p50 ms | p95 ms | p99 ms | peak RSS MB | server CPU ms/req | locust CPU ms/req |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['mode']} | {r['users']} | {r['requests']} | {r['errors']} | {r['rps']} | {r['p50_ms']} | "
-              f"{r['p95_ms']} | {r['p99_ms']} | {r['peak_rss_mb']} |")
+              f"{r['p95_ms']} | {r['p99_ms']} | {r['peak_rss_mb']} | {r['server_cpu_ms_per_request']} | {r['client_cpu_ms_per_request']} |")
 
 
 if __name__ == "__main__":

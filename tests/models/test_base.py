@@ -81,3 +81,55 @@ def test_empty_history_rejected():
     model = build_model(HSTUConfig(num_items=4, max_seq_len=5, embedding_dim=8, time_bias=False))
     with pytest.raises(ValueError, match="at least one item"):
         model.user_vectors(torch.tensor([[0, 0]]))
+
+
+def test_mask_items_leaves_its_input_alone():
+    s = torch.zeros(1, 3)
+    mask_items(s, torch.tensor([[1, 2]]), start=1, end=4)
+    assert s.tolist() == [[0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("features", ["none", "sum", "concat"])
+def test_catalogue_vectors_follow_every_change_of_the_weights(features):
+    """The no-grad scan's cached catalogue equals a fresh computation after an optimizer step, a
+    load_state_dict and a new attribute table, and is reused while nothing changed."""
+    torch.manual_seed(0)
+    extra = {} if features == "none" else {"item_features": features, "num_attribute_tokens": 5, "max_item_attributes": 2}
+    model = build_model(HSTUConfig(num_items=12, max_seq_len=5, embedding_dim=8, time_bias=False, **extra)).eval()
+    if features != "none":
+        model.load_item_attributes(torch.randint(0, 6, (13, 2)))
+
+    def fresh() -> torch.Tensor:
+        with torch.enable_grad():
+            return model.item_vectors(start=0).detach()  # the autograd path never reads the cache
+
+    user = torch.randn(2, 8)
+    with torch.no_grad():
+        first = model.catalogue_vectors()
+        assert model.catalogue_vectors() is first  # reused
+        torch.testing.assert_close(first, fresh())
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.item_vectors(torch.tensor([[1, 2, 3]])).sum().backward()
+    if features != "none":
+        model.score_items(user).sum().backward()  # the fused side gets gradients too
+    opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(model.catalogue_vectors(), fresh())
+        scores, ids = model.topk(user, 12)
+        torch.testing.assert_close(scores, (user @ fresh()[1:].T).sort(dim=1, descending=True).values)
+    other = build_model(model.config)
+    model.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model.catalogue_vectors(), fresh())
+    if features != "none":
+        model.load_item_attributes(torch.randint(0, 6, (13, 2)))
+        with torch.no_grad():
+            torch.testing.assert_close(model.catalogue_vectors(), fresh())
+
+
+def test_topk_ranks_non_finite_scores_last_on_the_fast_path():
+    model = build_model(HSTUConfig(num_items=5, max_seq_len=5, embedding_dim=4, time_bias=False, l2_normalize=False)).eval()
+    with torch.no_grad():
+        model.item_embedding.weight[2] = float("nan")
+        scores, ids = model.topk(torch.ones(1, 4), 5)
+    assert ids[0, -1].item() == 2 and scores[0, -1].item() == float("-inf")

@@ -133,6 +133,7 @@ class SequentialRecommender(nn.Module, Retriever):
         if config.num_items < 1:
             raise ConfigError("model.num_items must be set (>= 1) before building a model")
         self.config = config
+        self._catalogue_cache: tuple[list, torch.Tensor] | None = None  # see catalogue_vectors
         self.item_embedding = ItemTable(config.num_items, config.embedding_dim)
         if config.item_features != "none":
             if config.num_attribute_tokens < 1 or config.max_item_attributes < 1:
@@ -358,11 +359,37 @@ class SequentialRecommender(nn.Module, Retriever):
         return F.normalize(x, dim=-1, eps=1e-6) if self.config.l2_normalize else x
 
     def item_vectors(self, ids: torch.Tensor | None = None, start: int = 0, end: int | None = None) -> torch.Tensor:
-        """Output-side item vectors: for ``ids`` (any shape) -> [..., D], else rows start..end-1."""
+        """Output-side item vectors: for ``ids`` (any shape) -> [..., D], else rows start..end-1.
+        Rows of the catalogue read without autograd (evaluation, serving) come from
+        :meth:`catalogue_vectors`, computed once per version of the weights."""
+        if ids is None and not torch.is_grad_enabled() and (self.config.l2_normalize or self.config.item_features != "none"):
+            return self.catalogue_vectors()[start:end]
         if ids is None and self.config.item_features != "none":
             ids = torch.arange(start, self.config.num_items + 1 if end is None else end, device=self.item_attributes.device)
         vecs = self.item_rows(ids) if ids is not None else self.item_embedding.weight[start:end]
         return self._normalize(vecs)
+
+    def catalogue_vectors(self) -> torch.Tensor:
+        """Every output-side item vector [num_items + 1, D] (row 0: padding), without autograd.
+        Kept until a tensor it is computed from is replaced or changed in place (an optimizer
+        step, ``load_state_dict``): the key holds those tensors and their version counters, so a
+        full-catalogue scan does not re-normalise (or re-fuse) the whole table per request."""
+        sources = [self.item_embedding.weight]
+        if self.config.item_features != "none":
+            sources += [self.attribute_embedding.weight, self.item_attributes]
+            sources += list(self.feature_proj.parameters()) if self.config.item_features == "concat" else []
+        key = [(t, t._version) for t in sources]
+        cached = self._catalogue_cache
+        if cached is not None and len(cached[0]) == len(key) and all(a is b and u == v for (a, u), (b, v) in zip(cached[0], key)):
+            return cached[1]
+        with torch.no_grad():
+            if self.config.item_features != "none":
+                ids = torch.arange(self.config.num_items + 1, device=self.item_attributes.device)
+                vecs = self._normalize(self.item_rows(ids))
+            else:
+                vecs = self._normalize(self.item_embedding.weight)
+        self._catalogue_cache = (key, vecs)  # one assignment: a concurrent reader sees the old pair or the new
+        return vecs
 
     def user_vectors(
         self,
@@ -418,7 +445,8 @@ class SequentialRecommender(nn.Module, Retriever):
         for first in range(start, end, chunk_size):
             last = min(first + chunk_size, end)
             s = self.score_items(user, first, last).float()  # [B C]
-            s = s.masked_fill(~torch.isfinite(s), float("-inf"))  # non-finite scores rank last
+            if not bool(torch.isfinite(s.sum())):  # one reduction; a non-finite score makes the sum non-finite
+                s = s.masked_fill(~torch.isfinite(s), float("-inf"))  # non-finite scores rank last
             if exclude is not None:
                 s = mask_items(s, exclude, first, last)
             s_top, i_top = s.topk(min(k, last - first), dim=1)
@@ -447,5 +475,8 @@ def item_mask(shape: torch.Size, items: torch.Tensor, start: int, end: int) -> t
 
 
 def mask_items(scores: torch.Tensor, items: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """Set scores [B, C] of the item ids in ``items`` [B, E] (ids start..end-1 map to columns) to -inf."""
-    return scores.masked_fill(item_mask(scores.shape, items, start, end), float("-inf"))
+    """Scores [B, C] with the item ids in ``items`` [B, E] (ids start..end-1 map to columns; others
+    and 0 ignored) set to -inf: a copy, written at the B·E excluded cells only."""
+    keep = (items >= start) & (items < end) & (items != 0)
+    rows = torch.arange(items.size(0), device=items.device).unsqueeze(1).expand_as(items)[keep]
+    return scores.index_put((rows, (items - start)[keep]), scores.new_tensor(float("-inf")))
