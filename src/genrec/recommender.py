@@ -334,8 +334,9 @@ class Recommender:
         model = self._retriever()
         if not queries:
             raise ValueError("no queries given")
-        B, N = len(queries), max(q.items.size(1) for q in queries)
-        items = torch.zeros(B, N, dtype=torch.long, device=self.device)  # [B N] 0 = padding
+        B = len(queries)
+        items = torch.nn.utils.rnn.pad_sequence([q.items[0] for q in queries], batch_first=True)  # [B N] 0 = padding
+        N = items.size(1)
         ts = torch.zeros(B, N, dtype=torch.long, device=self.device) if model.uses_timestamps else None
         qt = torch.zeros(B, dtype=torch.long, device=self.device) if model.uses_timestamps else None
         labels = torch.zeros(B, N, len(self.task_names), device=self.device) if self.reads_feedback else None
@@ -344,9 +345,9 @@ class Recommender:
         if self.reads_user_attributes:
             M = max(q.user_tokens.size(-1) for q in queries)
             users = torch.zeros(B, 1, M, dtype=torch.long, device=self.device)  # [B 1 M] 0 = none
-        for b, q in enumerate(queries):
+        per_row = any(t is not None for t in (ts, labels, behaviours, users))  # else the items are all
+        for b, q in enumerate(queries if per_row else ()):
             n = q.items.size(1)
-            items[b, :n] = q.items[0]
             if ts is not None:
                 ts[b, :n], ts[b, n:] = q.timestamps[0], q.timestamps[0, -1]
                 qt[b] = q.timestamps[0, -1] if q.query_time is None else q.query_time[0]  # the model's own default

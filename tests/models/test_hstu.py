@@ -124,3 +124,57 @@ def test_unknown_attention_is_a_config_error():
 
     with pytest.raises(ConfigError, match="model.attention"):
         HSTUConfig(num_items=3, attention="linear")
+
+
+def _ragged_batch():
+    torch.manual_seed(3)
+    lengths = [8, 3, 1, 6]
+    items = torch.zeros(4, 8, dtype=torch.long)
+    ts = torch.zeros(4, 8, dtype=torch.long)
+    for b, n in enumerate(lengths):
+        items[b, :n] = torch.randint(1, 31, (n,))
+        ts[b, :n] = torch.cumsum(torch.randint(1, 100_000, (n,)), 0)
+        ts[b, n:] = ts[b, n - 1]
+    qts = torch.cat([ts[:, 1:], ts[:, -1:] + 77], dim=1)
+    return items, ts, qts, items != 0
+
+
+@pytest.mark.parametrize("time_bias", [True, False])
+def test_inference_on_real_tokens_only_matches_the_dense_path(time_bias):
+    """Without autograd the per-token work of a padded batch runs on its real tokens only: every
+    real position's output equals the dense (autograd) path's, and every row equals its own
+    unpadded encoding."""
+    model = _model(time_bias)
+    items, ts, qts, real = _ragged_batch()
+    args = (ts, qts) if time_bias else ()
+    dense = model.encode(items, *args).detach()  # grad enabled: the dense path
+    with torch.no_grad():
+        packed = model.encode(items, *args)
+        for b in range(items.size(0)):
+            n = int(real[b].sum())
+            alone = model.encode(items[b : b + 1, :n], *((ts[b : b + 1, :n], qts[b : b + 1, :n]) if time_bias else ()))
+            torch.testing.assert_close(packed[b, :n], alone[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed[real], dense[real], atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(packed).all()  # padding slots hold copies, never garbage
+
+
+def test_inference_on_real_tokens_with_the_profile_token():
+    torch.manual_seed(0)
+    model = HSTU(HSTUConfig(num_items=30, max_seq_len=9, embedding_dim=8, num_layers=2, num_heads=2, dropout=0.0, time_bias=True,
+                            user_features="token", user_attributes=["g=f", "g=m"], max_user_attributes=1)).eval()
+    items, ts, qts, real = _ragged_batch()
+    users = torch.tensor([[[1]], [[2]], [[0]], [[1]]])
+    dense = model.encode(items, ts, qts, user_tokens=users).detach()
+    with torch.no_grad():
+        packed = model.encode(items, ts, qts, user_tokens=users)
+    torch.testing.assert_close(packed[real], dense[real], atol=1e-5, rtol=1e-5)
+
+
+def test_token_rows_only_for_right_padded_rows_with_padding():
+    pos = lambda rows: Context.causal(rows.size(1), rows.device, valid=rows != 0).token_rows()  # noqa: E731
+    real, source = pos(torch.tensor([[5, 6, 7], [8, 0, 0]]))
+    assert real.tolist() == [0, 1, 2, 3] and source.tolist() == [0, 1, 2, 3, 3, 3]
+    assert pos(torch.tensor([[5, 6], [7, 8]])) is None  # no padding: nothing to skip
+    assert pos(torch.tensor([[5, 6], [0, 0]])) is None  # an empty row
+    assert pos(torch.tensor([[0, 6], [7, 8]])) is None  # left padding: stays dense
+    assert Context.causal(3, torch.device("cpu")).token_rows() is None

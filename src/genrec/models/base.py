@@ -351,7 +351,7 @@ class SequentialRecommender(nn.Module, Retriever):
         elif timestamps is None or query_timestamps is None:
             raise ValueError(f"this {self.config.name} has a time bias: pass timestamps and query_timestamps")
         if segments is None:
-            return Context.causal(items.size(1), items.device, query_timestamps, timestamps)
+            return Context.causal(items.size(1), items.device, query_timestamps, timestamps, valid=items != 0)
         return Context.packed(segments, query_timestamps, timestamps)
 
     # ---- shared contract ----------------------------------------------------------------------

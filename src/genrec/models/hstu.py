@@ -87,8 +87,16 @@ class HSTULayer(nn.Module):
         cfg = self.cfg
         B, N, D = x.shape
         H, dqk, dv = cfg.num_heads, cfg.attention_dim, cfg.value_dim
-        h = F.layer_norm(x, (D,), eps=1e-6)
-        u, v, q, k = F.silu(self.uvqk(h)).split([H * dv, H * dv, H * dqk, H * dqk], dim=-1)
+        # without autograd, padded causal rows: the per-token work (norms, projections, gating)
+        # runs on the real tokens only, [T, ...]; attention still runs on the padded [B, N] layout
+        rows = ctx.token_rows() if past is None and not torch.is_grad_enabled() else None
+        xt = x if rows is None else x.reshape(B * N, D).index_select(0, rows[0])  # [B N D] or [T D]
+        h = F.layer_norm(xt, (D,), eps=1e-6)
+        uvqk = F.silu(self.uvqk(h))
+        u, vqk = uvqk[..., : H * dv], uvqk[..., H * dv :]
+        if rows is not None:  # back to [B N]: a padding slot gets a copy of its row's last token (never attended to)
+            vqk = vqk.index_select(0, rows[1]).view(B, N, -1)
+        v, q, k = vqk.split([H * dv, H * dqk, H * dqk], dim=-1)
         q = q.view(B, N, H, dqk).transpose(1, 2)  # [B H Nq dqk]
         k = k.view(B, N, H, dqk).transpose(1, 2)
         v = v.view(B, N, H, dv).transpose(1, 2)  # [B H Nq dv]
@@ -105,8 +113,13 @@ class HSTULayer(nn.Module):
                 bias, mask = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets), ctx.mask  # [B|1 Nq Nk] or None
             a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), mask, cfg.attn_dropout, self.training)
         a = a.transpose(1, 2).reshape(B, N, H * dv)
+        if rows is not None:
+            a = a.reshape(B * N, H * dv).index_select(0, rows[0])  # [T H*dv]
         y = u * F.layer_norm(a, (H * dv,), eps=1e-6)
-        return x + self.out(F.dropout(y, p=cfg.dropout, training=self.training)), (k, v)
+        out = xt + self.out(F.dropout(y, p=cfg.dropout, training=self.training))
+        if rows is not None:
+            out = out.index_select(0, rows[1]).view(B, N, D)  # padding slots: unspecified (a copy)
+        return out, (k, v)
 
 
 class HSTU(SequentialRecommender):

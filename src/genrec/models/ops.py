@@ -12,7 +12,7 @@ how M-FALCON scores candidates against a history encoded once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +36,40 @@ class Context:
     q_time: torch.Tensor | None = None  # [B, Nq] the "next" time of each query (time bias)
     k_time: torch.Tensor | None = None  # [B, Nk] the time of each key
     is_causal: bool = False  # mask is plain causal self-attention (lets kernels take a fast path)
+    valid: torch.Tensor | None = None  # [B, Nq] causal, right-padded rows: the real tokens (None: all are)
+    """Layers may skip the per-token work of padding tokens where no gradient is taken (see
+    :meth:`token_rows`): the outputs at padding positions are then unspecified (no caller reads them)."""
+    _rows: tuple | None = field(default=None, repr=False, compare=False)
+
+    def token_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """For ``valid`` right-padded rows: (real [T], source [B*Nq]) flat indices into the
+        [B*Nq] token slots: the real tokens, row-major, and for every slot the position among
+        the T real tokens of itself or, for a padding slot, of its row's last real token (so a
+        padded tensor is rebuilt by one gather, with finite values everywhere). None when there
+        is no padding, a row is empty or a row is not right-padded (the caller stays dense)."""
+        if self.valid is None:
+            return None
+        if self._rows is None:
+            B, N = self.valid.shape
+            lengths = self.valid.sum(1)  # [B]
+            cols = torch.arange(N, device=self.valid.device)
+            prefix = bool(torch.equal(self.valid, cols.unsqueeze(0) < lengths.unsqueeze(1)))
+            if not prefix or int(lengths.min()) == 0 or int(lengths.sum()) == B * N:
+                self._rows = ()
+            else:
+                real = torch.nonzero(self.valid.reshape(-1)).squeeze(1)  # [T]
+                first = torch.cumsum(lengths, 0) - lengths  # [B] each row's first real token among the T
+                source = first.unsqueeze(1) + torch.minimum(cols.unsqueeze(0), (lengths - 1).unsqueeze(1))  # [B N]
+                self._rows = (real, source.reshape(-1))
+        return self._rows or None
 
     @staticmethod
-    def causal(N: int, device: torch.device, q_time: torch.Tensor | None = None, k_time: torch.Tensor | None = None) -> "Context":
-        """Plain causal self-attention over N right-padded tokens (padding comes after every real token)."""
+    def causal(N: int, device: torch.device, q_time: torch.Tensor | None = None, k_time: torch.Tensor | None = None,
+               valid: torch.Tensor | None = None) -> "Context":
+        """Plain causal self-attention over N right-padded tokens (padding comes after every real
+        token; ``valid`` [B, N] marks the real ones, when known)."""
         pos = torch.arange(N, device=device).unsqueeze(0)
-        return Context(causal_mask(N, device).unsqueeze(0), pos, pos, q_time, k_time, is_causal=True)
+        return Context(causal_mask(N, device).unsqueeze(0), pos, pos, q_time, k_time, is_causal=True, valid=valid)
 
     @staticmethod
     def packed(segments: torch.Tensor, q_time: torch.Tensor | None = None, k_time: torch.Tensor | None = None) -> "Context":
