@@ -324,16 +324,44 @@ class Recommender:
         :meth:`recommend` does). What a server's micro-batcher collects for :meth:`query_vectors`."""
         return self._inputs(history, timestamps, query_time, ignore_unknown, feedback, user_attributes, domain)
 
-    def query_vectors(self, queries: Sequence[Query]) -> torch.Tensor:
-        """[B, D] next-item query vectors of several requests in one padded forward pass.
+    cpu_cells_per_pass: int | None = 40_000
+    """On CPU, :meth:`query_vectors` splits a batch into passes of rows of similar length, each of
+    at most this many attention cells (rows x longest history²; a pass of one row may exceed it):
+    past a cache-sized score buffer a wider pass costs more than two narrower ones (on a 2-core
+    AMD EPYC: 32 random 1-50 histories 1.2x, 64 1.4x faster in passes; ``benchmarks/query_batch.py``,
+    results in benchmarks/RESULTS.md). None: always one pass. GPUs always take one pass."""
 
-        Histories are right-padded to the longest (timestamps padded with each row's last one);
-        a row sees only its own earlier items and every backbone's normaliser is a constant, so
-        row b is the vector of ``queries[b]`` alone, up to float rounding of the wider matmuls.
+    def query_vectors(self, queries: Sequence[Query]) -> torch.Tensor:
+        """[B, D] next-item query vectors of several requests in padded forward passes.
+
+        Histories are right-padded to the longest of their pass (timestamps padded with each row's
+        last one); a row sees only its own earlier items and every backbone's normaliser is a
+        constant, so row b is the vector of ``queries[b]`` alone, up to float rounding of the wider
+        matmuls. On CPU a large batch runs as several passes of similar lengths
+        (:attr:`cpu_cells_per_pass`), one pass otherwise.
         """
-        model = self._retriever()
+        self._retriever()
         if not queries:
             raise ValueError("no queries given")
+        budget = self.cpu_cells_per_pass if self.device.type == "cpu" else None
+        lengths = [q.items.size(1) for q in queries]
+        if budget is None or len(queries) * max(lengths) ** 2 <= budget:
+            return self._pass_vectors(queries)
+        passes, cur = [], []
+        for b in sorted(range(len(queries)), key=lengths.__getitem__):  # ascending: a pass's last row is its longest
+            if cur and (len(cur) + 1) * lengths[b] ** 2 > budget:
+                passes.append(cur)
+                cur = []
+            cur.append(b)
+        passes.append(cur)
+        flat = torch.cat([self._pass_vectors([queries[b] for b in rows]) for rows in passes])  # [B D], pass order
+        order = torch.tensor([b for rows in passes for b in rows], device=flat.device)
+        with torch.inference_mode():
+            return torch.empty_like(flat).index_copy_(0, order, flat)
+
+    def _pass_vectors(self, queries: Sequence[Query]) -> torch.Tensor:
+        """:meth:`query_vectors` of one padded forward pass."""
+        model = self._retriever()
         B = len(queries)
         items = torch.nn.utils.rnn.pad_sequence([q.items[0] for q in queries], batch_first=True)  # [B N] 0 = padding
         N = items.size(1)

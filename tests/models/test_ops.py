@@ -59,6 +59,24 @@ def test_blocked_causal_hstu_attention_matches_reference_values_and_gradients():
         torch.testing.assert_close(hstu_attention_causal_blocked(q, k, v, None, 50.0, 8), ref)
 
 
+def test_causal_zeroing_equals_an_explicit_causal_mask():
+    """mask=None zeroes the upper triangle by tril; the explicit-mask path (masked_fill) must agree
+    in values and gradients, with and without autograd."""
+    from genrec.models.ops import causal_mask, hstu_attention_inference, hstu_attention_reference
+
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 3, 9, 4, generator=g, requires_grad=True) for _ in range(3))
+    bias = torch.randn(1, 9, 9, generator=g)
+    explicit = causal_mask(9, q.device).unsqueeze(0).expand(2, 9, 9)
+    want = hstu_attention_reference(q, k, v, bias, 9.0, explicit)
+    got = hstu_attention_reference(q, k, v, bias, 9.0)
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.sum(), (q, k, v)), torch.autograd.grad(want.sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(hstu_attention_inference(q, k, v, bias, 9.0), want, atol=1e-6, rtol=1e-5)
+
+
 def test_inference_hstu_attention_matches_reference():
     """Without autograd the dispatcher takes the in-place path: same values as the reference,
     causal or with a given mask, with and without a bias."""

@@ -7,6 +7,7 @@ import random
 import time
 
 import pytest
+import torch
 
 from genrec import Recommender
 
@@ -44,6 +45,25 @@ def test_recommend_many_equals_recommend(checkpoints, kind):
     alone = rec.recommend_many([rec.query(**reqs[0])], k=7)[0]  # a batch of one
     assert [i for i, _ in alone] == [i for i, _ in one_by_one[0]]
     assert [s for _, s in alone] == pytest.approx([s for _, s in one_by_one[0]], abs=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["retrieval", "unified"])
+def test_a_batch_split_into_passes_by_length_keeps_each_rows_vector(checkpoints, kind):
+    """On CPU a large batch runs as several passes of similar lengths (cpu_cells_per_pass): each
+    row's vector, in the request order, is the one-pass vector and the vector of its request alone."""
+    rec = Recommender.load(checkpoints[kind])
+    queries = [rec.query(**r) for r in _requests(rec, 40, seed=1)]
+    lengths = sorted({q.items.size(1) for q in queries})
+    assert len(lengths) > 2  # the split has lengths to sort
+    rec.cpu_cells_per_pass = None
+    one_pass = rec.query_vectors(queries)
+    rec.cpu_cells_per_pass = 2 * max(lengths) ** 2  # passes of 2 rows at the longest, more at the shortest
+    split = rec.query_vectors(queries)
+    torch.testing.assert_close(split, one_pass, atol=1e-6, rtol=1e-5)
+    rec.cpu_cells_per_pass = 1  # one row per pass (a pass of one row may exceed the budget)
+    torch.testing.assert_close(rec.query_vectors(queries), one_pass, atol=1e-6, rtol=1e-5)
+    for b in (0, 17, 39):
+        torch.testing.assert_close(split[b], rec.query_vectors([queries[b]])[0], atol=1e-6, rtol=1e-5)
 
 
 def test_batcher_shares_passes_and_bounds_batches():
