@@ -125,6 +125,12 @@ def test_catalogue_vectors_follow_every_change_of_the_weights(features):
         model.load_item_attributes(torch.randint(0, 6, (13, 2)))
         with torch.no_grad():
             torch.testing.assert_close(model.catalogue_vectors(), fresh())
+    model.double()  # same parameter objects and versions, new storage and dtype
+    with torch.no_grad():
+        assert model.catalogue_vectors().dtype == torch.float64
+        torch.testing.assert_close(model.catalogue_vectors(), fresh())
+        model.item_embedding.weight.data = torch.randn_like(model.item_embedding.weight)  # swapped storage
+        torch.testing.assert_close(model.catalogue_vectors(), fresh())
 
 
 def test_topk_ranks_non_finite_scores_last_on_the_fast_path():

@@ -106,6 +106,33 @@ def test_inference_hstu_attention_matches_reference():
         torch.testing.assert_close(dropped, hstu_attention_reference(q, k, v, bias, 12.0, dropout=0.5, training=True))
 
 
+def test_position_table_without_autograd_follows_the_weights():
+    """causal_block without autograd reads views of one table per weight version: equal to the
+    autograd path for every block, rebuilt after an in-place change, a longer length and a dtype move."""
+    from genrec.models.ops import RelativeBias
+
+    torch.manual_seed(0)
+    rb = RelativeBias(12, position=True, time=False, num_buckets=4, divisor=1.0)
+
+    def check(n):
+        for s, e in ((0, n), (3, n), (2, 5)):
+            want = rb.causal_block(s, e).detach()  # grad enabled: the autograd path
+            with torch.no_grad():
+                got = rb.causal_block(s, e)
+            torch.testing.assert_close(got, want)
+            assert got.dtype == rb.pos_w.dtype
+
+    check(6)
+    with torch.no_grad():
+        table = rb._position_table(6)
+        assert rb._position_table(4) is table  # reused for shorter lengths
+        rb.pos_w.mul_(-2.0)
+    check(6)
+    check(12)  # longer than the table built so far
+    rb.double()
+    check(12)
+
+
 def test_toeplitz_bias_matches_the_gather_in_values_and_gradient():
     from genrec.models.ops import toeplitz_bias
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.contracts import ItemTable, Retriever
-from genrec.models.ops import Context
+from genrec.models.ops import Context, same_version, version_key
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 """Per layer, the keys and values [B, H, N, d] of tokens encoded earlier."""
@@ -371,16 +371,15 @@ class SequentialRecommender(nn.Module, Retriever):
 
     def catalogue_vectors(self) -> torch.Tensor:
         """Every output-side item vector [num_items + 1, D] (row 0: padding), without autograd.
-        Kept until a tensor it is computed from is replaced or changed in place (an optimizer
-        step, ``load_state_dict``): the key holds those tensors and their version counters, so a
+        Kept until a tensor it is computed from is replaced, changed in place (an optimizer step,
+        ``load_state_dict``) or moved (``.to``): the key is their :func:`version_key`, so a
         full-catalogue scan does not re-normalise (or re-fuse) the whole table per request."""
         sources = [self.item_embedding.weight]
         if self.config.item_features != "none":
             sources += [self.attribute_embedding.weight, self.item_attributes]
             sources += list(self.feature_proj.parameters()) if self.config.item_features == "concat" else []
-        key = [(t, t._version) for t in sources]
-        cached = self._catalogue_cache
-        if cached is not None and len(cached[0]) == len(key) and all(a is b and u == v for (a, u), (b, v) in zip(cached[0], key)):
+        key, cached = version_key(sources), self._catalogue_cache
+        if cached is not None and same_version(cached[0], key):
             return cached[1]
         with torch.no_grad():
             if self.config.item_features != "none":

@@ -88,6 +88,19 @@ class Context:
         return Context(mask, pos, pos, q_time, k_time)
 
 
+def version_key(tensors: list[torch.Tensor]) -> list[tuple]:
+    """What identifies the values of these tensors without reading them, for caches of values
+    derived from weights: each tensor object, its in-place version counter (optimizer steps,
+    ``load_state_dict``), its storage and dtype (``module.to(...)`` and ``.data =`` swap the storage
+    of the same object without a new version)."""
+    return [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in tensors]
+
+
+def same_version(a: list[tuple], b: list[tuple]) -> bool:
+    """Whether two :func:`version_key` results name the same values."""
+    return len(a) == len(b) and all(x[0] is y[0] and x[1:] == y[1:] for x, y in zip(a, b))
+
+
 class RelativeBias(nn.Module):
     """Learned scalar bias per relative position (2L-1 values) and per log time bucket
     (num_buckets+1 values), shared across heads, as in the HSTU reference."""
@@ -97,6 +110,7 @@ class RelativeBias(nn.Module):
         self.max_seq_len, self.num_buckets, self.divisor = max_seq_len, num_buckets, divisor
         self.pos_w = nn.Parameter(torch.empty(2 * max_seq_len - 1).normal_(0, 0.02)) if position else None
         self.ts_w = nn.Parameter(torch.empty(num_buckets + 1).normal_(0, 0.02)) if time else None
+        self._positions: tuple | None = None  # without autograd: (version_key of pos_w, [n, n] Toeplitz table)
 
     def buckets(self, ts: torch.Tensor | None, query_ts: torch.Tensor | None) -> torch.Tensor | None:
         """Time-bucket indices [B, Nq, Nk] (compute once per forward, share across layers), or None."""
@@ -122,12 +136,25 @@ class RelativeBias(nn.Module):
         rows s..e-1 and keys 0..e-1: [B|1, e - s, e], or None. The position part is Toeplitz
         (:func:`toeplitz_bias`: fast gradient); buckets [B, N, N] as from :meth:`buckets`."""
         bias = None
-        if self.pos_w is not None:
+        if self.pos_w is not None and torch.is_grad_enabled():
             bias = toeplitz_bias(self.pos_w, e - s, e, self.max_seq_len, s).unsqueeze(0)
+        elif self.pos_w is not None:  # without autograd (evaluation, serving): a view of one table per weight version
+            bias = self._position_table(e)[s:e, :e].unsqueeze(0)
         if self.ts_w is not None and buckets is not None:
             tb = self.ts_w[buckets[:, s:e, :e]]
             bias = tb if bias is None else bias + tb
         return bias
+
+
+    def _position_table(self, n: int) -> torch.Tensor:
+        """[m, m] (m >= n) position bias of causal rows 0..m-1 over keys 0..m-1, built once per
+        version of ``pos_w`` (and again for a longer n), so calls without autograd take views of it."""
+        key, cached = version_key([self.pos_w]), self._positions
+        if cached is None or not same_version(cached[0], key) or cached[1].size(0) < n:
+            with torch.no_grad():
+                cached = (key, toeplitz_bias(self.pos_w, n, n, self.max_seq_len).detach())
+            self._positions = cached  # one assignment: a concurrent reader sees the old pair or the new
+        return cached[1]
 
 
 class _ToeplitzBias(torch.autograd.Function):
