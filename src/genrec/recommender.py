@@ -328,8 +328,9 @@ class Recommender:
     """On CPU, :meth:`query_vectors` splits a batch into passes of rows of similar length, each of
     at most this many attention cells (rows x longest history²; a pass of one row may exceed it):
     past a cache-sized score buffer a wider pass costs more than two narrower ones (on a 2-core
-    AMD EPYC: 32 random 1-50 histories 1.2x, 64 1.4x faster in passes; ``benchmarks/query_batch.py``,
-    results in benchmarks/RESULTS.md). None: always one pass. GPUs always take one pass."""
+    AMD EPYC, against one pass: 32 random 1-50 histories 1.05x, 64 1.30x faster in passes;
+    ``benchmarks/query_batch.py``, results in benchmarks/RESULTS.md). None: always one pass.
+    GPUs always take one pass."""
 
     def query_vectors(self, queries: Sequence[Query]) -> torch.Tensor:
         """[B, D] next-item query vectors of several requests in padded forward passes.

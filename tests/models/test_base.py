@@ -131,6 +131,25 @@ def test_catalogue_vectors_follow_every_change_of_the_weights(features):
         torch.testing.assert_close(model.catalogue_vectors(), fresh())
         model.item_embedding.weight.data = torch.randn_like(model.item_embedding.weight)  # swapped storage
         torch.testing.assert_close(model.catalogue_vectors(), fresh())
+    model.half().double()  # a round trip may reuse the old address: .to drops the cache
+    with torch.no_grad():
+        torch.testing.assert_close(model.catalogue_vectors(), fresh())
+    model.train()  # training mode: dropped and never kept (a fused optimizer steps without a new version)
+    assert model._catalogue_cache is None
+    with torch.no_grad():
+        model.catalogue_vectors()
+        model.item_embedding.weight.data.copy_(torch.randn_like(model.item_embedding.weight))  # no new version
+        torch.testing.assert_close(model.catalogue_vectors(), fresh())
+    assert model._catalogue_cache is None
+
+
+def test_weights_made_under_inference_mode_still_serve():
+    """Inference tensors have no version counter: the weight caches compute, and never keep."""
+    with torch.inference_mode():
+        model = build_model(HSTUConfig(num_items=12, max_seq_len=5, embedding_dim=8, time_bias=False)).eval()
+        scores, ids = model.topk(model.user_vectors(torch.tensor([[1, 2, 0], [3, 4, 5]])), 3)
+    assert ids.shape == (2, 3) and torch.isfinite(scores).all()
+    assert model._catalogue_cache is None
 
 
 def test_topk_ranks_non_finite_scores_last_on_the_fast_path():

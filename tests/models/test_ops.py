@@ -112,7 +112,7 @@ def test_position_table_without_autograd_follows_the_weights():
     from genrec.models.ops import RelativeBias
 
     torch.manual_seed(0)
-    rb = RelativeBias(12, position=True, time=False, num_buckets=4, divisor=1.0)
+    rb = RelativeBias(12, position=True, time=False, num_buckets=4, divisor=1.0).eval()
 
     def check(n):
         for s, e in ((0, n), (3, n), (2, 5)):
@@ -131,6 +131,18 @@ def test_position_table_without_autograd_follows_the_weights():
     check(12)  # longer than the table built so far
     rb.double()
     check(12)
+    rb.half().float()  # a round trip may put the new storage at the old address: .to drops the table
+    assert rb._positions is None
+    check(12)
+    rb.train()  # training mode: dropped, and never kept (fused optimizers step without a new version)
+    assert rb._positions is None
+    with torch.no_grad():
+        rb.causal_block(0, 5)
+    assert rb._positions is None
+    with torch.inference_mode():  # weights made as inference tensors (no version counter): computed, never kept
+        frozen = RelativeBias(6, position=True, time=False, num_buckets=4, divisor=1.0).eval()
+        torch.testing.assert_close(frozen.causal_block(0, 4), frozen.causal_block(0, 4))
+        assert frozen._positions is None
 
 
 def test_toeplitz_bias_matches_the_gather_in_values_and_gradient():

@@ -30,7 +30,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.contracts import ItemTable, Retriever
-from genrec.models.ops import Context, same_version, version_key
+from genrec.models.ops import Context, WeightCaches, same_version, version_key
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 """Per layer, the keys and values [B, H, N, d] of tokens encoded earlier."""
@@ -120,13 +120,14 @@ def next_timestamps(timestamps: torch.Tensor, lengths: torch.Tensor, query_time:
     return nxt
 
 
-class SequentialRecommender(nn.Module, Retriever):
+class SequentialRecommender(WeightCaches, nn.Module, Retriever):
     """Base class of the backbones: item table, scoring over the catalogue, top-k with exclusions.
     Subclasses implement :meth:`transduce` (and may override :meth:`time_buckets`)."""
 
     config: ModelConfig
     absolute_positions: bool = True
     """Whether the input adds a learned absolute position embedding (False for rotary backbones)."""
+    _cache_fields = ("_catalogue_cache",)
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -371,14 +372,15 @@ class SequentialRecommender(nn.Module, Retriever):
 
     def catalogue_vectors(self) -> torch.Tensor:
         """Every output-side item vector [num_items + 1, D] (row 0: padding), without autograd.
-        Kept until a tensor it is computed from is replaced, changed in place (an optimizer step,
-        ``load_state_dict``) or moved (``.to``): the key is their :func:`version_key`, so a
-        full-catalogue scan does not re-normalise (or re-fuse) the whole table per request."""
+        In eval mode, kept until a tensor it is computed from is replaced or changed in place (an
+        optimizer step, ``load_state_dict``), or the model is moved (``.to``) or set to training:
+        the key is their :func:`version_key`, so a full-catalogue scan does not re-normalise (or
+        re-fuse) the whole table per request. Computed afresh in training mode."""
         sources = [self.item_embedding.weight]
         if self.config.item_features != "none":
             sources += [self.attribute_embedding.weight, self.item_attributes]
             sources += list(self.feature_proj.parameters()) if self.config.item_features == "concat" else []
-        key, cached = version_key(sources), self._catalogue_cache
+        key, cached = version_key(self, sources), self._catalogue_cache
         if cached is not None and same_version(cached[0], key):
             return cached[1]
         with torch.no_grad():
@@ -387,7 +389,8 @@ class SequentialRecommender(nn.Module, Retriever):
                 vecs = self._normalize(self.item_rows(ids))
             else:
                 vecs = self._normalize(self.item_embedding.weight)
-        self._catalogue_cache = (key, vecs)  # one assignment: a concurrent reader sees the old pair or the new
+        if key is not None:
+            self._catalogue_cache = (key, vecs)  # one assignment: a concurrent reader sees the old pair or the new
         return vecs
 
     def user_vectors(

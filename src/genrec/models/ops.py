@@ -47,7 +47,7 @@ class Context:
         the T real tokens of itself or, for a padding slot, of its row's last real token (so a
         padded tensor is rebuilt by one gather, with finite values everywhere). None when there
         is no padding, a row is empty or a row is not right-padded (the caller stays dense)."""
-        if self.valid is None:
+        if self.valid is None or torch.compiler.is_compiling():  # (its host reads would break the graph)
             return None
         if self._rows is None:
             B, N = self.valid.shape
@@ -88,29 +88,56 @@ class Context:
         return Context(mask, pos, pos, q_time, k_time)
 
 
-def version_key(tensors: list[torch.Tensor]) -> list[tuple]:
-    """What identifies the values of these tensors without reading them, for caches of values
+def version_key(module: nn.Module, tensors: list[torch.Tensor]) -> list[tuple] | None:
+    """What identifies the values of a module's tensors without reading them, for caches of values
     derived from weights: each tensor object, its in-place version counter (optimizer steps,
-    ``load_state_dict``), its storage and dtype (``module.to(...)`` and ``.data =`` swap the storage
-    of the same object without a new version)."""
+    ``load_state_dict``), its storage and dtype (``.data =`` swaps the storage of the same object
+    without a new version). None (do not cache) in training mode, under ``torch.compile`` and for
+    inference tensors (they have no version counter). Writes that bypass the version counter
+    (``.data.copy_``, fused optimizers) are not seen: the caches are used in eval mode only and
+    dropped by ``train()`` and by ``.to(...)`` (see :class:`WeightCaches`)."""
+    if module.training or torch.compiler.is_compiling() or any(t.is_inference() for t in tensors):
+        return None
     return [(t, t._version, t.data_ptr(), t.dtype, t.device) for t in tensors]
 
 
-def same_version(a: list[tuple], b: list[tuple]) -> bool:
-    """Whether two :func:`version_key` results name the same values."""
-    return len(a) == len(b) and all(x[0] is y[0] and x[1:] == y[1:] for x, y in zip(a, b))
+def same_version(a: list[tuple] | None, b: list[tuple] | None) -> bool:
+    """Whether two :func:`version_key` results name the same values (never when one is None)."""
+    return a is not None and b is not None and len(a) == len(b) and all(x[0] is y[0] and x[1:] == y[1:] for x, y in zip(a, b))
 
 
-class RelativeBias(nn.Module):
+class WeightCaches:
+    """Mixin for modules that cache values derived from their weights (``_cache_fields``): every
+    cache is dropped when the module enters training mode or is moved or cast (``.to``, ``.half``:
+    the same parameter objects get new storage, sometimes at the old address)."""
+
+    _cache_fields: tuple[str, ...] = ()
+
+    def _drop_caches(self) -> None:
+        for name in self._cache_fields:
+            setattr(self, name, None)
+
+    def train(self, mode: bool = True):
+        self._drop_caches()
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._drop_caches()
+        return super()._apply(fn, recurse)
+
+
+class RelativeBias(WeightCaches, nn.Module):
     """Learned scalar bias per relative position (2L-1 values) and per log time bucket
     (num_buckets+1 values), shared across heads, as in the HSTU reference."""
+
+    _cache_fields = ("_positions",)
 
     def __init__(self, max_seq_len: int, position: bool, time: bool, num_buckets: int, divisor: float):
         super().__init__()
         self.max_seq_len, self.num_buckets, self.divisor = max_seq_len, num_buckets, divisor
         self.pos_w = nn.Parameter(torch.empty(2 * max_seq_len - 1).normal_(0, 0.02)) if position else None
         self.ts_w = nn.Parameter(torch.empty(num_buckets + 1).normal_(0, 0.02)) if time else None
-        self._positions: tuple | None = None  # without autograd: (version_key of pos_w, [n, n] Toeplitz table)
+        self._positions: tuple | None = None  # without autograd, eval mode: (version_key of pos_w, [n, n] Toeplitz table)
 
     def buckets(self, ts: torch.Tensor | None, query_ts: torch.Tensor | None) -> torch.Tensor | None:
         """Time-bucket indices [B, Nq, Nk] (compute once per forward, share across layers), or None."""
@@ -149,11 +176,12 @@ class RelativeBias(nn.Module):
     def _position_table(self, n: int) -> torch.Tensor:
         """[m, m] (m >= n) position bias of causal rows 0..m-1 over keys 0..m-1, built once per
         version of ``pos_w`` (and again for a longer n), so calls without autograd take views of it."""
-        key, cached = version_key([self.pos_w]), self._positions
+        key, cached = version_key(self, [self.pos_w]), self._positions
         if cached is None or not same_version(cached[0], key) or cached[1].size(0) < n:
             with torch.no_grad():
                 cached = (key, toeplitz_bias(self.pos_w, n, n, self.max_seq_len).detach())
-            self._positions = cached  # one assignment: a concurrent reader sees the old pair or the new
+            if key is not None:
+                self._positions = cached  # one assignment: a concurrent reader sees the old pair or the new
         return cached[1]
 
 
