@@ -115,3 +115,25 @@ def test_din_scores_depend_on_the_visible_history_only():
     torch.testing.assert_close(full, padded_differently)
     torch.testing.assert_close(masked[0, 0], first_only[0, 0])
     torch.testing.assert_close(masked[0, 1], full[0, 1])
+
+
+@pytest.mark.parametrize("backbone", ["hstu", "sasrec"])
+def test_next_slot_outputs_equal_m_falcon_on_each_prefix(backbone):
+    """The enhancer's M-FALCON over positions (one shared context for every pool item; without
+    autograd its biases computed once): pool item p at slot j scores as ``rank`` of that item
+    after the first j+1 history items, with item j+1's time as the request time."""
+    m = _model(backbone)
+    items, labels, ts, _ = _history()
+    torch.manual_seed(2)
+    n1, P = items.size(1) - 1, 3
+    pool = torch.randint(1, 31, (2, n1, P))
+    with torch.no_grad():
+        enc = m.encode_history(items, labels, ts)
+        got = m.next_slot_outputs(enc, pool, ts)  # [B n-1 P A]
+        for b, n in ((0, 4), (1, 6)):
+            for j in range(n - 1):
+                want = m.rank(items[b : b + 1, : j + 1], labels[b : b + 1, : j + 1], pool[b : b + 1, j],
+                              ts[b : b + 1, : j + 1], ts[b : b + 1, j + 1])  # [1 P A]
+                torch.testing.assert_close(got[b, j], want[0], atol=1e-5, rtol=1e-4)
+    with_grad = m.next_slot_outputs(m.encode_history(items, labels, ts), pool, ts)  # no memo: every pass its own biases
+    torch.testing.assert_close(with_grad.detach(), got, atol=1e-5, rtol=1e-4)

@@ -198,17 +198,22 @@ class InterleavedRanker(nn.Module, Ranker):
         """Run candidate item tokens against a cached history. candidates [B, m]; slots [B, m]
         token position of each; visible [B, m, Nh] which cached keys each may see (it also sees
         itself, never another candidate); cand_time [B, m] its time -> ranking outputs [B, m, A]."""
-        B, m = candidates.shape
+        ctx = self._candidate_context(enc, slots, visible, cand_time)
+        h, _ = self.backbone.transduce(self.backbone.embed_items(candidates), ctx, enc.cache)
+        return self.ranking_outputs(h)
+
+    def _candidate_context(self, enc: Interleaved, slots: torch.Tensor, visible: torch.Tensor, cand_time=None) -> Context:
+        """The attention context of :meth:`candidates_after` (it depends on where the candidates
+        sit, not on which items they are, so one context serves every candidate set of those slots)."""
+        B, m = slots.shape
         Nh = enc.hidden.size(1)
-        hist_pos = torch.arange(Nh, device=candidates.device).unsqueeze(0).expand(B, Nh)
-        mask = torch.cat([visible, torch.eye(m, dtype=torch.bool, device=candidates.device).expand(B, m, m)], dim=2)
+        hist_pos = torch.arange(Nh, device=slots.device).unsqueeze(0).expand(B, Nh)
+        mask = torch.cat([visible, torch.eye(m, dtype=torch.bool, device=slots.device).expand(B, m, m)], dim=2)
         q_time = k_time = None
         if self.uses_timestamps:
             q_time = cand_time
             k_time = torch.cat([enc.token_times, cand_time], dim=1)
-        ctx = Context(mask, slots, torch.cat([hist_pos, slots], dim=1), q_time, k_time)
-        h, _ = self.backbone.transduce(self.backbone.embed_items(candidates), ctx, enc.cache)
-        return self.ranking_outputs(h)
+        return Context(mask, slots, torch.cat([hist_pos, slots], dim=1), q_time, k_time)
 
     def rank(
         self,
@@ -275,7 +280,9 @@ class InterleavedRanker(nn.Module, Ranker):
         keys = torch.arange(Nh, device=candidates.device)
         visible = (keys.view(1, 1, Nh) < slots.unsqueeze(2)) & (keys.view(1, 1, Nh) < 2 * enc.lengths.view(B, 1, 1))
         ct = None if item_times is None else item_times[:, 1 : n1 + 1]
-        outs = [self.candidates_after(enc, candidates[:, :, p], slots, visible, ct) for p in range(P)]
+        ctx = self._candidate_context(enc, slots, visible, ct)  # shared by the P passes (and, without autograd, its biases)
+        outs = [self.ranking_outputs(self.backbone.transduce(self.backbone.embed_items(candidates[:, :, p]), ctx, enc.cache)[0])
+                for p in range(P)]
         return torch.stack(outs, dim=2)
 
 

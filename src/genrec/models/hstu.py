@@ -103,14 +103,15 @@ class HSTULayer(nn.Module):
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
         if cfg.attention == "softmax":  # every query sees >= 1 key: itself (causal, packed) or its history
-            bias = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)  # [B|1 Nq Nk] or None
+            bias = ctx.memo(("bias", id(self)), lambda: self.rel_bias(ctx.q_pos, ctx.k_pos, buckets))  # [B|1 Nq Nk] or None
             a = softmax_attention(q, k, v, None if ctx.is_causal and bias is None else ctx.mask, bias, cfg.attn_dropout, self.training)
         else:
             if ctx.is_causal:  # rows s..e-1 on demand: the blocked kernel never builds the N x N bias
                 bias = partial(self.rel_bias.causal_block, buckets=buckets)
                 mask = None
             else:
-                bias, mask = self.rel_bias(ctx.q_pos, ctx.k_pos, buckets), ctx.mask  # [B|1 Nq Nk] or None
+                bias = ctx.memo(("bias", id(self)), lambda: self.rel_bias(ctx.q_pos, ctx.k_pos, buckets))  # [B|1 Nq Nk] or None
+                mask = ctx.mask
             a = hstu_attention(q, k, v, bias, float(cfg.max_seq_len), mask, cfg.attn_dropout, self.training)
         a = a.transpose(1, 2).reshape(B, N, H * dv)
         if rows is not None:
@@ -139,5 +140,5 @@ class HSTU(SequentialRecommender):
     def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None,
                   layer_outputs: list | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
-        buckets = self.time_buckets(ctx, self.layers[0].rel_bias)
+        buckets = ctx.memo(("buckets", id(self)), lambda: self.time_buckets(ctx, self.layers[0].rel_bias))
         return run_blocks(self.layers, x, ctx, cache, layer_outputs, buckets=buckets)

@@ -40,6 +40,17 @@ class Context:
     """Layers may skip the per-token work of padding tokens where no gradient is taken (see
     :meth:`token_rows`): the outputs at padding positions are then unspecified (no caller reads them)."""
     _rows: tuple | None = field(default=None, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def memo(self, key, make):
+        """Without autograd, ``make()`` once per key for this context (e.g. a layer's attention
+        bias, the time buckets), so calls that reuse one context (the enhancer's pool items, all
+        with the same positions, masks and times) share them; with autograd, ``make()`` each call."""
+        if torch.is_grad_enabled():
+            return make()
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     def token_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For ``valid`` right-padded rows: (real [T], source [B*Nq]) flat indices into the
@@ -263,8 +274,8 @@ def hstu_attention_inference(
     F.silu(scores, inplace=True)
     if mask is None:
         scores.tril_()  # causal: the upper triangle zeroed (an order of magnitude cheaper than a broadcast masked_fill)
-    else:
-        scores.masked_fill_(~mask.unsqueeze(1), 0.0)
+    else:  # times the mask (several times cheaper than masked_fill on CPU); a masked key's non-finite score
+        scores.mul_(mask.unsqueeze(1))  # would spread as NaN, as its non-finite value spreads through A·v anyway
     return scores @ (v / norm)
 
 

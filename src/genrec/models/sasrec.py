@@ -97,7 +97,8 @@ class SASRecBlock(nn.Module):
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # [B H Nk d]
         bias = None  # [B|1 Nq Nk]
         if self.rel_bias is not None:
-            bias = self.rel_bias.causal_block(0, k.size(2), buckets) if ctx.is_causal else self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)
+            bias = (self.rel_bias.causal_block(0, k.size(2), buckets) if ctx.is_causal
+                    else ctx.memo(("bias", id(self)), lambda: self.rel_bias(ctx.q_pos, ctx.k_pos, buckets)))
         mask = None if ctx.is_causal else ctx.mask
         a = softmax_attention(q, k, v, mask, bias, self.cfg.dropout, self.training).transpose(1, 2).reshape(B, N, D)
         a = F.dropout(self.proj(a), p=self.cfg.dropout, training=self.training)
@@ -123,6 +124,6 @@ class SASRec(SequentialRecommender):
     def transduce(self, x: torch.Tensor, ctx: Context, cache: KVCache | None = None,
                   layer_outputs: list | None = None) -> tuple[torch.Tensor, KVCache]:
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
-        buckets = self.time_buckets(ctx, self.blocks[0].rel_bias)
+        buckets = ctx.memo(("buckets", id(self)), lambda: self.time_buckets(ctx, self.blocks[0].rel_bias))
         x, new_cache = run_blocks(self.blocks, x, ctx, cache, layer_outputs, buckets=buckets)
         return self.final_norm(x), new_cache
