@@ -50,6 +50,22 @@ def test_potential_positives_are_removed_from_negatives_or_relabelled(monkeypatc
     assert loss.item() == pytest.approx(expect, abs=1e-5)
 
 
+def test_potential_positives_leave_other_positions_alone(monkeypatch):
+    """Only the positions that have potential positives drop them from their negatives (the loss
+    compares just those rows): the other positions keep every sampled negative."""
+    torch.manual_seed(0)
+    vecs = torch.randn(6, 4)
+    m, q, pos = _Table(vecs), torch.randn(3, 4), torch.tensor([1, 5, 2])
+    monkeypatch.setattr(torch, "randint", lambda lo, hi, size, device=None: torch.tensor([[2, 3, 4]]))
+
+    def row(t, negatives):
+        logit = lambda i: float(q[t] @ vecs[i])  # noqa: E731
+        return -logit(pos[t]) + math.log(math.exp(logit(pos[t])) + sum(math.exp(logit(i)) for i in negatives if i != pos[t]))
+
+    loss = sampled_softmax_loss(q, pos, m, 3, 1.0, True, potential=torch.tensor([[0, 0], [3, 4], [0, 0]]), mode="remove")
+    assert loss.item() == pytest.approx((row(0, (2, 3, 4)) + row(1, (2,)) + row(2, (3, 4))) / 3, abs=1e-5)
+
+
 def test_enhancer_picks_retrieved_high_ranked_low_and_flags_likely_positives(monkeypatch):
     torch.manual_seed(0)
     model = GenerativeRecommender(HSTU(HSTUConfig(num_items=8, max_seq_len=9, embedding_dim=8, time_bias=False)), HeadConfig())

@@ -77,8 +77,10 @@ def sampled_softmax_loss(
         bad = bad | (neg == 0)  # no hard negative at that position
     if never is not None:
         bad = bad | torch.isin(neg, never)
-    if potential is not None:
-        bad = bad | ((neg.unsqueeze(-1) == potential.unsqueeze(1)) & (potential.unsqueeze(1) != 0)).any(-1)
+    if potential is not None:  # compared only at the positions that have one (the enhancer examines a few rows)
+        rows = torch.nonzero((potential != 0).any(1)).squeeze(1)  # [R]
+        p = potential[rows].unsqueeze(1)  # [R 1 P]
+        bad[rows] = bad[rows] | ((neg[rows].unsqueeze(-1) == p) & (p != 0)).any(-1)
     neg_logit = neg_logit.float().masked_fill(bad, float("-inf")) / temperature
     pos_logit = (q * model.item_vectors(pos)).sum(-1, keepdim=True).float() / temperature  # [T 1]
     if potential is not None and mode == "relabel":
