@@ -10,16 +10,24 @@ from genrec.models.generative import GenerativeRecommender, HeadConfig
 
 
 def _model(backbone: str, time_bias: bool = True) -> GenerativeRecommender:
+    """``hstu`` / ``hstu-softmax`` (HSTU's layer with softmax attention), ``sasrec`` (no bias) or
+    ``sasrec-bias`` (SASRec with HSTU's relative position and time bias)."""
     torch.manual_seed(0)
-    if backbone == "hstu":
-        bb = HSTU(HSTUConfig(num_items=30, max_seq_len=21, embedding_dim=16, num_heads=2, num_layers=2, time_bias=time_bias))
-        for layer in bb.layers:  # make the biases matter
-            with torch.no_grad():
-                layer.rel_bias.pos_w.normal_(0, 0.5)
-                if layer.rel_bias.ts_w is not None:
-                    layer.rel_bias.ts_w.normal_(0, 0.5)
+    if backbone.startswith("hstu"):
+        attention = "softmax" if backbone == "hstu-softmax" else "pointwise"
+        bb = HSTU(HSTUConfig(num_items=30, max_seq_len=21, embedding_dim=16, num_heads=2, num_layers=2,
+                             time_bias=time_bias, attention=attention))
+        biases = [layer.rel_bias for layer in bb.layers]
     else:
-        bb = SASRec(SASRecConfig(num_items=30, max_seq_len=21, embedding_dim=16, num_heads=2, num_layers=2))
+        bias = backbone == "sasrec-bias"
+        bb = SASRec(SASRecConfig(num_items=30, max_seq_len=21, embedding_dim=16, num_heads=2, num_layers=2,
+                                 position_bias=bias, time_bias=bias))
+        biases = [block.rel_bias for block in bb.blocks if block.rel_bias is not None]
+    for rel_bias in biases:  # make the biases matter
+        with torch.no_grad():
+            rel_bias.pos_w.normal_(0, 0.5)
+            if rel_bias.ts_w is not None:
+                rel_bias.ts_w.normal_(0, 0.5)
     return GenerativeRecommender(bb, HeadConfig(("click", "watch"), ("binary", "regression"))).eval()
 
 
@@ -117,7 +125,7 @@ def test_din_scores_depend_on_the_visible_history_only():
     torch.testing.assert_close(masked[0, 1], full[0, 1])
 
 
-@pytest.mark.parametrize("backbone", ["hstu", "sasrec"])
+@pytest.mark.parametrize("backbone", ["hstu", "hstu-softmax", "sasrec", "sasrec-bias"])
 def test_next_slot_outputs_equal_m_falcon_on_each_prefix(backbone):
     """The enhancer's M-FALCON over positions (one shared context for every pool item; without
     autograd its biases computed once): pool item p at slot j scores as ``rank`` of that item

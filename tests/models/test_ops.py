@@ -2,7 +2,9 @@ import math
 
 import torch
 
-from genrec.models.ops import RelativeBias, softmax_attention, softmax_attention_reference, time_buckets
+import dataclasses
+
+from genrec.models.ops import Context, RelativeBias, softmax_attention, softmax_attention_reference, time_buckets
 
 
 def test_time_bucket_values():
@@ -165,3 +167,26 @@ def test_toeplitz_bias_matches_the_gather_in_values_and_gradient():
     blk = toeplitz_bias(w, 3, 5, L, row0=2)
     torch.testing.assert_close(blk, ref[2:5, :5])
     assert torch.autograd.gradcheck(lambda x: toeplitz_bias(x, 3, 5, L, 2), (w,))
+
+
+def test_context_memo_keeps_only_for_a_reused_context_without_autograd():
+    """A kept bias lives as long as its context: only a context that serves several calls keeps
+    one, never under autograd (each call needs its own graph), and a copy starts empty."""
+    calls = []
+
+    def make():
+        calls.append(1)
+        return torch.ones(1)
+
+    one_call = Context.causal(4, torch.device("cpu"))
+    shared = dataclasses.replace(one_call, reuse=True)
+    with torch.no_grad():
+        one_call.memo("k", make), one_call.memo("k", make)
+        assert len(calls) == 2  # a one-call context keeps nothing
+        shared.memo("k", make), shared.memo("k", make)
+        assert len(calls) == 3
+        dataclasses.replace(shared).memo("k", make)  # a copy has its own, empty memo
+        assert len(calls) == 4
+    shared.memo("k", make)  # with autograd: made again
+    assert len(calls) == 5
+

@@ -202,9 +202,11 @@ class InterleavedRanker(nn.Module, Ranker):
         h, _ = self.backbone.transduce(self.backbone.embed_items(candidates), ctx, enc.cache)
         return self.ranking_outputs(h)
 
-    def _candidate_context(self, enc: Interleaved, slots: torch.Tensor, visible: torch.Tensor, cand_time=None) -> Context:
+    def _candidate_context(self, enc: Interleaved, slots: torch.Tensor, visible: torch.Tensor, cand_time=None,
+                           reuse: bool = False) -> Context:
         """The attention context of :meth:`candidates_after` (it depends on where the candidates
-        sit, not on which items they are, so one context serves every candidate set of those slots)."""
+        sit, not on which items they are, so one context serves every candidate set of those slots;
+        ``reuse``: the caller runs several sets under it, see :attr:`Context.reuse`)."""
         B, m = slots.shape
         Nh = enc.hidden.size(1)
         hist_pos = torch.arange(Nh, device=slots.device).unsqueeze(0).expand(B, Nh)
@@ -213,7 +215,7 @@ class InterleavedRanker(nn.Module, Ranker):
         if self.uses_timestamps:
             q_time = cand_time
             k_time = torch.cat([enc.token_times, cand_time], dim=1)
-        return Context(mask, slots, torch.cat([hist_pos, slots], dim=1), q_time, k_time)
+        return Context(mask, slots, torch.cat([hist_pos, slots], dim=1), q_time, k_time, reuse=reuse)
 
     def rank(
         self,
@@ -280,7 +282,7 @@ class InterleavedRanker(nn.Module, Ranker):
         keys = torch.arange(Nh, device=candidates.device)
         visible = (keys.view(1, 1, Nh) < slots.unsqueeze(2)) & (keys.view(1, 1, Nh) < 2 * enc.lengths.view(B, 1, 1))
         ct = None if item_times is None else item_times[:, 1 : n1 + 1]
-        ctx = self._candidate_context(enc, slots, visible, ct)  # shared by the P passes (and, without autograd, its biases)
+        ctx = self._candidate_context(enc, slots, visible, ct, reuse=True)  # shared by the P passes (without autograd, its biases too)
         outs = [self.ranking_outputs(self.backbone.transduce(self.backbone.embed_items(candidates[:, :, p]), ctx, enc.cache)[0])
                 for p in range(P)]
         return torch.stack(outs, dim=2)

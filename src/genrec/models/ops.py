@@ -7,6 +7,9 @@ Every backbone layer attends under one :class:`Context`: a boolean mask over (qu
 token positions of queries and keys (for absolute and relative positions) and, for a time bias, the
 times. Keys are the cached tokens of an earlier call (if any) followed by the new tokens, which is
 how M-FALCON scores candidates against a history encoded once.
+
+(Over 350 lines on purpose: the references, the context they share and the kernels that must match
+them are read and tested together.)
 """
 
 from __future__ import annotations
@@ -39,14 +42,18 @@ class Context:
     valid: torch.Tensor | None = None  # [B, Nq] causal, right-padded rows: the real tokens (None: all are)
     """Layers may skip the per-token work of padding tokens where no gradient is taken (see
     :meth:`token_rows`): the outputs at padding positions are then unspecified (no caller reads them)."""
-    _rows: tuple | None = field(default=None, repr=False, compare=False)
-    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+    reuse: bool = False
+    """The caller runs several forward calls under this one context: :meth:`memo` then keeps what
+    it makes. Off by default: a kept bias lives as long as the context (every layer's, for a whole
+    forward call), which costs peak memory for nothing when the context serves one call."""
+    _rows: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def memo(self, key, make):
-        """Without autograd, ``make()`` once per key for this context (e.g. a layer's attention
-        bias, the time buckets), so calls that reuse one context (the enhancer's pool items, all
-        with the same positions, masks and times) share them; with autograd, ``make()`` each call."""
-        if torch.is_grad_enabled():
+        """For a ``reuse`` context without autograd, ``make()`` once per key (e.g. a layer's
+        attention bias, the time buckets), so the calls that share it (the enhancer's pool items,
+        all with the same positions, masks and times) share them; otherwise ``make()`` each call."""
+        if not self.reuse or torch.is_grad_enabled():
             return make()
         if key not in self._memo:
             self._memo[key] = make()
