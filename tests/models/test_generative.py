@@ -11,7 +11,8 @@ from genrec.models.generative import GenerativeRecommender, HeadConfig
 
 def _model(backbone: str, time_bias: bool = True) -> GenerativeRecommender:
     """``hstu`` / ``hstu-softmax`` (HSTU's layer with softmax attention), ``sasrec`` (no bias) or
-    ``sasrec-bias`` (SASRec with HSTU's relative position and time bias)."""
+    ``sasrec-bias`` (SASRec with HSTU's relative position and time bias). ``time_bias`` is HSTU's
+    only: the SASRec variants are fixed."""
     torch.manual_seed(0)
     if backbone.startswith("hstu"):
         attention = "softmax" if backbone == "hstu-softmax" else "pointwise"
@@ -145,3 +146,26 @@ def test_next_slot_outputs_equal_m_falcon_on_each_prefix(backbone):
                 torch.testing.assert_close(got[b, j], want[0], atol=1e-5, rtol=1e-4)
     with_grad = m.next_slot_outputs(m.encode_history(items, labels, ts), pool, ts)  # no memo: every pass its own biases
     torch.testing.assert_close(with_grad.detach(), got, atol=1e-5, rtol=1e-4)
+
+
+def test_next_slot_outputs_computes_each_layers_bias_once_without_autograd():
+    """The P pool passes share one context: without autograd each layer's relative bias is made
+    once (not once per pool item); with autograd every pass makes its own (each needs its graph)."""
+    m = _model("hstu")
+    items, labels, ts, _ = _history()
+    pool = torch.randint(1, 31, (2, items.size(1) - 1, 3))
+    calls = []
+    hooks = [layer.rel_bias.register_forward_hook(lambda *_: calls.append(1)) for layer in m.backbone.layers]
+    try:
+        with torch.no_grad():
+            enc = m.encode_history(items, labels, ts)
+            calls.clear()
+            m.next_slot_outputs(enc, pool, ts)
+        assert len(calls) == len(m.backbone.layers)
+        enc = m.encode_history(items, labels, ts)
+        calls.clear()
+        m.next_slot_outputs(enc, pool, ts)
+        assert len(calls) == 3 * len(m.backbone.layers)
+    finally:
+        for hook in hooks:
+            hook.remove()

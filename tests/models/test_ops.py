@@ -1,8 +1,7 @@
+import dataclasses
 import math
 
 import torch
-
-import dataclasses
 
 from genrec.models.ops import Context, RelativeBias, softmax_attention, softmax_attention_reference, time_buckets
 
