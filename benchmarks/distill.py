@@ -19,7 +19,8 @@ its standard error over seeds (one seed: ± the standard error over test users, 
 parameters (non-embedding / total), training s/epoch (median epoch of the row's runs) and the
 inference latency per user: user vector + full-catalogue top-10 with the history excluded, for
 the longest test histories, at batch 1 and 256 (median of --repeats timed calls after warm-up,
-first seed's model, --threads torch threads). Then the issue's targets, checked.
+first seed's model, --threads torch threads; the rows' calls interleaved, round by round). Then
+the issue's targets, checked.
 
 Smoke test (minutes, not a result): --seeds 42 --datasets beauty --backbones sasrec
     --set train.epochs=1 train.data_fraction=0.02 --repeats 3
@@ -94,23 +95,36 @@ def user_se(folder: Path) -> dict[str, float]:
 
 
 @torch.no_grad()
-def latency_ms(folder: Path, repeats: int) -> tuple[float, float]:
-    """Milliseconds per user (batch 1, batch 256): user vector + top-10 over the catalogue."""
-    model, _, experiment = load_model(folder / "best")
-    cfg = ExperimentConfig.from_dict(experiment)
-    data = load_data(cfg)
-    *_, batch = eval_batches(data, "test", model.max_history, 256, cfg.eval.exclude_history)  # the longest histories
+def latencies_ms(folders: dict[str, Path], repeats: int) -> dict[str, tuple[float, float]]:
+    """Milliseconds per user (batch 1, batch 256) of each role's model: user vector + top-10 over
+    the catalogue, for the longest test histories. The roles' calls are interleaved (each round
+    times every model once), so a slower stretch of a shared machine hits every row alike."""
+    calls = {}
+    for role, folder in folders.items():
+        model, _, experiment = load_model(folder / "best")
+        cfg = ExperimentConfig.from_dict(experiment)
+        *_, batch = eval_batches(load_data(cfg), "test", model.max_history, 256, cfg.eval.exclude_history)
+        calls[role] = (model, batch)
 
-    def once(rows: slice) -> float:
+    def once(role: str, rows: slice) -> float:
+        model, batch = calls[role]
         start = time.perf_counter()
         ts = None if batch.timestamps is None else batch.timestamps[rows]
         qt = None if batch.query_time is None else batch.query_time[rows]
         model.topk(model.user_vectors(batch.items[rows], ts, qt), 10, batch.exclude[rows])
         return time.perf_counter() - start
 
-    per_batch = [once(slice(None)) for _ in range(repeats + 1)][1:]
-    single = [once(slice(i % len(batch.items), i % len(batch.items) + 1)) for i in range(repeats + 3)][3:]
-    return 1000 * statistics.median(single), 1000 * statistics.median(per_batch) / len(batch.items)
+    warm = 3
+    per_batch = {role: [] for role in calls}
+    single = {role: [] for role in calls}
+    for i in range(repeats + warm):
+        for role, (_, batch) in calls.items():
+            b1 = once(role, slice(i % len(batch.items), i % len(batch.items) + 1))
+            b256 = once(role, slice(None))
+            if i >= warm:
+                single[role].append(b1)
+                per_batch[role].append(b256 / len(batch.items))
+    return {role: (1000 * statistics.median(single[role]), 1000 * statistics.median(per_batch[role])) for role in calls}
 
 
 def median_epoch_seconds(folders: list[Path]) -> float:
@@ -118,7 +132,7 @@ def median_epoch_seconds(folders: list[Path]) -> float:
     return statistics.median(secs)
 
 
-def measure(out: Path, role: str, seeds: list[int], repeats: int) -> dict:
+def measure(out: Path, role: str, seeds: list[int]) -> dict:
     folders = [out / f"{role}-s{s}" for s in seeds if (out / f"{role}-s{s}" / "metrics.json").exists()]
     tests = [json.loads((f / "metrics.json").read_text())["test"] for f in folders]
     row = {"role": role, "runs": len(folders)}
@@ -129,7 +143,7 @@ def measure(out: Path, role: str, seeds: list[int], repeats: int) -> dict:
     row["parameters"] = parameter_counts(model)
     row["layers"] = model.config.num_layers
     row["s_per_epoch"] = median_epoch_seconds(folders)
-    row["latency_ms"] = latency_ms(folders[0], repeats)
+    row["latency_folder"] = folders[0]
     return row
 
 
@@ -193,7 +207,10 @@ def main() -> None:
         for backbone in args.backbones:
             folder = out / f"{dataset}-{backbone}"
             train_rows(folder, dataset, backbone, args.seeds, args.set)
-            rows = [measure(folder, role, args.seeds, args.repeats) for role in ROLES]
+            rows = [measure(folder, role, args.seeds) for role in ROLES]
+            latency = latencies_ms({r["role"]: r.pop("latency_folder") for r in rows}, args.repeats)
+            for r in rows:
+                r["latency_ms"] = latency[r["role"]]
             clean = json.loads(json.dumps(rows).replace("NaN", "null"))  # strict JSON: one seed has no s.e. over seeds
             (folder / "table.json").write_text(json.dumps(clean, indent=1))
             sections.append(table(f"{dataset} / {backbone}", rows))
