@@ -19,8 +19,8 @@ its standard error over seeds (one seed: ± the standard error over test users, 
 parameters (non-embedding / total), training s/epoch (median epoch of the row's runs) and the
 inference latency per user: user vector + full-catalogue top-10 with the history excluded, for
 the longest test histories, at batch 1 and 256 (median of --repeats timed calls after warm-up,
-first seed's model, --threads torch threads; the rows' calls interleaved, round by round). Then
-the issue's targets, checked.
+first seed's model, --threads torch threads; the rows' calls interleaved, round by round; the
+user vectors' share of batch 256 timed apart). Then the issue's targets, checked.
 
 Smoke test (minutes, not a result): --seeds 42 --datasets beauty --backbones sasrec
     --set train.epochs=1 train.data_fraction=0.02 --repeats 3
@@ -95,10 +95,11 @@ def user_se(folder: Path) -> dict[str, float]:
 
 
 @torch.no_grad()
-def latencies_ms(folders: dict[str, Path], repeats: int) -> dict[str, tuple[float, float]]:
-    """Milliseconds per user (batch 1, batch 256) of each role's model: user vector + top-10 over
-    the catalogue, for the longest test histories. The roles' calls are interleaved (each round
-    times every model once), so a slower stretch of a shared machine hits every row alike."""
+def latencies_ms(folders: dict[str, Path], repeats: int) -> dict[str, tuple[float, float, float]]:
+    """Milliseconds per user (batch 1, batch 256, and of batch 256 the user vectors alone) of each
+    role's model: user vector + top-10 over the catalogue, for the longest test histories. The
+    roles' calls are interleaved (each round times every model once), so a slower stretch of a
+    shared machine hits every row alike."""
     calls = {}
     for role, folder in folders.items():
         model, _, experiment = load_model(folder / "best")
@@ -106,25 +107,29 @@ def latencies_ms(folders: dict[str, Path], repeats: int) -> dict[str, tuple[floa
         *_, batch = eval_batches(load_data(cfg), "test", model.max_history, 256, cfg.eval.exclude_history)
         calls[role] = (model, batch)
 
-    def once(role: str, rows: slice) -> float:
+    def once(role: str, rows: slice) -> tuple[float, float]:
+        """(seconds for the user vectors, seconds for them + the top-10)"""
         model, batch = calls[role]
         start = time.perf_counter()
         ts = None if batch.timestamps is None else batch.timestamps[rows]
         qt = None if batch.query_time is None else batch.query_time[rows]
-        model.topk(model.user_vectors(batch.items[rows], ts, qt), 10, batch.exclude[rows])
-        return time.perf_counter() - start
+        users = model.user_vectors(batch.items[rows], ts, qt)
+        encoded = time.perf_counter()
+        model.topk(users, 10, batch.exclude[rows])
+        return encoded - start, time.perf_counter() - start
 
     warm = 3
-    per_batch = {role: [] for role in calls}
-    single = {role: [] for role in calls}
+    single, per_batch, encoder = ({role: [] for role in calls} for _ in range(3))
     for i in range(repeats + warm):
         for role, (_, batch) in calls.items():
-            b1 = once(role, slice(i % len(batch.items), i % len(batch.items) + 1))
-            b256 = once(role, slice(None))
+            _, b1 = once(role, slice(i % len(batch.items), i % len(batch.items) + 1))
+            enc, b256 = once(role, slice(None))
             if i >= warm:
                 single[role].append(b1)
                 per_batch[role].append(b256 / len(batch.items))
-    return {role: (1000 * statistics.median(single[role]), 1000 * statistics.median(per_batch[role])) for role in calls}
+                encoder[role].append(enc / len(batch.items))
+    ms = lambda values: 1000 * statistics.median(values)  # noqa: E731
+    return {role: (ms(single[role]), ms(per_batch[role]), ms(encoder[role])) for role in calls}
 
 
 def median_epoch_seconds(folders: list[Path]) -> float:
@@ -158,13 +163,14 @@ def table(name: str, rows: list[dict]) -> str:
     teacher = next(r for r in rows if r["role"] == "teacher")
     lines = [f"#### {name}", "",
              "| row | layers | runs | test NDCG@10 | test HR@10 | params non-emb / total | s/epoch | ms/user batch 1 | "
-             "ms/user batch 256 | speed-up vs teacher (1 / 256) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "ms/user batch 256 | of which user vectors | speed-up vs teacher (1 / 256 / user vectors) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        p, (b1, b256) = r["parameters"], r["latency_ms"]
-        t1, t256 = teacher["latency_ms"]
+        p, (b1, b256, enc) = r["parameters"], r["latency_ms"]
+        t1, t256, tenc = teacher["latency_ms"]
         lines.append(f"| {r['role']} | {r['layers']} | {r['runs']} | {cell(r, 'ndcg@10')} | {cell(r, 'hr@10')} | "
                      f"{p['non_embedding']:,} / {p['total']:,} | {r['s_per_epoch']:.1f} | {b1:.2f} | {b256:.3f} | "
-                     f"{t1 / b1:.1f}x / {t256 / b256:.1f}x |")
+                     f"{enc:.3f} | {t1 / b1:.1f}x / {t256 / b256:.1f}x / {tenc / enc:.1f}x |")
     return "\n".join(lines + [""] + targets(rows))
 
 
