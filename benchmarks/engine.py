@@ -11,7 +11,9 @@ each trained for one whole epoch (the trainer's own epoch loop, no evaluation) i
   (512 uniform negatives drawn per position with accidental hits masked, padded batches of 128,
   temperature 0.05), the issue's "matched settings";
 - ``shipped``: the config as shipped (256 negatives shared by the batch, length bucketing);
-- ``full-softmax``: the shipped config with ``train.loss=full_softmax``.
+- ``full-softmax``: the shipped config with ``train.loss=full_softmax``;
+- ``full-softmax-bf16``: the same with ``train.softmax_matmul=bf16`` (bf16 matmul operands in
+  the loss; trees before that setting existed refuse it: run it with ``--baseline ''``).
 
 Each recipe runs under this tree and under ``--baseline`` (default 651bf8c, the last commit
 before the engine work), extracted with ``git archive`` and put first on ``PYTHONPATH``; the two
@@ -35,7 +37,8 @@ Beauty batch), D=64, unit-norm vectors, 1 thread: per-position negatives as the 
 them (normalise a [T, K, D] gather, einsum) and through :mod:`genrec.training.logits` (dense
 matmul + pick, or blockwise gathered dot: the per-element costs behind ``DENSE_RATIO``); the full
 softmax as the baseline (``F.cross_entropy`` over [T, items] logits), by blocks with the forward
-blocks kept or recomputed, and the floor of three [T x items x D] matmuls.
+blocks kept or recomputed (fp32 and bf16 matmul operands), and the floor of three [T x items x D]
+fp32 matmuls.
 
 Run alone on an idle machine; compare within one run (ratios), never across runs.
 """
@@ -59,6 +62,7 @@ RECIPES = {
     "matched": ["train.num_negatives=512", "train.negative_sharing=position", "train.bucket_by_length=false"],
     "shipped": [],
     "full-softmax": ["train.loss=full_softmax"],
+    "full-softmax-bf16": ["train.loss=full_softmax", "train.softmax_matmul=bf16"],
 }
 
 EPOCH_CHILD = r"""
@@ -151,10 +155,11 @@ def epochs(trees: dict[str, Path | None], rounds: int, recipes: list[str], extra
         med = [statistics.median(seconds[(recipe, t)]) for t in names]
         ratio = f"{med[0] / med[-1]:.2f}x" if len(med) > 1 else "-"
         print(f"| {recipe} | " + " | ".join(f"{m:.2f}" for m in med) + f" | {ratio} |")
-    if "shipped" in recipes and "full-softmax" in recipes:
-        for t in names:
-            print(f"{t}: full softmax / shipped (256 shared negatives) = "
-                  f"{statistics.median(seconds[('full-softmax', t)]) / statistics.median(seconds[('shipped', t)]):.2f}x")
+    for full in ("full-softmax", "full-softmax-bf16"):
+        if "shipped" in recipes and full in recipes:
+            for t in names:
+                print(f"{t}: {full} / shipped (256 shared negatives) = "
+                      f"{statistics.median(seconds[(full, t)]) / statistics.median(seconds[('shipped', t)]):.2f}x")
 
 
 def runs(trees: dict[str, Path | None], run_epochs: int, extra: list[str]) -> None:
@@ -215,7 +220,7 @@ def kernels(reps: int) -> None:
         pick = "dense" if V + 1 <= L.DENSE_RATIO * K else "gathered"
         per_item, per_neg = dense / T / (V + 1) * 1000, gathered / T / K * 1000
         print(f"| | {V} | {K} | {base:.1f} | {dense:.1f} | {gathered:.1f} | {pick} | {per_item:.4f} | {per_neg:.4f} | {per_neg / per_item:.0f} |", flush=True)
-    print("\n| full softmax | items | baseline (full logits) | blocks kept | blocks recomputed | 3-matmul floor |\n|---|---|---|---|---|---|")
+    print("\n| full softmax | items | baseline (full logits) | blocks kept | blocks recomputed | bf16 blocks kept | bf16 blocks recomputed | 3-matmul floor |\n|---|---|---|---|---|---|---|---|")
     for V in (12101, 50000):
         table = F.normalize(torch.randn(V, D, generator=gen), dim=-1).requires_grad_()
         target = torch.randint(0, V, (T,), generator=gen)
@@ -223,11 +228,11 @@ def kernels(reps: int) -> None:
         def baseline():
             F.cross_entropy((q @ table.T) / tau, target).backward()
 
-        def blocked(cache):
+        def blocked(cache, matmul="fp32"):
             def run():
                 saved, L.CACHE_BYTES = L.CACHE_BYTES, cache
                 try:
-                    L.softmax_cross_entropy(q, table, target, tau).backward()
+                    L.softmax_cross_entropy(q, table, target, tau, matmul).backward()
                 finally:
                     L.CACHE_BYTES = saved
             return run
@@ -237,7 +242,8 @@ def kernels(reps: int) -> None:
                 s = q @ table.T
                 s @ table, s.T @ q
 
-        print(f"| | {V} | {timed(baseline):.1f} | {timed(blocked(1 << 40)):.1f} | {timed(blocked(0)):.1f} | {timed(floor):.1f} |", flush=True)
+        print(f"| | {V} | {timed(baseline):.1f} | {timed(blocked(1 << 40)):.1f} | {timed(blocked(0)):.1f} "
+              f"| {timed(blocked(1 << 40, 'bf16')):.1f} | {timed(blocked(0, 'bf16')):.1f} | {timed(floor):.1f} |", flush=True)
 
 
 def main() -> None:

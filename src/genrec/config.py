@@ -186,6 +186,12 @@ class TrainConfig:
     with ``negative_sharing: batch``, one shared set per domain."""
     temperature: float = 0.05
     """Softmax temperature on cosine similarities."""
+    softmax_matmul: str = "fp32"
+    """Operand dtype of the full softmax's three [positions x items x D] matmuls
+    (``train.loss: full_softmax`` only): ``fp32`` (exact) or ``bf16`` (bf16 operands and blocks,
+    fp32 sums across blocks; a ~2x faster loss kernel on a Zen 4 CPU with avx512_bf16, not measured
+    on GPUs; CPUs without native bf16 may be slower). Its speed and quality on Beauty:
+    benchmarks/RESULTS.md, "Engine". Independent of ``precision``."""
     seed: int = 42
     """Seed for initialisation, shuffling, dropout and negatives."""
     precision: str = "auto"
@@ -245,6 +251,9 @@ class TrainConfig:
         if self.negatives_from == "target_domain" and self.loss != "sampled_softmax":
             raise ConfigError("train.negatives_from=target_domain draws sampled negatives: use it with train.loss=sampled_softmax")
         _check_choice("train.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_choice("train.softmax_matmul", self.softmax_matmul, ("fp32", "bf16"))
+        if self.softmax_matmul != "fp32" and self.loss != "full_softmax":
+            raise ConfigError(f"train.softmax_matmul={self.softmax_matmul} applies to train.loss=full_softmax only (got train.loss={self.loss})")
         _check_choice("train.device", self.device, ("auto", "cpu", "cuda"))
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:

@@ -87,6 +87,46 @@ def test_softmax_cross_entropy_matches_full_logits(small_blocks, monkeypatch, ca
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * norm)
 
 
+@pytest.mark.parametrize("cache", [0, 1 << 30])
+@pytest.mark.parametrize("tile", [(512, 64), (16, 8)])  # (16, 8): 37 positions -> 40 rows in tiles of 16, 16, 8
+def test_softmax_cross_entropy_bf16_matmuls_stay_close_to_fp32(small_blocks, monkeypatch, cache, tile):
+    """train.softmax_matmul=bf16: same loss to ~1e-3 relative, gradients within ~1% (bf16 rounds
+    each operand and block to 8 bits of mantissa; sums stay fp32), blocks kept or recomputed,
+    positions in one padded tile or several."""
+    monkeypatch.setattr(L, "CACHE_BYTES", cache)
+    monkeypatch.setattr(L, "ROW_TILE", tile[0])
+    monkeypatch.setattr(L, "ROW_PAD", tile[1])
+    gen = torch.Generator().manual_seed(3)
+    q = F.normalize(torch.randn(37, 16, generator=gen), dim=-1).requires_grad_()
+    table = F.normalize(torch.randn(300, 16, generator=gen), dim=-1).requires_grad_()
+    target = torch.randint(0, 300, (37,), generator=gen)
+    ref = F.cross_entropy(q @ table.T / 0.05, target)
+    loss = L.softmax_cross_entropy(q, table, target, 0.05, matmul="bf16")
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, ref, rtol=2e-3, atol=0.0)
+    got = torch.autograd.grad(loss, (q, table))
+    want = torch.autograd.grad(ref, (q, table))
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        assert float((a - b).norm() / b.norm()) < 1e-2
+    assert L._Folded(q.detach(), table.detach(), torch.bfloat16).grid(300)[-1][:2] == ((32, 40) if tile[0] == 16 else (0, 64))
+    # and the bf16 path really rounds: not bit-equal to the fp32 one
+    assert float(loss.detach()) != float(L.softmax_cross_entropy(q, table, target, 0.05).detach())
+
+
+def test_softmax_cross_entropy_bf16_falls_back_to_exact_fp32_maxima(small_blocks):
+    """Unnormalised vectors push the Cauchy-Schwarz shift so far above the logits that the sums
+    underflow: the exact-maxima fallback runs in fp32, whatever the matmul dtype, and stays exact."""
+    q, table, _ = _inputs()
+    q = (q.detach() * 40.0).requires_grad_()
+    target = torch.randint(0, table.size(0), (q.size(0),), generator=torch.Generator().manual_seed(1))
+    loss = L.softmax_cross_entropy(q, table, target, 0.05, matmul="bf16")
+    ref = F.cross_entropy(q @ table.T / 0.05, target)
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=4e-3)
+    for a, b in zip(torch.autograd.grad(loss, (q, table)), torch.autograd.grad(ref, (q, table))):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=4e-4)
+
+
 def test_softmax_cross_entropy_frozen_table_and_no_double_backward():
     q, table, _ = _inputs()
     frozen = table.detach()
@@ -145,3 +185,14 @@ def test_sampled_softmax_per_position_matches_the_dense_loss():
     torch.testing.assert_close(got, ref)
     for a, b in zip(g_got, g_ref):
         torch.testing.assert_close(a, b)
+
+
+def test_bf16_block_shapes_stay_few_whatever_the_batch():
+    """oneDNN caches a kernel per matmul shape (~0.7 MB each): over every position count a
+    training batch can have, the bf16 blocks take a few dozen shapes, not one per count."""
+    table = torch.zeros(12101, 9)
+    shapes = set()
+    for T in range(1, 3000):
+        score = L._Folded(torch.zeros(T, 9), table, torch.bfloat16)
+        shapes |= {(r1 - r0, e - s) for r0, r1, s, e in score.grid(table.size(0))}
+    assert len(shapes) <= 2 * L.ROW_TILE // L.ROW_PAD

@@ -149,3 +149,17 @@ def test_negatives_from_target_domain_needs_domains_and_sampled_softmax():
         TrainConfig(negatives_from="target_domain", loss="in_batch")
     with pytest.raises(ConfigError, match="negatives_from"):
         TrainConfig(negatives_from="domain")
+
+
+def test_softmax_matmul_is_a_full_softmax_setting_and_says_so_in_the_protocol():
+    with pytest.raises(ConfigError, match="full_softmax only"):
+        TrainConfig(softmax_matmul="bf16")  # default loss: sampled_softmax
+    with pytest.raises(ConfigError, match="train.softmax_matmul"):
+        TrainConfig(loss="full_softmax", softmax_matmul="fp16")
+    cfg = TrainConfig(loss="full_softmax", softmax_matmul="bf16")
+    assert LOSSES["full_softmax"].describe(cfg) == "full softmax, temperature 0.05, bf16 matmul operands"
+    assert LOSSES["full_softmax"].describe(TrainConfig(loss="full_softmax")) == "full softmax, temperature 0.05"
+    model, q, pos = _setup()
+    exact = LOSSES["full_softmax"].fn(q, pos, model, TrainConfig(loss="full_softmax"))
+    rounded = LOSSES["full_softmax"].fn(q, pos, model, cfg)
+    torch.testing.assert_close(rounded, exact, rtol=5e-3, atol=0.0)

@@ -105,9 +105,11 @@ def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommend
     return F.cross_entropy(logits, label)
 
 
-def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float) -> torch.Tensor:
-    """Softmax over the whole catalogue, by item blocks (never [T, num_items] logits)."""
-    return softmax_cross_entropy(q, model.item_vectors(start=1), pos - 1, temperature)
+def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float,
+                      matmul: str = "fp32") -> torch.Tensor:
+    """Softmax over the whole catalogue, by item blocks (never [T, num_items] logits); ``matmul``:
+    the operand dtype of its matmuls (``train.softmax_matmul``)."""
+    return softmax_cross_entropy(q, model.item_vectors(start=1), pos - 1, temperature, matmul)
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,8 @@ LOSSES: dict[str, RetrievalLoss] = {
         lambda t, num_items, tokens: (1 + t.num_negatives) * tokens,
     ),
     "full_softmax": RetrievalLoss(
-        lambda q, pos, model, t, never=None: full_softmax_loss(q, pos, model, t.temperature),  # (config refuses never)
-        lambda t: f"full softmax, temperature {t.temperature}",
+        lambda q, pos, model, t, never=None: full_softmax_loss(q, pos, model, t.temperature, t.softmax_matmul),  # (config refuses never)
+        lambda t: f"full softmax, temperature {t.temperature}" + (f", {t.softmax_matmul} matmul operands" if t.softmax_matmul != "fp32" else ""),
         lambda t, num_items, tokens: num_items * tokens,
     ),
 }
