@@ -250,7 +250,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", default="651bf8c", help="git revision to compare against ('' = this tree only)")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    ap.add_argument("--recipes", nargs="+", default=["matched", "shipped", "full-softmax"], choices=list(RECIPES),
+                    help="full-softmax-bf16 only with a --baseline that has train.softmax_matmul, or --baseline ''")
     ap.add_argument("--runs", action="store_true", help="whole genrec train runs of the shipped config (peak RSS with evaluation)")
     ap.add_argument("--run-epochs", type=int, default=3)
     ap.add_argument("--time-to-quality", action="store_true")

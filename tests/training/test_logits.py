@@ -196,3 +196,59 @@ def test_bf16_block_shapes_stay_few_whatever_the_batch():
         score = L._Folded(torch.zeros(T, 9), table, torch.bfloat16)
         shapes |= {(r1 - r0, e - s) for r0, r1, s, e in score.grid(table.size(0))}
     assert len(shapes) <= 2 * L.ROW_TILE // L.ROW_PAD
+
+
+@pytest.mark.parametrize("matmul", ["fp32", "bf16"])
+@pytest.mark.parametrize("cache", [0, 1 << 30])
+def test_softmax_cross_entropy_backward_twice(small_blocks, monkeypatch, matmul, cache):
+    """retain_graph: a second backward of the same graph (the gradient weighters take per-task
+    gradient norms this way) gives the same gradients, whether the blocks were kept or not."""
+    monkeypatch.setattr(L, "CACHE_BYTES", cache)
+    q, table, _ = _inputs()
+    loss = L.softmax_cross_entropy(q, table, torch.arange(q.size(0)) % 40, 0.05, matmul)
+    first = torch.autograd.grad(loss, (q, table), retain_graph=True)
+    second = torch.autograd.grad(loss, (q, table))
+    for a, b in zip(first, second):
+        torch.testing.assert_close(a, b)
+
+
+def test_softmax_cross_entropy_bf16_runs_every_matmul_in_bf16(small_blocks, monkeypatch):
+    """Forward and backward: every [positions x items] matmul takes bf16 operands (a path that
+    silently ran in fp32 would still be close to fp32, so closeness alone cannot show it)."""
+    q, table, _ = _inputs()
+    table = F.normalize(table.detach(), dim=-1).requires_grad_()
+    seen, mm = [], torch.mm
+
+    def spy(a, b, *args, **kwargs):
+        seen.append((a.dtype, b.dtype, a.size(0), b.size(1)))
+        return mm(a, b, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "mm", spy)
+    L.softmax_cross_entropy(q, table, torch.arange(q.size(0)) % 40, 0.05, "bf16").backward()
+    assert seen and all(a == b == torch.bfloat16 for a, b, _, _ in seen)
+    # forward blocks [64 x items] (items per block != D here), backward [64 x D] and [items x D]
+    widths = [n for _, _, _, n in seen]
+    blocks = sum(n != q.size(1) for n in widths)
+    assert blocks > 0 and widths.count(q.size(1)) == 2 * blocks
+
+
+def test_softmax_cross_entropy_bf16_on_a_fitted_row_has_a_small_absolute_error():
+    """A row whose target dominates: loss and gradient near zero in fp32; bf16's error there is
+    small in absolute terms (bounded by the 2^-8 step per probability, scaled by 1 / tau)."""
+    gen = torch.Generator().manual_seed(5)
+    table = F.normalize(torch.randn(500, 16, generator=gen), dim=-1)
+    q = table[:8].clone().requires_grad_()  # each row points at its own target
+    table.requires_grad_()
+    target, tau = torch.arange(8), 0.05
+    exact = L.softmax_cross_entropy(q, table, target, tau)
+    rounded = L.softmax_cross_entropy(q, table, target, tau, "bf16")
+    assert float(exact.detach()) < 0.05
+    assert abs(float(rounded.detach()) - float(exact.detach())) < 2**-7
+    for a, b in zip(torch.autograd.grad(rounded, (q, table)), torch.autograd.grad(exact, (q, table))):
+        assert float((a - b).abs().max()) < 2**-7 / tau / q.size(0)
+
+
+@pytest.mark.parametrize("matmul", ["fp32", "bf16"])
+def test_softmax_cross_entropy_of_no_positions_is_nan_not_a_crash(matmul):
+    q = torch.zeros(0, 8, requires_grad=True)
+    assert torch.isnan(L.softmax_cross_entropy(q, torch.randn(40, 8), torch.zeros(0, dtype=torch.long), 0.05, matmul))

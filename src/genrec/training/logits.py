@@ -18,8 +18,9 @@ the allocator maps and unmaps the temporaries every step. Here:
   is at most that or one ``T x block`` block whatever the catalogue size, and time follows the FLOPs.
 
 Both are exact (same values as the dense expressions up to float rounding; tested in
-``tests/training/test_logits.py``); ``benchmarks/engine.py`` measures them against the
-straightforward forms.
+``tests/training/test_logits.py``), except the full softmax with ``matmul="bf16"``, which rounds
+its matmul operands on purpose (see :func:`softmax_cross_entropy`); ``benchmarks/engine.py``
+measures them against the straightforward forms.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ the matmuls to run near peak (blocks of 1-16 MB timed within noise of each other
 measured; on GPUs larger blocks are likely better, not measured)."""
 CACHE_BYTES = 64 << 20
 """The full softmax keeps its forward blocks for the backward pass when they fit in this many bytes
-(a T x num_items fp32 array), so that memory is at most this much, or one block, whatever the
-catalogue size."""
+(a T x num_items array in the matmul dtype, T padded for bf16), so that memory is at most this
+much, or one block, whatever the catalogue size."""
 DENSE_RATIO = 32
 """Score through a dense matmul when the distinct rows number at most this many times the
 negatives per position: on the CPU measured a gathered (memory-bound) dot costs 25-50x a matmul's
@@ -181,7 +182,8 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         keep = any(ctx.needs_input_grad[:2])  # no backward: nothing to keep
         total, blocks = _exp_sums(score, N, keep)
         if not bool((total > _TINY).all()):  # the bound is too loose for some row: exact maxima, subtracted after an fp32 matmul
-            shift = torch.stack([(scaled @ table[s : s + score.cols].T).amax(1) for s in range(0, N, score.cols)], 1).amax(1)
+            cols = _rows_per_block(T)
+            shift = torch.stack([(scaled @ table[s : s + cols].T).amax(1) for s in range(0, N, cols)], 1).amax(1)
             score = _Exact(scaled, table, shift)
             total, blocks = _exp_sums(score, N, keep)
         lse = total.log_() + shift
@@ -196,7 +198,7 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         q, table, target, lse, shift = ctx.saved_tensors
         score, blocks = ctx.score, ctx.blocks
-        ctx.score = ctx.blocks = None
+        ctx.blocks = None  # freed now; a second backward (retain_graph) recomputes them from ctx.score
         T, N, dtype = q.size(0), table.size(0), score.dtype
         scale = grad / (T * ctx.temperature)  # d mean / d logit, times d logit / d (q . row)
         # probability x scale = exp(logit - shift) x factor, with one factor per row: applied to the
@@ -249,11 +251,11 @@ class _Folded:
         T = self.T = q_ops.size(0)  # positions; self.rows: with the padding
         self.dtype = dtype
         if dtype == torch.float32:
-            self.rows = self.tile = T
+            self.rows, self.tile = T, max(1, T)  # (max: an empty batch gives an empty grid, not a zero step)
             self.cols = _rows_per_block(T)
         else:  # fixed block widths too, whatever T: one shape per tile height and item block
             self.rows = -(-T // ROW_PAD) * ROW_PAD
-            self.tile = min(ROW_TILE, self.rows)
+            self.tile = max(1, min(ROW_TILE, self.rows))
             self.cols = _rows_per_block(ROW_TILE, torch.empty((), dtype=dtype).element_size())
         self.q_ops = _padded(q_ops.to(dtype), self.rows)
         self.ops = ops.to(dtype)
@@ -325,6 +327,11 @@ def softmax_cross_entropy(q: torch.Tensor, table: torch.Tensor, target: torch.Te
     accumulates in fp32 inside), and the exponentials and each block's row sums are bf16; the sums
     over blocks, logs, the target term and the gradients' sums over blocks stay fp32. The shift is
     rounded to bf16 before use, so it cancels exactly. On a Zen 4 CPU (``avx512_bf16``) the loss
-    kernel runs ~2x faster (benchmarks/RESULTS.md, "Engine"); the loss differs from fp32 by ~1e-3
-    relative, gradients by ~1% at most (relative norm, tested). The exact-maxima fallback always runs in fp32."""
+    kernel runs ~2x faster (benchmarks/RESULTS.md, "Engine"). Each probability is off by up to
+    bf16's relative step (2^-8), an absolute error on the loss and the gradients: where they are
+    large (rows not yet fitted) it is ~1e-3 of the loss and ~1% of the gradients (tested); on a
+    row the model already fits, whose loss and gradient are near zero, the same absolute error is
+    a large relative one (tested with an absolute bound). The exact-maxima fallback always runs in
+    fp32. Both dtypes keep ``[scaled, -shift]`` and ``[table, 1]`` ([T, D+1] and [N, D+1], in the
+    matmul dtype) from the forward pass to the backward."""
     return _SoftmaxCrossEntropy.apply(q.float(), table.float(), target, temperature, MATMUL_DTYPES[matmul])
