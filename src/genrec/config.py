@@ -189,7 +189,7 @@ class TrainConfig:
     softmax_matmul: str = "fp32"
     """Operand dtype of the full softmax's three [positions x items x D] matmuls
     (``train.loss: full_softmax`` only): ``fp32`` (exact) or ``bf16`` (bf16 operands and blocks,
-    fp32 sums across blocks; a ~2x faster loss kernel on a Zen 4 CPU with avx512_bf16, not measured
+    fp32 sums across blocks; a 1.6-2x faster loss kernel on a Zen 4 CPU with avx512_bf16, not measured
     on GPUs; CPUs without native bf16 may be slower). Its speed and quality on Beauty:
     benchmarks/RESULTS.md, "Engine". Independent of ``precision``."""
     seed: int = 42

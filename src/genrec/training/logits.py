@@ -327,7 +327,7 @@ def softmax_cross_entropy(q: torch.Tensor, table: torch.Tensor, target: torch.Te
     accumulates in fp32 inside), and the exponentials and each block's row sums are bf16; the sums
     over blocks, logs, the target term and the gradients' sums over blocks stay fp32. The shift is
     rounded to bf16 before use, so it cancels exactly. On a Zen 4 CPU (``avx512_bf16``) the loss
-    kernel runs ~2x faster (benchmarks/RESULTS.md, "Engine"). Each probability is off by up to
+    kernel runs 1.6-2x faster (benchmarks/RESULTS.md, "Engine"). Each probability is off by up to
     bf16's relative step (2^-8), an absolute error on the loss and the gradients: where they are
     large (rows not yet fitted) it is ~1e-3 of the loss and ~1% of the gradients (tested); on a
     row the model already fits, whose loss and gradient are near zero, the same absolute error is
