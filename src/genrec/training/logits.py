@@ -256,7 +256,7 @@ class _Folded:
         else:  # fixed block widths too, whatever T: one shape per tile height and item block
             self.rows = -(-T // ROW_PAD) * ROW_PAD
             self.tile = max(1, min(ROW_TILE, self.rows))
-            self.cols = _rows_per_block(ROW_TILE, torch.empty((), dtype=dtype).element_size())
+            self.cols = _rows_per_block(ROW_TILE, torch.finfo(dtype).bits // 8)
         self.q_ops = _padded(q_ops.to(dtype), self.rows)
         self.ops = ops.to(dtype)
 
