@@ -42,11 +42,10 @@ from genrec.checkpoint import load_model
 from genrec.config import ExperimentConfig, load_config
 from genrec.data.batches import eval_batches
 from genrec.data.task_data import load_data
-from genrec.evaluation.evaluator import split_ranks
-from genrec.evaluation.metrics import per_user
 from genrec.experiments.distill import distill
 from genrec.experiments.run import train
 from genrec.training.tasks.distill import parameter_counts
+from stderr import mean_se, user_se  # benchmarks/stderr.py (the script's folder is on sys.path)
 
 ROOT = Path(__file__).resolve().parent.parent
 ABLATIONS = {"no-cos-l2": ["distill.cosine_weight=0", "distill.l2_weight=0"], "no-multi-sup": ["distill.supervision_weight=0"]}
@@ -80,19 +79,6 @@ def train_rows(out: Path, dataset: str, backbone: str, seeds: list[int], sets: l
 
 
 # ---- measuring -----------------------------------------------------------------------------------
-
-def mean_se(values: list[float]) -> tuple[float, float]:
-    m = sum(values) / len(values)
-    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
-
-
-def user_se(folder: Path) -> dict[str, float]:
-    """Standard error over test users of NDCG@10 and HR@10 (the run's own protocol)."""
-    model, _, experiment = load_model(folder / "best")
-    cfg = ExperimentConfig.from_dict(experiment)
-    values = per_user(split_ranks(model, load_data(cfg), "test", cfg.eval), [10])
-    return {k: (values[k].std() / math.sqrt(len(values[k]))).item() for k in ("ndcg@10", "hr@10")}
-
 
 @torch.no_grad()
 def latencies_ms(folders: dict[str, Path], repeats: int) -> dict[str, tuple[float, float, float]]:

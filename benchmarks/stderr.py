@@ -3,30 +3,48 @@
     GENREC_SOURCE=../shared/data python benchmarks/stderr.py /tmp/bench/quality/ml-100k-hstu ...
 
 Recomputes each user's test rank with the run's own protocol (its saved eval config), so the mean
-equals metrics.json's test value; the standard error is std / sqrt(users).
+equals metrics.json's test value; the standard error is std / sqrt(users). Also the helpers the
+other benchmarks use for their ± columns: :func:`user_se` (over test users, one run) and
+:func:`mean_se` (over runs, e.g. seeds).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
+from pathlib import Path
 
+from genrec.checkpoint import load_model
 from genrec.config import ExperimentConfig
 from genrec.data.task_data import load_data
 from genrec.evaluation.evaluator import split_ranks
 from genrec.evaluation.metrics import per_user
-from genrec.checkpoint import load_model
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample std / sqrt(n); NaN for one value)."""
+    m = sum(values) / len(values)
+    return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
+
+
+def user_means(folder: str | Path) -> dict[str, tuple[float, float]]:
+    """Test NDCG@10 and HR@10 of a run's best/ checkpoint: (mean, standard error) over test users."""
+    model, _, experiment = load_model(f"{folder}/best")
+    cfg = ExperimentConfig.from_dict(experiment)
+    values = per_user(split_ranks(model, load_data(cfg), "test", cfg.eval), [10])
+    return {k: (values[k].mean().item(), (values[k].std() / math.sqrt(len(values[k]))).item()) for k in ("ndcg@10", "hr@10")}
+
+
+def user_se(folder: str | Path) -> dict[str, float]:
+    """Standard error over test users of NDCG@10 and HR@10 (the run's own protocol)."""
+    return {k: se for k, (_, se) in user_means(folder).items()}
 
 
 def main() -> None:
     for run in sys.argv[1:]:
-        model, _, experiment = load_model(f"{run}/best")
-        cfg = ExperimentConfig.from_dict(experiment)
-        data = load_data(cfg)
-        values = per_user(split_ranks(model, data, "test", cfg.eval), [10])
-        gain, hit = values["ndcg@10"], values["hr@10"]
-        se = lambda x: (x.std() / math.sqrt(len(x))).item()  # noqa: E731
-        print(f"{run}: users {len(gain)}, test ndcg@10 {gain.mean():.4f} ± {se(gain):.4f}, hr@10 {hit.mean():.4f} ± {se(hit):.4f}")
+        (gain, gain_se), (hit, hit_se) = user_means(run).values()
+        print(f"{run}: test ndcg@10 {gain:.4f} ± {gain_se:.4f}, hr@10 {hit:.4f} ± {hit_se:.4f}")
 
 
 if __name__ == "__main__":

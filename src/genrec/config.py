@@ -173,6 +173,14 @@ class TrainConfig:
     """AdamW weight decay."""
     betas: tuple[float, float] = (0.9, 0.98)
     """AdamW betas."""
+    lr_schedule: str = "constant"
+    """``constant``, or ``cosine``: after the warm-up the learning rate falls along a half cosine
+    from ``lr`` to 0 at the end of epoch ``train.epochs`` (the cap: early stopping ends a run sooner
+    without changing the curve). Set per step from the step count alone, so a resumed run follows
+    the same rates (``genrec.training.schedule``)."""
+    warmup_epochs: float = 0.0
+    """Epochs (fractions allowed, rounded to whole steps) over which the learning rate rises
+    linearly to ``lr`` at the start of training (0 = none)."""
     loss: str = "sampled_softmax"
     """A registered retrieval loss (``genrec.training.losses.LOSSES``): ``sampled_softmax`` (uniform
     negatives), ``in_batch`` (other targets as negatives) or ``full_softmax``."""
@@ -244,6 +252,7 @@ class TrainConfig:
         if self.table_lr < 0:
             raise ConfigError(f"train.table_lr={self.table_lr} must be >= 0")
         from genrec.training.losses import LOSSES  # here: genrec.config loads before genrec.training
+        from genrec.training.schedule import SCHEDULES
 
         _check_choice("train.loss", self.loss, tuple(LOSSES))
         _check_choice("train.negative_sharing", self.negative_sharing, ("position", "batch"))
@@ -264,6 +273,15 @@ class TrainConfig:
             raise ConfigError(f"train.data_fraction={self.data_fraction} must be in (0, 1]")
         if self.temperature <= 0:
             raise ConfigError(f"train.temperature={self.temperature} must be > 0")
+        _check_choice("train.lr_schedule", self.lr_schedule, SCHEDULES)
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"train.warmup_epochs={self.warmup_epochs} must be >= 0")
+        if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"train.warmup_epochs={self.warmup_epochs} leaves no epoch of the cosine decay (train.epochs="
+                              f"{self.epochs}): lower it or raise train.epochs")
+        if self.item_table == "rowwise" and (self.lr_schedule != "constant" or self.warmup_epochs):
+            raise ConfigError("train.lr_schedule / train.warmup_epochs set the AdamW rate only; with train.item_table=rowwise "
+                              "the table's fused optimizer would keep a constant rate: not supported together")
         self.betas = tuple(self.betas)
 
 

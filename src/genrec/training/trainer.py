@@ -40,6 +40,7 @@ from genrec.errors import CheckpointError, ConfigError, TrainingDiverged
 from genrec.training import curves
 from genrec.training.precision import describe as describe_precision
 from genrec.training.precision import resolve_precision
+from genrec.training.schedule import lr_factor
 from genrec.training.strategy import SingleProcess
 from genrec.training.tasks import Task, select_score
 
@@ -173,11 +174,17 @@ class Trainer:
         torch.manual_seed(t.seed * 100_003 + epoch + 7919 * env.rank)  # dropout + negatives, reproducible on resume
         self.model.train()
         total, steps, skipped, start = 0.0, 0, 0, time.perf_counter()
+        scheduled = self.optimizer is not None and (t.lr_schedule != "constant" or t.warmup_epochs > 0)
         step_logs: list[dict] = []
         batches = self.batches.epoch(t.seed, epoch, (env.rank, env.world_size))
         bar = tqdm(batches, total=len(self.batches), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
                    disable=None if self.is_main else True)
-        for batch in bar:
+        per_epoch = len(self.batches)
+        for i, batch in enumerate(bar):
+            if scheduled:
+                lr = t.lr * lr_factor(epoch * per_epoch + i, per_epoch, t.epochs, t.lr_schedule, t.warmup_epochs)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
             value, logs = train_step(self.step_module, self.optimizer, batch.to(self.strategy.device), epoch, t, self.strategy,
                                      self.clip_parameters)
             if logs:
@@ -195,6 +202,8 @@ class Trainer:
         seconds = time.perf_counter() - start
         record = {"epoch": epoch + 1, "loss": total / steps if steps else None,  # None: every step was skipped
                   "seconds": seconds, "tokens_per_s": self.batches.num_tokens / seconds}
+        if scheduled:
+            record["lr"] = self.optimizer.param_groups[0]["lr"]  # the rate of the epoch's last step
         if skipped:
             record["skipped_nonfinite_steps"] = skipped
         for key in sorted({k for log in step_logs for k in log} - {"epoch", "step"}):
