@@ -183,9 +183,10 @@ class TrainConfig:
     linearly to ``lr`` at the start of training (0 = none)."""
     loss: str = "sampled_softmax"
     """A registered retrieval loss (``genrec.training.losses.LOSSES``): ``sampled_softmax`` (uniform
-    negatives), ``in_batch`` (other targets as negatives) or ``full_softmax``."""
+    negatives), ``in_batch`` (other targets as negatives), ``mixed`` (other targets + ``num_negatives``
+    uniform negatives shared by the batch) or ``full_softmax``."""
     num_negatives: int = 128
-    """Uniform negatives per position (sampled_softmax)."""
+    """Uniform negatives per position (sampled_softmax; ``mixed``: per batch, beside the in-batch ones)."""
     negative_sharing: str = "position"
     """``position``: fresh negatives for each position (reference); ``batch``: one set shared by the batch."""
     negatives_from: str = "catalogue"
@@ -267,7 +268,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
-        if self.loss == "sampled_softmax" and self.num_negatives < 1:
+        if self.loss in ("sampled_softmax", "mixed") and self.num_negatives < 1:
             raise ConfigError(f"train.num_negatives={self.num_negatives} must be >= 1")
         if not 0.0 < self.data_fraction <= 1.0:
             raise ConfigError(f"train.data_fraction={self.data_fraction} must be in (0, 1]")

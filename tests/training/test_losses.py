@@ -8,7 +8,8 @@ from genrec.config import TrainConfig
 from genrec.errors import ConfigError
 from genrec.data.batches import TrainBatch
 from genrec.models import HSTUConfig, build_model
-from genrec.training.losses import LOSSES, RetrievalLoss, full_softmax_loss, in_batch_loss, retrieval_loss, sampled_softmax_loss
+from genrec.training.losses import (LOSSES, RetrievalLoss, full_softmax_loss, in_batch_loss, mixed_loss, retrieval_loss,
+                                   sampled_softmax_loss)
 
 
 def _setup():
@@ -54,7 +55,31 @@ def test_sampled_softmax_value_with_known_negatives():
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("loss", ["sampled_softmax", "in_batch", "full_softmax"])
+def test_mixed_by_hand_drops_uniform_ids_that_are_batch_targets():
+    model, q, pos = _setup()  # targets 1 2 3 3 6 of a 6-item catalogue
+    torch.manual_seed(5)
+    loss = mixed_loss(q, pos, model, 4, 0.5)
+    torch.manual_seed(5)
+    extra = torch.randint(1, 7, (1, 4))[0]
+    keep = extra[~torch.isin(extra, torch.tensor([1, 2, 3, 6]))]  # uniform ids not already in-batch candidates
+    cand = torch.cat([torch.tensor([1, 2, 3, 6]), keep])
+    logits = q @ model.item_vectors(cand).T / 0.5
+    torch.testing.assert_close(loss, F.cross_entropy(logits, torch.tensor([0, 1, 2, 2, 3])))
+
+
+def test_mixed_equals_in_batch_when_every_uniform_id_is_dropped():
+    model, q, pos = _setup()
+    torch.testing.assert_close(mixed_loss(q, pos, model, 8, 0.5, never=torch.arange(1, 7)), in_batch_loss(q, pos, model, 0.5))
+
+
+def test_mixed_needs_negatives_and_says_so_in_the_protocol():
+    with pytest.raises(ConfigError, match="num_negatives=0"):
+        TrainConfig(loss="mixed", num_negatives=0)
+    assert LOSSES["mixed"].describe(TrainConfig(loss="mixed", num_negatives=64)).startswith(
+        "mixed negatives: the batch's other targets + 64 uniform negatives shared per batch")
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "in_batch", "mixed", "full_softmax"])
 def test_retrieval_loss_ignores_padding_positions(loss):
     model, _, _ = _setup()
     model.eval()

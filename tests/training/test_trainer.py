@@ -70,6 +70,12 @@ def test_bf16_training_runs_and_learns(tmp_path, synthetic_csv):
     assert result["valid"]["hr@10"] > 0.5
 
 
+def test_mixed_negatives_train_and_learn(tmp_path, synthetic_csv):
+    result = train(_cfg(synthetic_csv, tmp_path / "c", epochs=6, loss="mixed", num_negatives=8), tmp_path / "mixed")
+    assert result["valid"]["hr@10"] > 0.5  # chance is 10/40
+    assert result["protocol"]["loss"].startswith("mixed negatives")
+
+
 def test_refit_trains_on_validation_items_and_reports_separately(tmp_path, synthetic_csv):
     result = train(_cfg(synthetic_csv, tmp_path / "c", epochs=2, refit=True), tmp_path / "run")
     assert set(result["test_refit"]) == set(result["test"]) and "refit" in result["protocol"]

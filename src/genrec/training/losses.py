@@ -105,6 +105,25 @@ def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommend
     return F.cross_entropy(logits, label)
 
 
+def mixed_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, num_negatives: int, temperature: float,
+               never: torch.Tensor | None = None) -> torch.Tensor:
+    """Mixed negative sampling (Yang et al., WWW 2020 companion): a softmax over the batch's distinct targets (as
+    :func:`in_batch_loss`) and ``num_negatives`` uniform ids 1..num_items drawn once for the batch.
+    In-batch negatives are drawn by popularity, so they are hard but never reach the long tail;
+    the uniform ones cover it. A uniform id that is also a target of the batch is dropped (the
+    item is a candidate once, in the in-batch part), so no accidental hit needs a mask. No logQ
+    correction: every candidate's logit is its plain score. ``never``: ids that are no candidate."""
+    cand, label = torch.unique(pos, return_inverse=True)
+    extra = draw_negatives(model.config.num_items, 1, num_negatives, True, q.device)[0]
+    drop = torch.isin(extra, cand)
+    if never is not None:
+        drop = drop | torch.isin(extra, never)
+    ids = torch.cat([cand, extra])
+    logits = (q @ model.item_vectors(ids).T).float() / temperature  # [T C+K]
+    logits[:, cand.numel():] = logits[:, cand.numel():].masked_fill(drop, float("-inf"))
+    return F.cross_entropy(logits, label)
+
+
 def full_softmax_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, temperature: float,
                       matmul: str = "fp32") -> torch.Tensor:
     """Softmax over the whole catalogue, by item blocks (never [T, num_items] logits); ``matmul``:
@@ -142,6 +161,13 @@ LOSSES: dict[str, RetrievalLoss] = {
         lambda q, pos, model, t, never=None: in_batch_loss(q, pos, model, t.temperature),  # never a target: never a candidate
         lambda t: f"in batch, temperature {t.temperature}",
         lambda t, num_items, tokens: (1 + t.num_negatives) * tokens,
+    ),
+    # pairs: the batch's distinct targets (at most the target tokens) + the uniform set, per target
+    "mixed": RetrievalLoss(
+        lambda q, pos, model, t, never=None: mixed_loss(q, pos, model, t.num_negatives, t.temperature, never),
+        lambda t: f"mixed negatives: the batch's other targets + {t.num_negatives} uniform negatives shared per batch, "
+                  f"temperature {t.temperature}",
+        lambda t, num_items, tokens: (min(tokens, num_items) + t.num_negatives) * tokens,
     ),
     "full_softmax": RetrievalLoss(
         lambda q, pos, model, t, never=None: full_softmax_loss(q, pos, model, t.temperature, t.softmax_matmul),  # (config refuses never)
