@@ -1,17 +1,13 @@
-"""Learning-rate schedules: hand-computed factors, config checks, and the trainer applying them
-(resume included) on the synthetic log."""
+"""Learning-rate schedules: hand-computed factors and config checks (the trainer applying them,
+resume included: tests/training/test_trainer.py)."""
 
 import itertools
-import json
 import math
 
 import pytest
-import torch
-from safetensors.torch import load_file
 
-from genrec.config import ExperimentConfig, TrainConfig
+from genrec.config import TrainConfig
 from genrec.errors import ConfigError
-from genrec.experiments.run import make_trainer, train
 from genrec.training.schedule import lr_factor, warmup_steps
 
 
@@ -53,64 +49,3 @@ def test_fractional_warmup_rounds_to_whole_steps():
 def test_bad_schedules_are_refused(kw, words):
     with pytest.raises(ConfigError, match=words):
         TrainConfig(**kw)
-
-
-def _cfg(csv, cache, **train_kw):
-    return ExperimentConfig.from_dict({
-        "name": "tiny",
-        "data": {"dataset": "custom", "source": str(csv), "format": "csv", "cache_dir": str(cache),
-                 "columns": {"user": "user_id", "item": "item_id", "timestamp": "ts"}},
-        "model": {"name": "hstu", "max_seq_len": 10, "embedding_dim": 16, "num_layers": 1, "num_heads": 2, "dropout": 0.2},
-        "train": {"epochs": 4, "batch_size": 16, "num_negatives": 8, "patience": 0, "lr": 0.01,
-                  "lr_schedule": "cosine", "warmup_epochs": 1, **train_kw},
-        "eval": {"ks": [1, 5, 10]},
-    })
-
-
-def _log(run):
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def test_trainer_sets_the_scheduled_rate_and_logs_it(tmp_path, synthetic_csv):
-    cfg = _cfg(synthetic_csv, tmp_path / "c")
-    trainer = make_trainer(cfg, tmp_path / "run")
-    n = len(trainer.batches)
-    trainer.fit()
-    log = _log(tmp_path / "run")
-    expected = [0.01 * lr_factor((e + 1) * n - 1, n, 4, "cosine", 1) for e in range(4)]
-    assert [r["lr"] for r in log] == pytest.approx(expected)
-    assert log[0]["lr"] == pytest.approx(0.01)  # the warm-up epoch's last step: the full rate
-    assert log[-1]["lr"] < 0.01 * 0.2  # near the end of the cosine
-    saved = json.loads((tmp_path / "run" / "last" / "optimizer.json").read_text())
-    assert saved["param_groups"][0]["lr"] == pytest.approx(expected[-1])
-
-
-def test_a_constant_rate_logs_no_lr(tmp_path, synthetic_csv):
-    train(_cfg(synthetic_csv, tmp_path / "c", epochs=1, lr_schedule="constant", warmup_epochs=0), tmp_path / "run")
-    assert "lr" not in _log(tmp_path / "run")[0]
-
-
-class _Killed(Exception):
-    pass
-
-
-def test_a_resumed_scheduled_run_reaches_the_same_weights(tmp_path, synthetic_csv):
-    cfg = _cfg(synthetic_csv, tmp_path / "c")
-    train(cfg, tmp_path / "full")
-    # killed after 2 of the 4 epochs (train.epochs, the cosine's horizon, is the same config), then resumed
-    trainer = make_trainer(cfg, tmp_path / "part")
-
-    def kill(epoch, record):
-        if epoch == 2:
-            raise _Killed
-
-    trainer.on_epoch = kill
-    with pytest.raises(_Killed):
-        trainer.fit()
-    train(cfg, tmp_path / "part", resume=True)
-    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
-    b = load_file(str(tmp_path / "part" / "last" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
-    assert [r["lr"] for r in _log(tmp_path / "part")] == [r["lr"] for r in _log(tmp_path / "full")]

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from genrec.config import ExperimentConfig
-from genrec.experiments.run import train
+from genrec.experiments.run import make_trainer, train
+from genrec.training.schedule import lr_factor
 
 
 def _cfg(csv, cache, **train_kw):
@@ -181,3 +182,55 @@ def test_cold_items_are_stated_in_the_protocol(tmp_path, synthetic_csv):
     raw["data"]["cold_items"] = 0.25
     result = train(ExperimentConfig.from_dict(raw), tmp_path / "run")
     assert result["protocol"]["cold_items"].startswith("10 of 40 items (25%, a fixed draw) never occur in training")
+
+
+COSINE = {"lr_schedule": "cosine", "warmup_epochs": 1}
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_trainer_sets_the_scheduled_rate_and_logs_it(tmp_path, synthetic_csv):
+    cfg = _cfg(synthetic_csv, tmp_path / "c", **COSINE)
+    trainer = make_trainer(cfg, tmp_path / "run")
+    n = len(trainer.batches)
+    trainer.fit()
+    log = _log(tmp_path / "run")
+    expected = [0.01 * lr_factor((e + 1) * n - 1, n, 4, "cosine", 1) for e in range(4)]
+    assert [r["lr"] for r in log] == pytest.approx(expected)
+    assert log[0]["lr"] == pytest.approx(0.01)  # the warm-up epoch's last step: the full rate
+    assert log[-1]["lr"] < 0.01 * 0.2  # near the end of the cosine
+    saved = json.loads((tmp_path / "run" / "last" / "optimizer.json").read_text())
+    assert saved["param_groups"][0]["lr"] == pytest.approx(expected[-1])
+
+
+def test_a_constant_learning_rate_logs_no_lr(tmp_path, synthetic_csv):
+    train(_cfg(synthetic_csv, tmp_path / "c", epochs=1), tmp_path / "run")
+    assert "lr" not in _log(tmp_path / "run")[0]
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_resumed_scheduled_run_reaches_the_same_weights(tmp_path, synthetic_csv):
+    cfg = _cfg(synthetic_csv, tmp_path / "c", **COSINE)
+    train(cfg, tmp_path / "full")
+    # killed after 2 of the 4 epochs (train.epochs, the cosine's horizon, is the same config), then resumed
+    trainer = make_trainer(cfg, tmp_path / "part")
+
+    def kill(epoch, record):
+        if epoch == 2:
+            raise _Killed
+
+    trainer.on_epoch = kill
+    with pytest.raises(_Killed):
+        trainer.fit()
+    train(cfg, tmp_path / "part", resume=True)
+    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "part" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    assert [r["lr"] for r in _log(tmp_path / "part")] == [r["lr"] for r in _log(tmp_path / "full")]
