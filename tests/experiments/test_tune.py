@@ -133,6 +133,10 @@ def test_study_resumes_never_tests_trials_and_best_yaml_reproduces(tiny, tmp_pat
     tested_again = best.number != first["best"]["trial"]  # the test is evaluated again only for a new selection
     assert final["protocol"]["tuning"]["trials"] == 3 and final["protocol"]["tuning"]["test_evaluations"] == 1 + tested_again
     assert {p.name for p in out.glob("*.png")} == {"history.png", "intermediate.png", "importances.png"}
+    rows = [line for line in (out / "trials.md").read_text().splitlines() if line.startswith("| ") and not line.startswith("| trial")]
+    assert [int(r.split("|")[1]) for r in rows] == [0, 1, 2]  # one row per trial, its best validation as stored
+    assert all(f"{t.value:.4f}" in rows[t.number] for t in trials_of(out) if t.value is not None)
+    assert "CPU-hours at most (1 thread(s) per trial)" in (out / "trials.md").read_text()  # the tiny config: num_threads 1
 
 
 def test_a_bad_range_is_pruned_on_the_validation_curve(tiny, tmp_path, capsys):

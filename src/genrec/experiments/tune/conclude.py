@@ -69,6 +69,37 @@ def _importance_evaluator():
         return optuna.importance.PedAnovaImportanceEvaluator()
 
 
+def write_trials(study: optuna.Study, out: Path, threads: int) -> Path:
+    """``OUT/trials.md``: one row per trial (state, best validation value and epoch, epochs run,
+    wall minutes, parameters) and the study's cost: the trials' wall time, and that times the
+    threads per trial (``train.num_threads``), an upper bound on their CPU time."""
+    rows, minutes = [], 0.0
+    for t in study.get_trials(deepcopy=False):
+        wall = (t.datetime_complete - t.datetime_start).total_seconds() / 60 if t.datetime_complete and t.datetime_start else None
+        minutes += wall or 0.0
+        values = t.intermediate_values
+        best_epoch = t.user_attrs.get("best_epoch") or (max(values, key=values.get) if values else None)
+        ran = t.user_attrs.get("epochs_run") or (max(values) if values else None)
+        params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
+        value = t.value if t.value is not None else (max(values.values()) if values else None)
+        rows.append(f"| {t.number} | {t.state.name.lower()} | {'-' if value is None else f'{value:.4f}'} | {best_epoch or '-'} | "
+                    f"{ran or '-'} | {'-' if wall is None else f'{wall:.1f}'} | {params} |")
+    cpu = f"{minutes * threads / 60:.2f} CPU-hours at most ({threads} thread(s) per trial)" if threads else \
+        "CPU time not bounded here (train.num_threads=0: torch's default thread count)"
+    text = (f"# Trials of study {study.study_name!r}\n\n"
+            "Validation only (pruned trials: their best validation value before the pruning). "
+            f"Trials' wall time {minutes / 60:.2f} h in all; {cpu}.\n\n"
+            "| trial | state | best valid | best epoch | epochs run | minutes | parameters |\n|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n")
+    path = out / "trials.md"
+    path.write_text(text)
+    return path
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def write_best(study: optuna.Study, base: ExperimentConfig, out: Path, finished: int, command: str) -> Path:
     """``OUT/best.yaml``: every field of the best trial's config written out (frozen against
     changes of defaults), with how it was found and how to train it in its header."""

@@ -9,6 +9,7 @@ Folder layout (``OUT``):
 - ``.tune.lock``      processes sharing the folder take turns on it to open and to conclude the study;
 - ``trials/NNNN/``    one ordinary run folder per trial (validation only, see :mod:`.trial`);
 - ``history.png``, ``importances.png``, ``intermediate.png``   the study's plots;
+- ``trials.md``       every trial's state, validation value, epochs, minutes and parameters; the study's cost;
 - ``best.yaml``       the best trial's config, frozen, with the commands that reproduce it;
 - ``final/``          the selected model tested once (a run folder: metrics.json, best/).
 """
@@ -34,7 +35,7 @@ from genrec import jsonio
 from genrec.config import ExperimentConfig, load_config, run_name
 from genrec.data.prepare import load_prepared, prepare
 from genrec.errors import ConfigError, GenrecError
-from genrec.experiments.tune.conclude import evaluate_final, plot_study, write_best
+from genrec.experiments.tune.conclude import evaluate_final, plot_study, write_best, write_trials
 from genrec.experiments.tune.space import Space
 from genrec.experiments.tune.trial import Objective, recover_interrupted
 from genrec.training import distributed
@@ -94,6 +95,7 @@ def tune(config: str, overrides: list[str], space_file: str, out: str | None, se
                        catch=(GenrecError,), gc_after_trial=True)
     with _turn(out):  # processes that stop together take turns: the later one finds the study concluded
         plot_study(study, out)
+        write_trials(study, out, base.train.num_threads)
         summary = _summary(study, url, base.eval.select_metric)
         if _finished(summary, settings.trials):
             command = tune_command(config, overrides, space_file, out, settings)
