@@ -107,8 +107,9 @@ def in_batch_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommend
 
 def mixed_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender, num_negatives: int, temperature: float,
                never: torch.Tensor | None = None) -> torch.Tensor:
-    """Mixed negative sampling (Yang et al., WWW 2020 companion): a softmax over the batch's distinct targets (as
-    :func:`in_batch_loss`) and ``num_negatives`` uniform ids 1..num_items drawn once for the batch.
+    """Mixed negative sampling (Yang et al., WWW 2020 companion): a softmax over the batch's
+    distinct targets (as :func:`in_batch_loss`) and ``num_negatives`` uniform ids 1..num_items
+    drawn once for the batch.
     In-batch negatives are drawn by popularity, so they are hard but never reach the long tail;
     the uniform ones cover it. A uniform id that is also a target of the batch is dropped (the
     item is a candidate once, in the in-batch part), so no accidental hit needs a mask. No logQ
