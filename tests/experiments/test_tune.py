@@ -139,6 +139,23 @@ def test_study_resumes_never_tests_trials_and_best_yaml_reproduces(tiny, tmp_pat
     assert "CPU-hours at most (1 thread(s) per trial)" in (out / "trials.md").read_text()  # the tiny config: num_threads 1
 
 
+def test_a_study_started_before_a_config_field_existed_continues(tiny, tmp_path, capsys):
+    config, space = tiny
+    out = tmp_path / "study"
+    assert tune(config, space, out, "--trials", "1") == 0
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{out / 'study.db'}")
+    held = study.user_attrs["config"]
+    del held["train"]["lr_schedule"]  # as stored by a genrec from before the field
+    study.set_user_attr("config", held)
+    capsys.readouterr()
+    # the new field at anything but its default would change the trials: refused
+    assert tune(config, space, out, "train.lr_schedule=cosine", "--trials", "2") == 2
+    assert "was started with another config (differs in train.lr_schedule)" in capsys.readouterr().err
+    # at its default it changes nothing the trials ran: the study goes on
+    assert tune(config, space, out, "--trials", "2") == 0
+    assert [t.number for t in trials_of(out)] == [0, 1]
+
+
 def test_a_bad_range_is_pruned_on_the_validation_curve(tiny, tmp_path, capsys):
     config, _ = tiny
     space, out = tmp_path / "lr.yaml", tmp_path / "study"

@@ -169,6 +169,8 @@ def _open_study(storage: optuna.storages.RDBStorage, url: str, name: str, base: 
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
     for key, value in (("config", _fixed(base)), ("space", space.canonical)):
         held = study.user_attrs.get(key)
+        if key == "config" and held is not None:
+            held = _with_new_defaults(held, value, base.model.name)
         if held is None:
             study.set_user_attr(key, value)
         elif held != value:
@@ -207,6 +209,20 @@ def _fixed(base: ExperimentConfig) -> dict:
         for key in keys:
             raw[section].pop(key)
     return json.loads(jsonio.dumps(raw))  # as the storage gives it back (tuples as lists)
+
+
+def _with_new_defaults(held: dict, new: dict, model: str) -> dict:
+    """``held`` (a study's stored base config) with the fields it lacks taken from ``new`` where
+    ``new`` holds their default: fields added to genrec after the study started, at their default,
+    change nothing the trials ran (a field set to anything else still differs, and is refused)."""
+    defaults = json.loads(jsonio.dumps(ExperimentConfig.from_dict({"model": {"name": model}}).to_dict()))
+    held = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in held.items()}
+    for section, fields in new.items():
+        if isinstance(fields, dict) and isinstance(held.get(section), dict):
+            for name, value in fields.items():
+                if name not in held[section] and name in defaults.get(section, {}) and defaults[section][name] == value:
+                    held[section][name] = value
+    return held
 
 
 def _difference(held: dict, new: dict) -> str:
