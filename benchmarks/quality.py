@@ -75,7 +75,7 @@ def seeds_table(out: Path, rows: list[str], seeds: list[int]) -> str:
         dirs = [row_dir(out, name, s) for s in seeds]
         runs = [json.loads((d / "metrics.json").read_text()) for d in dirs]
         users = [user_se(d) for d in dirs]
-        cell = lambda values: "{:.4f} ± {:.4f}".format(*mean_se(values))  # noqa: E731
+        cell = lambda values: "{:.4f} ± {:.4f}".format(*mean_se(values)) if len(values) > 1 else f"{values[0]:.4f}"  # noqa: E731
         lines.append(
             f"| {name} | {' '.join(map(str, seeds))} | {' '.join(str(m['best_epoch']) for m in runs)} | "
             f"{cell([m['valid']['ndcg@10'] for m in runs])} | {cell([m['test']['ndcg@10'] for m in runs])} | "

@@ -28,23 +28,26 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return m, (statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan"))
 
 
-def user_means(folder: str | Path) -> dict[str, tuple[float, float]]:
-    """Test NDCG@10 and HR@10 of a run's best/ checkpoint: (mean, standard error) over test users."""
+def user_means(folder: str | Path) -> tuple[dict[str, tuple[float, float]], int]:
+    """Test NDCG@10 and HR@10 of a run's best/ checkpoint, each (mean, standard error) over the
+    test users, and the number of those users."""
     model, _, experiment = load_model(f"{folder}/best")
     cfg = ExperimentConfig.from_dict(experiment)
     values = per_user(split_ranks(model, load_data(cfg), "test", cfg.eval), [10])
-    return {k: (values[k].mean().item(), (values[k].std() / math.sqrt(len(values[k]))).item()) for k in ("ndcg@10", "hr@10")}
+    out = {k: (values[k].mean().item(), (values[k].std() / math.sqrt(len(values[k]))).item()) for k in ("ndcg@10", "hr@10")}
+    return out, len(values["ndcg@10"])
 
 
 def user_se(folder: str | Path) -> dict[str, float]:
     """Standard error over test users of NDCG@10 and HR@10 (the run's own protocol)."""
-    return {k: se for k, (_, se) in user_means(folder).items()}
+    return {k: se for k, (_, se) in user_means(folder)[0].items()}
 
 
 def main() -> None:
     for run in sys.argv[1:]:
-        (gain, gain_se), (hit, hit_se) = user_means(run).values()
-        print(f"{run}: test ndcg@10 {gain:.4f} ± {gain_se:.4f}, hr@10 {hit:.4f} ± {hit_se:.4f}")
+        m, users = user_means(run)
+        (gain, gain_se), (hit, hit_se) = m["ndcg@10"], m["hr@10"]
+        print(f"{run}: users {users}, test ndcg@10 {gain:.4f} ± {gain_se:.4f}, hr@10 {hit:.4f} ± {hit_se:.4f}")
 
 
 if __name__ == "__main__":

@@ -186,9 +186,11 @@ class TrainConfig:
     negatives), ``in_batch`` (other targets as negatives), ``mixed`` (other targets + ``num_negatives``
     uniform negatives shared by the batch) or ``full_softmax``."""
     num_negatives: int = 128
-    """Uniform negatives per position (sampled_softmax; ``mixed``: per batch, beside the in-batch ones)."""
+    """Uniform negatives per position (sampled_softmax; ``mixed``: one set per batch, beside the
+    in-batch ones, whatever ``negative_sharing`` says)."""
     negative_sharing: str = "position"
-    """``position``: fresh negatives for each position (reference); ``batch``: one set shared by the batch."""
+    """``position``: fresh negatives for each position (reference); ``batch``: one set shared by the
+    batch (``sampled_softmax`` only: ``mixed`` always shares its set)."""
     negatives_from: str = "catalogue"
     """Where sampled negatives come from: the whole ``catalogue``, or (multi-domain data,
     ``data.domains``) the ``target_domain``'s items only, as each target is ranked in evaluation;
@@ -280,9 +282,13 @@ class TrainConfig:
         if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs:
             raise ConfigError(f"train.warmup_epochs={self.warmup_epochs} leaves no epoch of the cosine decay (train.epochs="
                               f"{self.epochs}): lower it or raise train.epochs")
+        if self.warmup_epochs > self.epochs:
+            raise ConfigError(f"train.warmup_epochs={self.warmup_epochs} is longer than the run (train.epochs={self.epochs}): "
+                              "the rate would never reach train.lr")
         if self.item_table == "rowwise" and (self.lr_schedule != "constant" or self.warmup_epochs):
-            raise ConfigError("train.lr_schedule / train.warmup_epochs set the AdamW rate only; with train.item_table=rowwise "
-                              "the table's fused optimizer would keep a constant rate: not supported together")
+            raise ConfigError(f"train.lr_schedule={self.lr_schedule} / train.warmup_epochs={self.warmup_epochs} set the AdamW "
+                              "rate only; with train.item_table=rowwise the table's fused optimizer would keep a constant rate: "
+                              "not supported together (use lr_schedule=constant, warmup_epochs=0)")
         self.betas = tuple(self.betas)
 
 

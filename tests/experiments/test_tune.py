@@ -20,6 +20,7 @@ from genrec.config import load_config  # noqa: E402
 from genrec.errors import ConfigError  # noqa: E402
 from genrec.experiments.tune import Space  # noqa: E402
 from genrec.experiments.tune import study as tune_study  # noqa: E402
+from genrec.experiments.tune.conclude import write_trials  # noqa: E402
 from genrec.experiments.tune.trial import TrialTrainer  # noqa: E402
 
 from conftest import tiny_run_config  # noqa: E402
@@ -137,6 +138,29 @@ def test_study_resumes_never_tests_trials_and_best_yaml_reproduces(tiny, tmp_pat
     assert [int(r.split("|")[1]) for r in rows] == [0, 1, 2]  # one row per trial, its best validation as stored
     assert all(f"{t.value:.4f}" in rows[t.number] for t in trials_of(out) if t.value is not None)
     assert "CPU-hours at most (1 thread(s) per trial)" in (out / "trials.md").read_text()  # the tiny config: num_threads 1
+
+
+def test_trials_table_by_hand(tmp_path):
+    study = optuna.create_study(study_name="hand", direction="maximize")
+    pruned = study.ask({"train.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)})
+    pruned.report(0.5, 2)
+    pruned.report(0.3, 4)  # pruned on a drop: Optuna keeps 0.3 as the value; the table shows the best, 0.5 at epoch 2
+    study.tell(pruned, state=optuna.trial.TrialState.PRUNED)
+    done = study.ask()
+    done.set_user_attr("best_epoch", 6)
+    done.set_user_attr("epochs_run", 10)
+    study.tell(done, 0.7)
+    failed = study.ask()
+    failed.report(0.2, 2)
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    study.ask()  # still running
+    text = write_trials(study, tmp_path, 2).read_text()
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("| ") and "trial |" not in line]
+    lr = f"train.lr={study.trials[0].params['train.lr']:.4g}"
+    assert [r[:5] + [r[6]] for r in rows] == [["0", "pruned", "0.5000", "2", "4", lr], ["1", "complete", "0.7000", "6", "10", ""],
+                                           ["2", "fail", "0.2000", "2", "2", ""], ["3", "running", "-", "-", "-", ""]]
+    assert rows[0][5] != "-" and rows[1][5] != "-" and rows[2][5] == "-" and rows[3][5] == "-"  # failed and running: not timed
+    assert "1 failed or interrupted trial(s) not timed" in text and "(2 thread(s) per trial" in text
 
 
 def test_a_study_started_before_a_config_field_existed_continues(tiny, tmp_path, capsys):

@@ -55,14 +55,13 @@ def test_sampled_softmax_value_with_known_negatives():
     torch.testing.assert_close(loss, expected)
 
 
-def test_mixed_by_hand_drops_uniform_ids_that_are_batch_targets():
+def test_mixed_by_hand_counts_each_item_once():
     model, q, pos = _setup()  # targets 1 2 3 3 6 of a 6-item catalogue
-    torch.manual_seed(5)
-    loss = mixed_loss(q, pos, model, 4, 0.5)
-    torch.manual_seed(5)
-    extra = torch.randint(1, 7, (1, 4))[0]
-    keep = extra[~torch.isin(extra, torch.tensor([1, 2, 3, 6]))]  # uniform ids not already in-batch candidates
-    cand = torch.cat([torch.tensor([1, 2, 3, 6]), keep])
+    torch.manual_seed(6)  # draws 3 4 4 3 5 4 (checked below): 3 is a batch target, 4 comes three times
+    loss = mixed_loss(q, pos, model, 6, 0.5)
+    torch.manual_seed(6)
+    assert torch.randint(1, 7, (1, 6))[0].tolist() == [3, 4, 4, 3, 5, 4]
+    cand = torch.tensor([1, 2, 3, 6, 4, 5])  # the batch's distinct targets, then the uniform ids left: 4 and 5 once each
     logits = q @ model.item_vectors(cand).T / 0.5
     torch.testing.assert_close(loss, F.cross_entropy(logits, torch.tensor([0, 1, 2, 2, 3])))
 

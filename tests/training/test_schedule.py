@@ -44,7 +44,8 @@ def test_fractional_warmup_rounds_to_whole_steps():
     ({"lr_schedule": "linear"}, "train.lr_schedule"),
     ({"warmup_epochs": -1}, "warmup_epochs=-1"),
     ({"lr_schedule": "cosine", "warmup_epochs": 5, "epochs": 5}, "no epoch of the cosine decay"),
-    ({"warmup_epochs": 1, "item_table": "rowwise"}, "fused optimizer"),
+    ({"warmup_epochs": 1, "item_table": "rowwise"}, "warmup_epochs=1 set the AdamW rate only"),
+    ({"warmup_epochs": 3, "epochs": 2}, "longer than the run"),
 ])
 def test_bad_schedules_are_refused(kw, words):
     with pytest.raises(ConfigError, match=words):

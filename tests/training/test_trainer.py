@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from genrec.config import ExperimentConfig
+from genrec.errors import ConfigError
 from genrec.experiments.run import make_trainer, train
 from genrec.training.schedule import lr_factor
 
@@ -234,3 +235,12 @@ def test_a_resumed_scheduled_run_reaches_the_same_weights(tmp_path, synthetic_cs
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
     assert [r["lr"] for r in _log(tmp_path / "part")] == [r["lr"] for r in _log(tmp_path / "full")]
+
+
+def test_resuming_a_cosine_run_with_another_horizon_is_refused(tmp_path, synthetic_csv):
+    train(_cfg(synthetic_csv, tmp_path / "c", epochs=2, **COSINE), tmp_path / "run")
+    with pytest.raises(ConfigError, match="another learning-rate schedule .cosine to 0 at epoch 4.* than the run's .cosine to 0 at epoch 2"):
+        train(_cfg(synthetic_csv, tmp_path / "c", epochs=4, **COSINE), tmp_path / "run", resume=True)
+    # a constant rate has no horizon: such a run may be resumed for more epochs (genrec train --resume ... train.epochs=N)
+    train(_cfg(synthetic_csv, tmp_path / "c", epochs=1), tmp_path / "flat")
+    assert train(_cfg(synthetic_csv, tmp_path / "c", epochs=2), tmp_path / "flat", resume=True)["epochs_run"] == 2

@@ -5,7 +5,9 @@ builds the same global batches from (seed, epoch) and trains on its share of the
 user of a batch); :class:`~torch.nn.parallel.DistributedDataParallel` averages the gradients. Each
 rank's loss is weighted by its share of the batch's targets, so the averaged gradient is the
 gradient of the global batch's mean loss: the loss curve matches one process with the same global
-batch (exactly for retrieval and ranking losses; the unified loss weights by item count).
+batch (exactly for the retrieval losses whose candidates do not depend on the batch's rows, and
+for ranking; ``in_batch`` and ``mixed`` take their in-batch negatives from the rank's own share of
+the targets; the unified loss weights by item count).
 Rank 0 alone evaluates, writes checkpoints and logs; the others follow its early-stopping state.
 """
 

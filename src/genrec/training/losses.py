@@ -111,17 +111,18 @@ def mixed_loss(q: torch.Tensor, pos: torch.Tensor, model: SequentialRecommender,
     distinct targets (as :func:`in_batch_loss`) and ``num_negatives`` uniform ids 1..num_items
     drawn once for the batch.
     In-batch negatives are drawn by popularity, so they are hard but never reach the long tail;
-    the uniform ones cover it. A uniform id that is also a target of the batch is dropped (the
-    item is a candidate once, in the in-batch part), so no accidental hit needs a mask. No logQ
-    correction: every candidate's logit is its plain score. ``never``: ids that are no candidate."""
+    the uniform ones cover it. Every item is a candidate once: repeated uniform draws count once,
+    and a uniform id that is also a target of the batch is dropped (it is in the in-batch part), so
+    no accidental hit needs a mask. No logQ correction: every candidate's logit is its plain score.
+    ``never``: ids that are no candidate. Under torchrun each process takes its own share of the
+    batch's targets and its own uniform set (as ``in_batch`` does), not the global batch's."""
     cand, label = torch.unique(pos, return_inverse=True)
-    extra = draw_negatives(model.config.num_items, 1, num_negatives, True, q.device)[0]
+    extra = draw_negatives(model.config.num_items, 1, num_negatives, True, q.device)[0].unique()
     drop = torch.isin(extra, cand)
     if never is not None:
         drop = drop | torch.isin(extra, never)
-    ids = torch.cat([cand, extra])
-    logits = (q @ model.item_vectors(ids).T).float() / temperature  # [T C+K]
-    logits[:, cand.numel():] = logits[:, cand.numel():].masked_fill(drop, float("-inf"))
+    logits = (q @ model.item_vectors(torch.cat([cand, extra])).T).float() / temperature  # [T C+K']
+    logits = logits.masked_fill(torch.cat([torch.zeros_like(cand, dtype=torch.bool), drop]), float("-inf"))
     return F.cross_entropy(logits, label)
 
 

@@ -5,7 +5,8 @@ every ``eval_every`` epochs, keeps the best checkpoint, tests it. Runs that trai
 Run folder layout (a stable contract):
 
 - ``config.yaml``    the experiment config as given (data-decided model fields are in ``best/model.json``);
-- ``log.jsonl``      one JSON line per epoch (loss, throughput, validation metrics);
+- ``log.jsonl``      one JSON line per epoch (loss, throughput, validation metrics; ``lr``, the last step's
+                     learning rate, under a schedule);
 - ``curves.png``     training loss and validation metrics per epoch, redrawn after every epoch (needs matplotlib);
 - ``steps.jsonl``    unified models: one line per step (both losses, the weighter's weights, enhancer stats);
 - ``weights.png``    unified models: the weighter's weights and each task's loss (or gradient norm) per step;
@@ -43,6 +44,21 @@ from genrec.training.precision import resolve_precision
 from genrec.training.schedule import lr_factor
 from genrec.training.strategy import SingleProcess
 from genrec.training.tasks import Task, select_score
+
+
+def _schedule(t) -> dict | None:
+    """What fixes a run's learning rate at every step (None: constant, no warm-up; then
+    ``train.epochs`` may change on resume, as ``genrec train --resume ... train.epochs=N`` allows)."""
+    if t.lr_schedule == "constant" and not t.warmup_epochs:
+        return None
+    return {"lr_schedule": t.lr_schedule, "warmup_epochs": t.warmup_epochs, "epochs": t.epochs if t.lr_schedule != "constant" else None}
+
+
+def _describe_schedule(schedule: dict | None) -> str:
+    if schedule is None:
+        return "constant, no warm-up"
+    horizon = f" to 0 at epoch {schedule['epochs']}" if schedule["epochs"] is not None else ""
+    return f"{schedule['lr_schedule']}{horizon}, warm-up {schedule['warmup_epochs']} epochs"
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -116,11 +132,13 @@ class Trainer:
         self.clip_parameters = list(self.model.parameters())
         dense = self.strategy.dense_parameters(self.model)
         self.optimizer = torch.optim.AdamW(dense, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay) if dense else None
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups] if self.optimizer else []  # scaled per step by a schedule
         self.batches = task.batches(include_valid)
         # titles and fields of the catalogue's items (data.item_metadata), stored with every checkpoint
         # for genrec serve; read here, so a wrong file fails before the first epoch
         self.item_metadata = run_metadata(cfg.data, task.data.item_ids)
-        self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False}
+        self.state = {"epoch": 0, "best_epoch": None, "best_score": float("-inf"), "bad_evals": 0, "stopped_early": False,
+                      "schedule": _schedule(t)}
 
     @property
     def is_main(self) -> bool:
@@ -148,7 +166,13 @@ class Trainer:
         folder = ckpt.resolve(self.out / "last")
         self.strategy.restore(folder, self.model)
         ckpt.load_optimizer(folder, self.optimizer)
-        self.state = json.loads((folder / "state.json").read_text())
+        state = json.loads((folder / "state.json").read_text())
+        held, asked = state.get("schedule"), _schedule(self.cfg.train)
+        if held is not None and held != asked:  # (checkpoints from before schedules hold none: constant)
+            raise ConfigError(f"{self.out}: resuming with another learning-rate schedule ({_describe_schedule(asked)}) than the "
+                              f"run's ({_describe_schedule(held)}): its rates would jump at the resumed step. Resume with the "
+                              "run's settings (a cosine's horizon is train.epochs), or start a new run")
+        self.state = {**state, "schedule": asked}
         self.task.load_state_dict(self.state.pop("task", None) or {})
         if self.state.get("best_score") is None:  # -inf (nothing validated yet) is written as null
             self.state["best_score"] = float("-inf")
@@ -182,9 +206,9 @@ class Trainer:
         per_epoch = len(self.batches)
         for i, batch in enumerate(bar):
             if scheduled:
-                lr = t.lr * lr_factor(epoch * per_epoch + i, per_epoch, t.epochs, t.lr_schedule, t.warmup_epochs)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                factor = lr_factor(epoch * per_epoch + i, per_epoch, t.epochs, t.lr_schedule, t.warmup_epochs)
+                for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+                    group["lr"] = base * factor
             value, logs = train_step(self.step_module, self.optimizer, batch.to(self.strategy.device), epoch, t, self.strategy,
                                      self.clip_parameters)
             if logs:

@@ -70,30 +70,45 @@ def _importance_evaluator():
 
 
 def write_trials(study: optuna.Study, out: Path, threads: int) -> Path:
-    """``OUT/trials.md``: one row per trial (state, best validation value and epoch, epochs run,
-    wall minutes, parameters) and the study's cost: the trials' wall time, and that times the
-    threads per trial (``train.num_threads``), an upper bound on their CPU time."""
-    rows, minutes = [], 0.0
+    """``OUT/trials.md``: one row per trial (state, best validation value and its epoch, epochs
+    run, wall minutes, parameters) and the study's cost: the trials' wall time, and that times
+    ``threads`` (this process's ``train.num_threads``), a bound on their CPU time when every
+    process of the study ran that many. Interrupted trials are not timed (Optuna closes them when
+    the study is next opened, so their clock would include the downtime); the trial that resumed
+    one is timed for its own part only."""
+    rows, minutes, untimed = [], 0.0, 0
     for t in study.get_trials(deepcopy=False):
-        wall = (t.datetime_complete - t.datetime_start).total_seconds() / 60 if t.datetime_complete and t.datetime_start else None
-        minutes += wall or 0.0
         values = t.intermediate_values
-        best_epoch = t.user_attrs.get("best_epoch") or (max(values, key=values.get) if values else None)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            value, best_epoch = t.value, t.user_attrs.get("best_epoch")
+        else:  # a pruned trial's value is its last report, not its best
+            best_epoch = max(values, key=values.get) if values else None
+            value = values[best_epoch] if values else None
+        wall = None
+        if t.state in FINISHED_STATES and t.datetime_complete and t.datetime_start:
+            wall = (t.datetime_complete - t.datetime_start).total_seconds() / 60
+            minutes += wall
+        elif t.state == optuna.trial.TrialState.FAIL:
+            untimed += 1
         ran = t.user_attrs.get("epochs_run") or (max(values) if values else None)
         params = ", ".join(f"{k}={_short(v)}" for k, v in t.params.items())
-        value = t.value if t.value is not None else (max(values.values()) if values else None)
         rows.append(f"| {t.number} | {t.state.name.lower()} | {'-' if value is None else f'{value:.4f}'} | {best_epoch or '-'} | "
                     f"{ran or '-'} | {'-' if wall is None else f'{wall:.1f}'} | {params} |")
-    cpu = f"{minutes * threads / 60:.2f} CPU-hours at most ({threads} thread(s) per trial)" if threads else \
-        "CPU time not bounded here (train.num_threads=0: torch's default thread count)"
+    cpu = (f"at most {minutes * threads / 60:.2f} CPU-hours ({threads} thread(s) per trial, train.num_threads of the process "
+           "that wrote this file)") if threads else "CPU time not bounded here (train.num_threads=0: torch's default thread count)"
     text = (f"# Trials of study {study.study_name!r}\n\n"
-            "Validation only (pruned trials: their best validation value before the pruning). "
-            f"Trials' wall time {minutes / 60:.2f} h in all; {cpu}.\n\n"
+            "Validation only; best valid: the trial's best validation value (pruned trials: before the pruning), best epoch: "
+            "where it was reached, epochs run: the last validated epoch where a trial did not finish. "
+            f"Finished trials' wall time {minutes / 60:.2f} h in all; {cpu}"
+            + (f"; {untimed} failed or interrupted trial(s) not timed" if untimed else "") + ".\n\n"
             "| trial | state | best valid | best epoch | epochs run | minutes | parameters |\n|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n")
     path = out / "trials.md"
     path.write_text(text)
     return path
+
+
+FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def _short(value) -> str:

@@ -212,16 +212,23 @@ def _fixed(base: ExperimentConfig) -> dict:
 
 
 def _with_new_defaults(held: dict, new: dict, model: str) -> dict:
-    """``held`` (a study's stored base config) with the fields it lacks taken from ``new`` where
-    ``new`` holds their default: fields added to genrec after the study started, at their default,
-    change nothing the trials ran (a field set to anything else still differs, and is refused)."""
+    """``held`` (a study's stored base config) with the fields and sections it lacks taken from
+    ``new`` where ``new`` holds their default: added to genrec after the study started, at their
+    default, they change nothing the trials ran (set to anything else they still differ, and are
+    refused)."""
+    missing = [(section, None) for section in new if section not in held]
+    missing += [(section, name) for section, fields in new.items() if isinstance(fields, dict) and isinstance(held.get(section), dict)
+                for name in fields if name not in held[section]]
+    if not missing:
+        return held
     defaults = json.loads(jsonio.dumps(ExperimentConfig.from_dict({"model": {"name": model}}).to_dict()))
     held = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in held.items()}
-    for section, fields in new.items():
-        if isinstance(fields, dict) and isinstance(held.get(section), dict):
-            for name, value in fields.items():
-                if name not in held[section] and name in defaults.get(section, {}) and defaults[section][name] == value:
-                    held[section][name] = value
+    for section, name in missing:
+        if name is None:
+            if section in defaults and defaults[section] == new[section]:
+                held[section] = new[section]
+        elif name in defaults.get(section, {}) and defaults[section][name] == new[section][name]:
+            held[section][name] = new[section][name]
     return held
 
 
