@@ -65,6 +65,11 @@ def row_stats(run_dir: Path) -> tuple[float, float]:
     return secs[len(secs) // 2], max(r["peak_rss_mb"] for r in log)
 
 
+def _cell(values: list[float]) -> str:
+    """mean ± standard error over runs (one run: its value)."""
+    return "{:.4f} ± {:.4f}".format(*mean_se(values)) if len(values) > 1 else f"{values[0]:.4f}"
+
+
 def seeds_table(out: Path, rows: list[str], seeds: list[int]) -> str:
     """Per row: mean ± standard error over seeds, and the test set's standard error over users."""
     lines = [
@@ -75,11 +80,10 @@ def seeds_table(out: Path, rows: list[str], seeds: list[int]) -> str:
         dirs = [row_dir(out, name, s) for s in seeds]
         runs = [json.loads((d / "metrics.json").read_text()) for d in dirs]
         users = [user_se(d) for d in dirs]
-        cell = lambda values: "{:.4f} ± {:.4f}".format(*mean_se(values)) if len(values) > 1 else f"{values[0]:.4f}"  # noqa: E731
         lines.append(
             f"| {name} | {' '.join(map(str, seeds))} | {' '.join(str(m['best_epoch']) for m in runs)} | "
-            f"{cell([m['valid']['ndcg@10'] for m in runs])} | {cell([m['test']['ndcg@10'] for m in runs])} | "
-            f"{cell([m['test']['hr@10'] for m in runs])} | "
+            f"{_cell([m['valid']['ndcg@10'] for m in runs])} | {_cell([m['test']['ndcg@10'] for m in runs])} | "
+            f"{_cell([m['test']['hr@10'] for m in runs])} | "
             f"{sum(u['ndcg@10'] for u in users) / len(users):.4f} / {sum(u['hr@10'] for u in users) / len(users):.4f} |"
         )
     return "\n".join(lines)

@@ -198,12 +198,12 @@ class Trainer:
         torch.manual_seed(t.seed * 100_003 + epoch + 7919 * env.rank)  # dropout + negatives, reproducible on resume
         self.model.train()
         total, steps, skipped, start = 0.0, 0, 0, time.perf_counter()
-        scheduled = self.optimizer is not None and (t.lr_schedule != "constant" or t.warmup_epochs > 0)
+        scheduled = self.optimizer is not None and _schedule(t) is not None
+        per_epoch = len(self.batches)
         step_logs: list[dict] = []
         batches = self.batches.epoch(t.seed, epoch, (env.rank, env.world_size))
-        bar = tqdm(batches, total=len(self.batches), desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
+        bar = tqdm(batches, total=per_epoch, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, dynamic_ncols=True,
                    disable=None if self.is_main else True)
-        per_epoch = len(self.batches)
         for i, batch in enumerate(bar):
             if scheduled:
                 factor = lr_factor(epoch * per_epoch + i, per_epoch, t.epochs, t.lr_schedule, t.warmup_epochs)

@@ -29,6 +29,10 @@ from genrec.experiments.tune.space import with_params
 from genrec.experiments.tune.trial import trial_folder
 
 
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+"""Trial states that count toward a study's ``--trials``."""
+
+
 def plot_study(study: optuna.Study, out: Path) -> None:
     """history.png, intermediate.png (the validation curves) and importances.png (2+ complete trials)."""
     try:
@@ -85,7 +89,7 @@ def write_trials(study: optuna.Study, out: Path, threads: int) -> Path:
             best_epoch = max(values, key=values.get) if values else None
             value = values[best_epoch] if values else None
         wall = None
-        if t.state in FINISHED_STATES and t.datetime_complete and t.datetime_start:
+        if t.state in FINISHED and t.datetime_complete and t.datetime_start:
             wall = (t.datetime_complete - t.datetime_start).total_seconds() / 60
             minutes += wall
         elif t.state == optuna.trial.TrialState.FAIL:
@@ -106,9 +110,6 @@ def write_trials(study: optuna.Study, out: Path, threads: int) -> Path:
     path = out / "trials.md"
     path.write_text(text)
     return path
-
-
-FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def _short(value) -> str:

@@ -35,12 +35,11 @@ from genrec import jsonio
 from genrec.config import ExperimentConfig, load_config, run_name
 from genrec.data.prepare import load_prepared, prepare
 from genrec.errors import ConfigError, GenrecError
-from genrec.experiments.tune.conclude import evaluate_final, plot_study, write_best, write_trials
+from genrec.experiments.tune.conclude import FINISHED, evaluate_final, plot_study, write_best, write_trials
 from genrec.experiments.tune.space import Space
 from genrec.experiments.tune.trial import Objective, recover_interrupted
 from genrec.training import distributed
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 MACHINE_KEYS = {"data": ("source", "cache_dir"), "train": ("device", "num_threads")}
 """Config fields that may differ between the processes or machines tuning one study."""
 
@@ -221,7 +220,7 @@ def _with_new_defaults(held: dict, new: dict, model: str) -> dict:
                 for name in fields if name not in held[section]]
     if not missing:
         return held
-    defaults = json.loads(jsonio.dumps(ExperimentConfig.from_dict({"model": {"name": model}}).to_dict()))
+    defaults = _fixed(ExperimentConfig.from_dict({"model": {"name": model}}))
     held = {section: dict(fields) if isinstance(fields, dict) else fields for section, fields in held.items()}
     for section, name in missing:
         if name is None:
