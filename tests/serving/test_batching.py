@@ -137,3 +137,41 @@ def test_server_batched_answers_equal_per_request_answers(checkpoints, kind):
     count_on = float(metrics_on.split("genrec_batch_size_count ")[1].split()[0])
     assert count_on < 48 and 'genrec_batch_size_bucket{le="16.0"} ' + f"{count_on}" in metrics_on
     assert "genrec_batch_size_count 48.0" in metrics_off and "genrec_batch_size_sum 48.0" in metrics_off
+
+
+def test_per_request_mode_runs_one_forward_at_a_time(checkpoints, monkeypatch):
+    """--no-batching: concurrent requests each get their own forward pass, one after another on
+    one model thread (a pass per request in the shared thread pool would run dozens at once)."""
+    if SERVE_MISSING:
+        pytest.skip(SKIP_REASON)
+    import threading
+
+    from genrec.serving import app as app_module
+
+    from .client import make_app, run, strict_json
+
+    rec = Recommender.load(checkpoints["retrieval"])
+    bodies = _requests(rec, 12, seed=3)
+    active, most, threads, lock = [0], [0], set(), threading.Lock()
+    real = app_module.recommend_batch
+
+    def watched(jobs):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+            threads.add(threading.get_ident())
+        time.sleep(0.01)  # long enough for the other requests to arrive meanwhile
+        try:
+            return real(jobs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    monkeypatch.setattr(app_module, "recommend_batch", watched)
+
+    async def all_at_once(client):
+        return await asyncio.gather(*(client.post("/v1/recommend", json=b) for b in bodies))
+
+    answers = [strict_json(r) for r in run(make_app(checkpoints["retrieval"], batching=False), all_at_once)]
+    assert len(answers) == 12 and all(a["items"] for a in answers)
+    assert most[0] == 1 and len(threads) == 1, (most, threads)
