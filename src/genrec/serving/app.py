@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import gc
 import hmac
-import json
 import os
 import signal
 import sys
@@ -37,13 +36,13 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
 
 from genrec import jsonio
 from genrec.errors import GenrecError
 from genrec.serving import schemas
 from genrec.serving.batcher import MicroBatcher
+from genrec.serving.bodies import documented, json_body, parse, validation_error
 from genrec.serving.metrics import Metrics
 from genrec.serving.responses import StrictJSONResponse
 from genrec.serving.service import ApiError, ServeSettings, Service, load_service, prepare_recommend, rank, recommend_batch
@@ -135,7 +134,7 @@ def create_app(settings: ServeSettings, service: Service | None = None, token: s
     _errors(app, state)
     auth = [Depends(_bearer(state))]
     app.include_router(_v1(state), dependencies=auth)
-    _documented(app)
+    documented(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict:
@@ -166,10 +165,10 @@ def _v1(state: ServiceState) -> APIRouter:
     # the two hot routes answer with a response object: built by service.py in the schema's shape
     # (the tests check it), so FastAPI does not validate the same dict a second time
     @v1.post("/recommend", response_model=schemas.RecommendResponse, tags=["recommend"],
-             openapi_extra=_json_body(schemas.RecommendRequest))
+             openapi_extra=json_body(schemas.RecommendRequest))
     async def recommend(request: Request) -> StrictJSONResponse:
         """Top-k items for a history, best first (scores: cosine or dot, see `score`)."""
-        req = await _parse(request, schemas.RecommendRequest)
+        req = await parse(request, schemas.RecommendRequest)
         return StrictJSONResponse(await state.recommend(prepare_recommend(state.service, req)))
 
     @v1.post("/rank", response_model=schemas.RankResponse, tags=["rank"])
@@ -245,7 +244,7 @@ def _errors(app: FastAPI, state: ServiceState) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        return answer(request, _validation_error(exc.errors()))
+        return answer(request, validation_error(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):
@@ -256,80 +255,6 @@ def _errors(app: FastAPI, state: ServiceState) -> None:
     async def crashed(request: Request, exc: Exception):
         print(f"genrec serve: {request.url.path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return answer(request, ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}"))
-
-
-_PARSED_BODIES: dict[str, type[BaseModel]] = {}
-"""Request models that a route parses itself (:func:`_parse`): added to the OpenAPI components."""
-
-
-def _json_body(model: type[BaseModel]) -> dict:
-    """The OpenAPI request body of a route that parses ``model`` itself (:func:`_parse`)."""
-    _PARSED_BODIES[model.__name__] = model
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
-
-
-def _documented(app: FastAPI) -> None:
-    """FastAPI's OpenAPI document, plus the schemas of the bodies in :data:`_PARSED_BODIES`."""
-    build = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema is None:
-            schema = build()
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for name, model in _PARSED_BODIES.items():
-                own = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(own.pop("$defs", {}))
-                components[name] = own
-        return app.openapi_schema
-
-    app.openapi = openapi
-
-
-async def _parse(request: Request, model: type[BaseModel]) -> BaseModel:
-    """The body as ``model``, parsed and checked in one step by pydantic-core's JSON reader, with
-    the errors FastAPI's own body parameter gives (that path, the standard library's ``json.loads``
-    then FastAPI's dependency solving and validation, cost about a fifth of a serving worker's event
-    loop on the hot route). Strict JSON: ``NaN`` and ``Infinity`` are not JSON and fail to parse."""
-    body = await request.body()
-    if not body:
-        raise ApiError(400, "missing_body", "the body is missing: send a JSON object (Content-Type: application/json)")
-    kind = request.headers.get("content-type")
-    if kind is not None and not _is_json(kind):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object (Content-Type: application/json)")
-    try:
-        try:
-            return model.model_validate_json(body)
-        except ValidationError as exc:
-            if not any(e["type"] == "json_invalid" for e in exc.errors()):
-                raise
-            try:  # JSON that pydantic-core's reader refuses but the standard one reads (a lone surrogate
-                parsed = json.loads(body)  # escape): checked as FastAPI would, e.g. an unknown id echoed back
-            except ValueError:
-                raise exc from None
-            return model.model_validate(parsed)
-    except ValidationError as exc:
-        raise _validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-
-
-def _is_json(content_type: str) -> bool:
-    kind = content_type.split(";", 1)[0].strip().lower()
-    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
-
-
-def _validation_error(errors) -> ApiError:
-    """pydantic's error list -> one ApiError whose message names each bad field."""
-    for e in errors:
-        if e["type"] == "json_invalid":
-            return ApiError(400, "invalid_json", f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'parse error')})")
-        if tuple(e["loc"]) == ("body",):
-            if e["type"] == "missing":
-                return ApiError(400, "missing_body", "the body is missing: send a JSON object (Content-Type: application/json)")
-            return ApiError(400, "invalid_body", "the body must be a JSON object (Content-Type: application/json)")
-    parts = []
-    for e in errors:
-        where = ".".join(str(p) for p in e["loc"][1:] if p != "body") or str(e["loc"][-1])
-        parts.append(f"{where}: {e['msg'].removeprefix('Value error, ')}")
-    return ApiError(422, "invalid_request", "; ".join(parts))
 
 
 _RELOADS: set = set()
