@@ -162,7 +162,8 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
     Each row's exponentials are shifted by an upper bound of its logits known before any block is
     scored (Cauchy-Schwarz: |q[t]| max_j |table[j]| / tau), so a block is one matmul (the shift
-    rides along as an extra column) and one in-place ``exp``: no max pass, no rescaling. Where that
+    rides along as an extra column) and one in-place ``exp2`` (in base 2, :data:`LOG2E`): no max
+    pass, no rescaling. Where that
     bound sits so far above a row's logits that its sum underflows (unnormalised vectors, tiny temperatures), the call
     falls back to shifting by the exact row maximum (a second pass). When all blocks fit in
     :data:`CACHE_BYTES` they are kept for the backward pass (which only rescales them: three
@@ -175,8 +176,8 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, table: torch.Tensor, target: torch.Tensor, temperature: float,
                 matmul_dtype: torch.dtype) -> torch.Tensor:
         T, N = q.size(0), table.size(0)
-        scaled = q / temperature
-        # >= every logit of the row; rounded to the matmul dtype, so the folded shift column holds it exactly
+        scaled = q * (LOG2E / temperature)  # logits in base 2 (x log2 e): the blocks take exp2, several times cheaper than exp
+        # >= every (base-2) logit of the row; rounded to the matmul dtype, so the folded shift column holds it exactly
         shift = (scaled.norm(dim=1) * table.norm(dim=1).max()).to(matmul_dtype).float()
         score = _Folded(_shifted(scaled, shift), _with_ones(table), matmul_dtype)
         keep = any(ctx.needs_input_grad[:2])  # no backward: nothing to keep
@@ -186,11 +187,14 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
             shift = torch.stack([(scaled @ table[s : s + cols].T).amax(1) for s in range(0, N, cols)], 1).amax(1)
             score = _Exact(scaled, table, shift)
             total, blocks = _exp_sums(score, N, keep)
-        lse = total.log_() + shift
-        pos = (scaled * table[target]).sum(-1)
+        lse = total.log2_() + shift  # base 2, as the logits
+        if score.dtype == torch.float32:
+            pos = (scaled * table[target]).sum(-1)
+        else:  # from the rounded operands the blocks saw, so a fitted row's target term cancels its own rounding
+            pos = (score.q_ops[:T, :-1].float() * score.ops[target, :-1].float()).sum(-1)
         ctx.save_for_backward(q, table, target, lse, shift)
         ctx.temperature, ctx.score, ctx.blocks = temperature, score, blocks
-        return (lse - pos).mean()
+        return (lse - pos).mean() * LN2
 
     @staticmethod
     @once_differentiable
@@ -201,9 +205,9 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
         ctx.blocks = None  # freed now; a second backward (retain_graph) recomputes them from ctx.score
         T, N, dtype = q.size(0), table.size(0), score.dtype
         scale = grad / (T * ctx.temperature)  # d mean / d logit, times d logit / d (q . row)
-        # probability x scale = exp(logit - shift) x factor, with one factor per row: applied to the
-        # [T, D] operands and results rather than to every [T, block] entry
-        factor = (shift - lse).exp_().mul_(scale).unsqueeze(1)
+        # probability x scale = 2^(logit - shift) x factor (base 2), with one factor per row: applied
+        # to the [T, D] operands and results rather than to every [T, block] entry
+        factor = (shift - lse).exp2_().mul_(scale).unsqueeze(1)
         weighted_q = _padded((q * factor).to(dtype), score.rows)  # padding rows are zero: they add nothing
         rows = table.to(dtype)
         lowp = dtype != torch.float32  # such matmuls give results in that dtype: summed into fp32 here
@@ -229,6 +233,11 @@ class _SoftmaxCrossEntropy(torch.autograd.Function):
 
 
 _TINY = 1e-20
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+"""The full softmax works in base 2: logits times log2 e, blocks of ``exp2``, ``log2`` sums, the loss
+times ln 2 at the end: the same values up to rounding, and PyTorch's vectorised ``exp2`` costs less
+than its ``exp`` on the CPU measured (per element, 1 thread, AMD EPYC Zen 4: fp32 0.31-0.35 ns vs
+1.0-1.2 ns; bf16 0.42-0.44 ns vs 0.51-0.56 ns)."""
 ROW_TILE = 512
 """With bf16 matmul operands the full softmax scores at most this many positions per matmul, and the
 positions are padded (zero rows, dropped afterwards) to a multiple of :data:`ROW_PAD`. CPU bf16
@@ -269,7 +278,7 @@ class _Folded:
         return self.q_ops.new_empty(self.tile, self.cols)
 
     def __call__(self, r0: int, r1: int, s: int, e: int, out: torch.Tensor | None) -> torch.Tensor:
-        return torch.mm(self.q_ops[r0:r1], self.ops[s:e].T, out=out).exp_()
+        return torch.mm(self.q_ops[r0:r1], self.ops[s:e].T, out=out).exp2_()
 
 
 class _Exact(_Folded):
@@ -281,7 +290,7 @@ class _Exact(_Folded):
         self.shift = shift.unsqueeze(1)
 
     def __call__(self, r0: int, r1: int, s: int, e: int, out: torch.Tensor | None) -> torch.Tensor:
-        return torch.mm(self.q_ops[r0:r1], self.ops[s:e].T, out=out).sub_(self.shift[r0:r1]).exp_()
+        return torch.mm(self.q_ops[r0:r1], self.ops[s:e].T, out=out).sub_(self.shift[r0:r1]).exp2_()
 
 
 def _shifted(scaled: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
