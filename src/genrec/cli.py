@@ -334,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--ef-search", type=int, default=128, help="faiss-hnsw search breadth")
     sp.add_argument("--pq-m", type=int, default=0, help="faiss-pq 4-bit sub-quantisers (default: half the width, the full width when odd)")
     sp.add_argument("--refine", type=int, default=100, help="faiss-pq candidates re-scored exactly, times k (plus the excluded items)")
-    sp.add_argument("--no-batching", action="store_true", help="one forward pass per request, one at a time on the model thread (no micro-batching)")
+    sp.add_argument("--no-batching", action="store_true", help="one forward pass per /v1/recommend request, one at a time on the model thread (no micro-batching)")
     sp.add_argument("--max-batch", type=int, default=64, help="most requests in one forward pass")
     sp.add_argument("--batch-wait-ms", type=float, default=2.0, help="longest a request waits for its batch to fill")
     sp.add_argument("--metadata", help="item metadata file with titles (CSV/JSON/Parquet, u.item, movies.dat)")

@@ -84,11 +84,13 @@ def test_bad_recommend_requests_are_4xx_with_a_reason(app, body, status, code, s
         (b"[1, 2]", "application/json", "invalid_body"),
         (b"", "application/json", "missing_body"),
         (b'{"history": ["i1"], "timestamps": [1]}', "text/plain", "invalid_body"),
+        (b'{"history": ["i1"], "timestamps": [1]}', None, "invalid_body"),  # no Content-Type: FastAPI's strict check
+        (b"[" * 100_000, "application/json", "invalid_json"),  # nested past both JSON readers' depth limits
         (b'{"history": ["i1", "\\udc80x"], "timestamps": [1, 2]}', "application/json", "unknown_items"),  # a lone surrogate, echoed
     ],
 )
 def test_bodies_that_are_not_a_json_object_are_refused(app, content, content_type, code):
-    r = request(app, "POST", "/v1/recommend", content=content, headers={"content-type": content_type})
+    r = request(app, "POST", "/v1/recommend", content=content, headers={} if content_type is None else {"content-type": content_type})
     assert 400 <= r.status_code < 500 and strict_json(r)["error"]["code"] == code, r.text
 
 
