@@ -28,7 +28,6 @@ import os
 import signal
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -63,28 +62,20 @@ class ServiceState:
         self.service = service or load_service(settings)
         self.checkpoint = settings.checkpoint  # the user's path: reloads re-resolve it (never a stale ``.old`` twin)
         self.metrics.serving(self.service.digest, self.service.index.kind if self.service.index else "none", self.service.kind)
-        self.batcher, self.model_thread = None, None
-        if settings.batching:
-            self.batcher = MicroBatcher(recommend_batch, key=lambda job: id(job.service), max_batch=settings.max_batch,
-                                        max_wait_ms=settings.max_wait_ms, on_batch=self.metrics.batch_size.observe)
-        else:
-            # one forward at a time, as the batcher's model thread: concurrent requests in the shared
-            # thread pool (up to 40 forwards at once) fight for the GIL and the cores, and the CPU per
-            # request grew 4x from 1 to 32 concurrent users on the 2-core machine
-            self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrec-model")
+        # --no-batching: batches of one, so each request still gets its own pass, and the passes run
+        # one at a time on the batcher's model thread (in the shared thread pool up to 40 ran at once,
+        # fighting for the GIL and the cores: 4x the CPU per request at 32 users on the 2-core machine)
+        self.batcher = MicroBatcher(recommend_batch, key=lambda job: id(job.service),
+                                    max_batch=settings.max_batch if settings.batching else 1,
+                                    max_wait_ms=settings.max_wait_ms if settings.batching else 0.0,
+                                    on_batch=self.metrics.batch_size.observe)
         self._reload_lock = asyncio.Lock()
 
     async def recommend(self, job) -> dict:
-        if self.batcher is not None:
-            return await self.batcher.submit(job)
-        self.metrics.batch_size.observe(1)
-        return (await asyncio.get_running_loop().run_in_executor(self.model_thread, recommend_batch, [job]))[0]
+        return await self.batcher.submit(job)
 
     async def close(self) -> None:
-        if self.batcher is not None:
-            await self.batcher.close()
-        if self.model_thread is not None:
-            self.model_thread.shutdown(wait=True)
+        await self.batcher.close()
         self.metrics.close()
 
     async def reload(self, checkpoint: str | None) -> Service:

@@ -47,10 +47,10 @@ async def parse(request: Request, model: type[BaseModel]) -> BaseModel:
     ``NaN``/``Infinity`` parse, then fail validation (422), as before."""
     body = await request.body()
     if not body:
-        raise ApiError(400, "missing_body", "the body is missing: send a JSON object (Content-Type: application/json)")
+        raise _missing()
     kind = request.headers.get("content-type")
     if kind is None or not _is_json(kind):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object (Content-Type: application/json)")
+        raise _not_an_object()
     try:
         try:
             return model.model_validate_json(body)
@@ -66,6 +66,14 @@ async def parse(request: Request, model: type[BaseModel]) -> BaseModel:
         raise validation_error([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
 
 
+def _missing() -> ApiError:
+    return ApiError(400, "missing_body", "the body is missing: send a JSON object (Content-Type: application/json)")
+
+
+def _not_an_object() -> ApiError:
+    return ApiError(400, "invalid_body", "the body must be a JSON object (Content-Type: application/json)")
+
+
 def _is_json(content_type: str) -> bool:
     kind = content_type.split(";", 1)[0].strip().lower()
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
@@ -78,8 +86,8 @@ def validation_error(errors) -> ApiError:
             return ApiError(400, "invalid_json", f"the body is not valid JSON ({e.get('ctx', {}).get('error', 'parse error')})")
         if tuple(e["loc"]) == ("body",):
             if e["type"] == "missing":
-                return ApiError(400, "missing_body", "the body is missing: send a JSON object (Content-Type: application/json)")
-            return ApiError(400, "invalid_body", "the body must be a JSON object (Content-Type: application/json)")
+                return _missing()
+            return _not_an_object()
     parts = []
     for e in errors:
         where = ".".join(str(p) for p in e["loc"][1:] if p != "body") or str(e["loc"][-1])
