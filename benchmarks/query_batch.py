@@ -11,10 +11,14 @@ batch by batch so the machine's noise hits all alike:
 - ``dense``: one pass, and every token's per-token work (norms, projections) done on the padded
   [B, N] layout (``Context.token_rows`` switched off for this setting only);
 - ``one_pass``: one pass, per-token work on the real tokens only (``cpu_cells_per_pass = None``);
+- ``every_token``: as ``passes``, with the final layer run at every token and read at the last
+  item (``SequentialRecommender.transduce_at``'s generic form: how every pass ran before HSTU
+  and SASRec ran their final layer at each row's last item only);
 - ``passes``: the shipped default, rows sorted by length into passes of at most
-  ``Recommender.cpu_cells_per_pass`` attention cells.
+  ``Recommender.cpu_cells_per_pass`` attention cells, the final layer at the last items only.
 
-Medians of the per-batch times, in ms, and ratios against ``dense``. Also the zeroing of the
+Medians of the per-batch times, in ms, and ratios against ``dense`` (and ``passes`` against
+``every_token``). Also the zeroing of the
 causal upper triangle in the attention scores: broadcast ``masked_fill_`` (before) vs ``tril_``.
 1 torch thread (as ``genrec serve`` runs), CPU, inference mode.
 """
@@ -31,6 +35,7 @@ from unittest import mock
 import torch
 
 from genrec import Recommender
+from genrec.models.base import SequentialRecommender
 from genrec.models.ops import Context, causal_mask
 
 
@@ -72,17 +77,22 @@ def main() -> None:
         rec.cpu_cells_per_pass = default
         return rec.query_vectors(queries)
 
+    def every_token(queries):
+        with mock.patch.object(type(rec.model), "transduce_at", SequentialRecommender.transduce_at):
+            return passes(queries)
+
     def request(n: int):  # n random known items, an hour apart when the model reads timestamps
         history = [rng.choice(rec.item_ids) for _ in range(n)]
         return rec.query(history, [1_700_000_000 + 3600 * t for t in range(n)] if rec.model.uses_timestamps else None)
 
-    settings = {"dense": dense, "one_pass": one_pass, "passes": passes}
-    print("\n| B | dense ms | one_pass ms | passes ms | one_pass speed-up | passes speed-up |\n|---|---|---|---|---|---|")
+    settings = {"dense": dense, "one_pass": one_pass, "every_token": every_token, "passes": passes}
+    print("\n| B | dense ms | one_pass ms | every_token ms | passes ms | one_pass speed-up | passes speed-up | passes / every_token |"
+          "\n|---|---|---|---|---|---|---|---|")
     for B in args.sizes:
         batches = [[request(rng.randint(1, args.max_len)) for _ in range(B)] for _ in range(args.batches)]
         for queries in batches[:2]:  # warm-up, and the settings agree
             want = dense(queries)
-            for fn in (one_pass, passes):
+            for fn in (one_pass, every_token, passes):
                 torch.testing.assert_close(fn(queries), want, atol=1e-5, rtol=1e-4)
         times: dict[str, list[float]] = {k: [] for k in settings}
         for _ in range(args.rounds):
@@ -92,8 +102,9 @@ def main() -> None:
                     fn(queries)
                     times[name].append(time.perf_counter() - start)
         med = {k: statistics.median(v) * 1000 for k, v in times.items()}
-        print(f"| {B} | {med['dense']:.2f} | {med['one_pass']:.2f} | {med['passes']:.2f} | "
-              f"{med['dense'] / med['one_pass']:.2f}x | {med['dense'] / med['passes']:.2f}x |")
+        print(f"| {B} | {med['dense']:.2f} | {med['one_pass']:.2f} | {med['every_token']:.2f} | {med['passes']:.2f} | "
+              f"{med['dense'] / med['one_pass']:.2f}x | {med['dense'] / med['passes']:.2f}x | "
+              f"{med['every_token'] / med['passes']:.2f}x |")
     rec.cpu_cells_per_pass = default
 
     heads = rec.model.config.num_heads

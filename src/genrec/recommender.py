@@ -370,20 +370,21 @@ class Recommender:
         B = len(queries)
         items = torch.nn.utils.rnn.pad_sequence([q.items[0] for q in queries], batch_first=True)  # [B N] 0 = padding
         N = items.size(1)
-        ts = torch.zeros(B, N, dtype=torch.long, device=self.device) if model.uses_timestamps else None
-        qt = torch.zeros(B, dtype=torch.long, device=self.device) if model.uses_timestamps else None
+        ts = qt = None
+        if model.uses_timestamps:  # padded with each row's last time; the query time defaults to it (the model's own default)
+            ts = torch.nn.utils.rnn.pad_sequence([q.timestamps[0] for q in queries], batch_first=True)  # [B N]
+            last = torch.cat([q.timestamps[0, -1:] for q in queries])  # [B]
+            ts = torch.where(items != 0, ts, last.unsqueeze(1))
+            qt = torch.cat([q.timestamps[0, -1:] if q.query_time is None else q.query_time for q in queries])  # [B]
         labels = torch.zeros(B, N, len(self.task_names), device=self.device) if self.reads_feedback else None
         behaviours = torch.zeros(B, N, dtype=torch.long, device=self.device) if self.reads_behaviours else None
         users = None
         if self.reads_user_attributes:
             M = max(q.user_tokens.size(-1) for q in queries)
             users = torch.zeros(B, 1, M, dtype=torch.long, device=self.device)  # [B 1 M] 0 = none
-        per_row = any(t is not None for t in (ts, labels, behaviours, users))  # else the items are all
+        per_row = any(t is not None for t in (labels, behaviours, users))  # else the items (and times) are all
         for b, q in enumerate(queries if per_row else ()):
             n = q.items.size(1)
-            if ts is not None:
-                ts[b, :n], ts[b, n:] = q.timestamps[0], q.timestamps[0, -1]
-                qt[b] = q.timestamps[0, -1] if q.query_time is None else q.query_time[0]  # the model's own default
             if labels is not None:
                 labels[b, :n] = q.labels[0]
             if behaviours is not None:

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from genrec.models import MODELS, GenerativeRecommender, HeadConfig, build_model, model_config_from_dict
+from genrec.models.base import next_timestamps
 from genrec.models.layers import rotary
 from genrec.models.ops import Context
 
@@ -58,6 +59,23 @@ def test_causal_and_padding_invariant(variant):
     torch.testing.assert_close(h[0, :4], h2[0, :4])  # later items do not leak backwards
     assert (h[0, 4:] - h2[0, 4:]).abs().max() > 1e-4
     torch.testing.assert_close(h[1, :3], short[0], atol=1e-5, rtol=1e-5)  # padding changes nothing
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_user_vectors_equal_the_encoding_at_the_last_item(variant):
+    """user_vectors without autograd (HSTU and SASRec run their last layer at the last item only)
+    equals the dense encoding (with autograd) read at each row's last item, padded or not."""
+    m = _build(variant)
+    items, ts, _ = _seq()
+    lengths = (items != 0).sum(1)
+    query = torch.tensor([10**7, 10**8])
+    qts = next_timestamps(ts, lengths, query)
+    dense = m.encode(items, ts, qts).detach()[torch.arange(2), lengths - 1]  # grad enabled: every layer at every token
+    with torch.no_grad():
+        fast = m.user_vectors(items, ts, query)
+        alone = m.user_vectors(items[1:, :3], ts[1:, :3], query[1:])
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone[0], fast[1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

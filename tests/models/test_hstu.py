@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from genrec.models.base import next_timestamps
 from genrec.models.ops import Context
 from genrec.models import HSTU, HSTUConfig
 
@@ -178,3 +179,43 @@ def test_token_rows_only_for_right_padded_rows_with_padding():
     assert pos(torch.tensor([[5, 6], [0, 0]])) is None  # an empty row
     assert pos(torch.tensor([[0, 6], [7, 8]])) is None  # left padding: stays dense
     assert Context.causal(3, torch.device("cpu")).token_rows() is None
+
+
+@pytest.mark.parametrize("attention", ["pointwise", "softmax"])
+@pytest.mark.parametrize("time_bias", [True, False])
+def test_user_vectors_run_the_last_layer_at_the_last_item_only(time_bias, attention):
+    """Without autograd, user_vectors computes the final layer for each row's last item only
+    (HSTULayer.forward_at): equal to the dense (autograd) encoding read at that item, padded or not."""
+    model = _model(time_bias, attention=attention)
+    items, ts, _, real = _ragged_batch()
+    lengths = real.sum(1)
+    query = torch.tensor([10**6, 5, 2 * 10**6, 7])  # request times (the time bias reads them at the last item)
+    qts = next_timestamps(ts, lengths, query)
+    args = (ts, qts) if time_bias else ()
+    dense = model.encode(items, *args).detach()[torch.arange(4), lengths - 1]  # grad enabled: every layer at every token
+    calls = []
+    hook = model.layers[-1].register_forward_hook(lambda *a: calls.append(a))  # forward() of the last layer: not called
+    with torch.no_grad():
+        fast = model.user_vectors(items, ts if time_bias else None, query if time_bias else None)
+        one = model.user_vectors(items[1:2, :3], ts[1:2, :3] if time_bias else None, query[1:2] if time_bias else None)
+    hook.remove()
+    assert not calls
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(one[0], fast[1], atol=1e-5, rtol=1e-5)  # no padding at all: the same vector
+    with torch.enable_grad():  # with autograd: the dense path, same vectors
+        torch.testing.assert_close(model.user_vectors(items, ts if time_bias else None, query if time_bias else None).detach(),
+                                   fast, atol=1e-5, rtol=1e-5)
+
+
+def test_user_vectors_at_the_last_item_with_the_profile_token():
+    torch.manual_seed(0)
+    model = HSTU(HSTUConfig(num_items=30, max_seq_len=9, embedding_dim=8, num_layers=2, num_heads=2, dropout=0.0, time_bias=True,
+                            user_features="token", user_attributes=["g=f", "g=m"], max_user_attributes=1)).eval()
+    items, ts, _, real = _ragged_batch()
+    lengths = real.sum(1)
+    users = torch.tensor([[[1]], [[2]], [[0]], [[1]]])
+    qts = next_timestamps(ts, lengths, ts[torch.arange(4), lengths - 1])
+    dense = model.encode(items, ts, qts, user_tokens=users).detach()[torch.arange(4), lengths - 1]
+    with torch.no_grad():
+        fast = model.user_vectors(items, ts, user_tokens=users)
+    torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)

@@ -239,6 +239,13 @@ class SequentialRecommender(WeightCaches, nn.Module, Retriever):
         ``layer_outputs``: when given, the hidden state leaving each layer is appended to it."""
         raise NotImplementedError
 
+    def transduce_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
+        """The hidden state of :meth:`transduce` at one token per row: ``at`` [B] token indices ->
+        [B, D] (no cache, no layer outputs; what :meth:`user_vectors` reads). Backbones may
+        override it to run the final layer for those tokens only (HSTU does)."""
+        h, _ = self.transduce(x, ctx)
+        return h[torch.arange(h.size(0), device=h.device), at]
+
     # ---- input --------------------------------------------------------------------------------
     def time_buckets(self, ctx: Context, rel_bias) -> torch.Tensor | None:
         """Time-bucket indices [B, Nq, Nk] for a relative time bias (computed once per call and
@@ -414,9 +421,13 @@ class SequentialRecommender(WeightCaches, nn.Module, Retriever):
             rows = torch.arange(items.size(0), device=items.device)
             last = timestamps[rows, lengths - 1]
             query_ts = next_timestamps(timestamps, lengths, last if query_time is None else query_time)
-        users = {} if user_tokens is None else {"user_tokens": user_tokens}  # (subclasses' encode need not take it)
-        h = self.encode(items, timestamps, query_ts, behaviours=behaviours, **users)  # [B N D]
-        return h[torch.arange(items.size(0), device=items.device), lengths - 1]
+        if type(self).encode is not SequentialRecommender.encode:  # a subclass that encodes its own way: read its encode()
+            users = {} if user_tokens is None else {"user_tokens": user_tokens}  # (its encode need not take it)
+            h = self.encode(items, timestamps, query_ts, behaviours=behaviours, **users)  # [B N D]
+            return h[torch.arange(items.size(0), device=items.device), lengths - 1]
+        x, ctx = self._inputs(items, timestamps, query_ts, None, behaviours, user_tokens)
+        at = lengths - 1 + (1 if self.config.user_features == "token" else 0)  # (the profile token comes first)
+        return self._normalize(self.transduce_at(x, ctx, at))  # [B D]: encode()'s output at each row's last item
 
     def score_items(self, user: torch.Tensor, start: int = 1, end: int | None = None) -> torch.Tensor:
         """user [B, D] -> scores [B, end - start] for item ids start..end-1."""

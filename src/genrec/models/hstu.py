@@ -32,7 +32,7 @@ from torch import nn
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
 from genrec.models.layers import run_blocks
-from genrec.models.ops import Context, RelativeBias, hstu_attention, softmax_attention
+from genrec.models.ops import Context, RelativeBias, hstu_attention, hstu_attention_inference, softmax_attention
 
 
 @dataclass
@@ -122,6 +122,36 @@ class HSTULayer(nn.Module):
             out = out.index_select(0, rows[1]).view(B, N, D)  # padding slots: unspecified (a copy)
         return out, (k, v)
 
+    def forward_at(self, x: torch.Tensor, ctx: Context, buckets: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of a plain causal call (no cache) read at one token per row, without
+        autograd: x [B, N, D], at [B] -> the output [B, D] at tokens ``at``. Keys and values come
+        from every real token; U, Q, the attention row, the norm and W_o from those B tokens only
+        (a sixth of a layer's work at B x N = 16 x 50, none of it changes the result)."""
+        cfg = self.cfg
+        B, N, D = x.shape
+        H, dqk, dv = cfg.num_heads, cfg.attention_dim, cfg.value_dim
+        rows = ctx.token_rows()
+        w_u, w_v, w_q, w_k = self.uvqk.weight.split([H * dv, H * dv, H * dqk, H * dqk])
+        xt = x if rows is None else x.reshape(B * N, D).index_select(0, rows[0])  # [B N D] or [T D]
+        vk = F.silu(F.linear(F.layer_norm(xt, (D,), eps=1e-6), torch.cat([w_v, w_k])))  # [.. H*(dv+dqk)]
+        if rows is not None:  # back to [B N]: padding slots copy their row's last token (masked below)
+            vk = vk.index_select(0, rows[1]).view(B, N, -1)
+        v, k = vk.split([H * dv, H * dqk], dim=-1)
+        k = k.view(B, N, H, dqk).transpose(1, 2)  # [B H N dqk]
+        v = v.view(B, N, H, dv).transpose(1, 2)  # [B H N dv]
+        b = torch.arange(B, device=x.device)
+        x_at = x[b, at]  # [B D]
+        u, q = F.silu(F.linear(F.layer_norm(x_at, (D,), eps=1e-6), torch.cat([w_u, w_q]))).split([H * dv, H * dqk], dim=-1)
+        q = q.view(B, H, 1, dqk)
+        visible = (ctx.k_pos <= at.unsqueeze(1)).unsqueeze(1)  # [B 1 N]: keys 0..at (causal; padding comes later)
+        bias = self.rel_bias(at.unsqueeze(1), ctx.k_pos, None if buckets is None else buckets[b, at].unsqueeze(1))  # [B 1 N] or None
+        if cfg.attention == "softmax":
+            a = softmax_attention(q, k, v, visible, bias)
+        else:
+            a = hstu_attention_inference(q, k, v, bias, float(cfg.max_seq_len), visible)  # [B H 1 dv]
+        y = u * F.layer_norm(a.reshape(B, H * dv), (H * dv,), eps=1e-6)
+        return x_at + self.out(y)
+
 
 class HSTU(SequentialRecommender):
     """HSTU sequential retriever: item embedding × √D + learned absolute position → dropout →
@@ -142,3 +172,12 @@ class HSTU(SequentialRecommender):
         x = self.add_positions(x, ctx.q_pos)  # [B Nq D]
         buckets = ctx.memo(("buckets", id(self)), lambda: self.time_buckets(ctx, self.layers[0].rel_bias))
         return run_blocks(self.layers, x, ctx, cache, layer_outputs, buckets=buckets)
+
+    def transduce_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
+        """Without autograd, the last layer runs for the tokens ``at`` only (:meth:`HSTULayer.forward_at`)."""
+        if torch.is_grad_enabled() or self.training or not ctx.is_causal:
+            return super().transduce_at(x, ctx, at)
+        x = self.add_positions(x, ctx.q_pos)
+        buckets = self.time_buckets(ctx, self.layers[0].rel_bias)
+        x, _ = run_blocks(self.layers[:-1], x, ctx, None, buckets=buckets)
+        return self.layers[-1].forward_at(x, ctx, buckets, at)

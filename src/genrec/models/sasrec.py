@@ -108,6 +108,31 @@ class SASRecBlock(nn.Module):
         x = self.ffn_norm(q_in + a)
         return x + self.ffn(x), (k, v)
 
+    def forward_at(self, x: torch.Tensor, ctx: Context, buckets: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of a plain causal call (no cache) read at one token per row, without
+        autograd: x [B, N, D], at [B] -> the output [B, D] at tokens ``at``. Keys and values come
+        from every token; the query, the attention row and the feed-forward from those B only."""
+        B, N, D = x.shape
+        H, pre_ln = self.cfg.num_heads, self.cfg.residual == "pre_ln"
+        b = torch.arange(B, device=x.device)
+        x_at = x[b, at]  # [B D]
+        q_in = self.attn_norm(x_at)
+        kv_in = self.attn_norm(x) if pre_ln else x
+        wq, wkv = self.qkv.weight.split([D, 2 * D])
+        bq, bkv = self.qkv.bias.split([D, 2 * D])
+        q = F.linear(q_in, wq, bq).view(B, H, 1, D // H)
+        k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in F.linear(kv_in, wkv, bkv).split(D, dim=-1))  # [B H N d]
+        visible = (ctx.k_pos <= at.unsqueeze(1)).unsqueeze(1)  # [B 1 N]: keys 0..at (causal; padding comes later)
+        bias = None
+        if self.rel_bias is not None:
+            bias = self.rel_bias(at.unsqueeze(1), ctx.k_pos, None if buckets is None else buckets[b, at].unsqueeze(1))  # [B 1 N]
+        a = self.proj(softmax_attention(q, k, v, visible, bias).reshape(B, D))
+        if pre_ln:
+            x = x_at + a
+            return x + self.ffn(self.ffn_norm(x))
+        x = self.ffn_norm(q_in + a)
+        return x + self.ffn(x)
+
 
 class SASRec(SequentialRecommender):
     config: SASRecConfig
@@ -127,3 +152,12 @@ class SASRec(SequentialRecommender):
         buckets = ctx.memo(("buckets", id(self)), lambda: self.time_buckets(ctx, self.blocks[0].rel_bias))
         x, new_cache = run_blocks(self.blocks, x, ctx, cache, layer_outputs, buckets=buckets)
         return self.final_norm(x), new_cache
+
+    def transduce_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
+        """Without autograd, the last block runs for the tokens ``at`` only (:meth:`SASRecBlock.forward_at`)."""
+        if torch.is_grad_enabled() or self.training or not ctx.is_causal:
+            return super().transduce_at(x, ctx, at)
+        x = self.add_positions(x, ctx.q_pos)
+        buckets = self.time_buckets(ctx, self.blocks[0].rel_bias)
+        x, _ = run_blocks(self.blocks[:-1], x, ctx, None, buckets=buckets)
+        return self.final_norm(self.blocks[-1].forward_at(x, ctx, buckets, at))
