@@ -63,7 +63,7 @@ def test_causal_and_padding_invariant(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_user_vectors_equal_the_encoding_at_the_last_item(variant):
-    """user_vectors without autograd (HSTU and SASRec run their last layer at the last item only)
+    """user_vectors without autograd (every backbone runs its last layer at the last item only)
     equals the dense encoding (with autograd) read at each row's last item, padded or not."""
     m = _build(variant)
     items, ts, _ = _seq()
@@ -71,9 +71,14 @@ def test_user_vectors_equal_the_encoding_at_the_last_item(variant):
     query = torch.tensor([10**7, 10**8])
     qts = next_timestamps(ts, lengths, query)
     dense = m.encode(items, ts, qts).detach()[torch.arange(2), lengths - 1]  # grad enabled: every layer at every token
+    last = (m.layers if variant.startswith("hstu") else m.blocks)[-1]
+    calls = []
+    hook = last.register_forward_hook(lambda *a: calls.append(a))  # its forward() at every token: not called
     with torch.no_grad():
         fast = m.user_vectors(items, ts, query)
         alone = m.user_vectors(items[1:, :3], ts[1:, :3], query[1:])
+    hook.remove()
+    assert not calls
     torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone[0], fast[1], atol=1e-5, rtol=1e-5)
 

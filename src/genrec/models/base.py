@@ -241,10 +241,15 @@ class SequentialRecommender(WeightCaches, nn.Module, Retriever):
 
     def transduce_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
         """The hidden state of :meth:`transduce` at one token per row: ``at`` [B] token indices ->
-        [B, D] (no cache, no layer outputs; what :meth:`user_vectors` reads). Backbones may
-        override it to run the final layer for those tokens only (HSTU does)."""
+        [B, D] (no cache, no layer outputs; what :meth:`user_vectors` reads). The backbones
+        override it to run their final layer for those tokens only where :meth:`reads_at` allows."""
         h, _ = self.transduce(x, ctx)
         return h[torch.arange(h.size(0), device=h.device), at]
+
+    def reads_at(self, ctx: Context) -> bool:
+        """Whether :meth:`transduce_at` may skip the final layer's other tokens: eval mode, no
+        autograd, a plain causal context (no packed rows)."""
+        return not (torch.is_grad_enabled() or self.training) and ctx.is_causal
 
     # ---- input --------------------------------------------------------------------------------
     def time_buckets(self, ctx: Context, rel_bias) -> torch.Tensor | None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
-from genrec.models.layers import GELUMLP, PreNormBlock, SelfAttention, run_blocks
+from genrec.models.layers import GELUMLP, PreNormBlock, SelfAttention, run_blocks, run_blocks_at
 from genrec.models.ops import Context
 
 
@@ -52,3 +52,9 @@ class GPT(SequentialRecommender):
                   layer_outputs: list | None = None) -> tuple[torch.Tensor, KVCache]:
         x, new_cache = run_blocks(self.blocks, self.add_positions(x, ctx.q_pos), ctx, cache, layer_outputs)  # [B Nq D]
         return self.final_norm(x), new_cache
+
+    def transduce_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
+        """The last block for the tokens ``at`` only (:meth:`PreNormBlock.forward_at`) where :meth:`reads_at`."""
+        if not self.reads_at(ctx):
+            return super().transduce_at(x, ctx, at)
+        return self.final_norm(run_blocks_at(self.blocks, self.add_positions(x, ctx.q_pos), ctx, at))

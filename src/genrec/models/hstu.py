@@ -31,7 +31,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
-from genrec.models.layers import run_blocks
+from genrec.models.layers import run_blocks, run_blocks_at
 from genrec.models.ops import Context, RelativeBias, hstu_attention, hstu_attention_inference, softmax_attention
 
 
@@ -122,7 +122,7 @@ class HSTULayer(nn.Module):
             out = out.index_select(0, rows[1]).view(B, N, D)  # padding slots: unspecified (a copy)
         return out, (k, v)
 
-    def forward_at(self, x: torch.Tensor, ctx: Context, buckets: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor:
+    def forward_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor:
         """:meth:`forward` of a plain causal call (no cache) read at one token per row, without
         autograd: x [B, N, D], at [B] -> the output [B, D] at tokens ``at``. Keys and values come
         from every real token; U, Q, the attention row, the norm and W_o from those B tokens only
@@ -174,10 +174,8 @@ class HSTU(SequentialRecommender):
         return run_blocks(self.layers, x, ctx, cache, layer_outputs, buckets=buckets)
 
     def transduce_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
-        """Without autograd, the last layer runs for the tokens ``at`` only (:meth:`HSTULayer.forward_at`)."""
-        if torch.is_grad_enabled() or self.training or not ctx.is_causal:
+        """The last layer for the tokens ``at`` only (:meth:`HSTULayer.forward_at`) where :meth:`reads_at`."""
+        if not self.reads_at(ctx):
             return super().transduce_at(x, ctx, at)
-        x = self.add_positions(x, ctx.q_pos)
         buckets = self.time_buckets(ctx, self.layers[0].rel_bias)
-        x, _ = run_blocks(self.layers[:-1], x, ctx, None, buckets=buckets)
-        return self.layers[-1].forward_at(x, ctx, buckets, at)
+        return run_blocks_at(self.layers, self.add_positions(x, ctx.q_pos), ctx, at, buckets=buckets)

@@ -52,6 +52,20 @@ class SelfAttention(nn.Module):
         a = softmax_attention(q, k, v, mask, None, self.dropout, self.training)  # [B H Nq d]
         return self.proj(a.transpose(1, 2).reshape(B, N, D)), (k, v)
 
+    def forward_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` of a plain causal call (no cache) for the queries at tokens ``at`` [B]
+        only: x [B, N, D] (normalised) -> [B, D]. Keys and values come from every token."""
+        B, N, D = x.shape
+        H = self.num_heads
+        wq, wkv = self.qkv.weight.split([D, 2 * D])
+        bq, bkv = (None, None) if self.qkv.bias is None else self.qkv.bias.split([D, 2 * D])
+        q = F.linear(x[torch.arange(B, device=x.device), at], wq, bq).view(B, H, 1, D // H)
+        k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in F.linear(x, wkv, bkv).split(D, dim=-1))  # [B H N d]
+        if self.rotary_theta is not None:
+            q, k = rotary(q, at.unsqueeze(1), self.rotary_theta), rotary(k, ctx.q_pos, self.rotary_theta)
+        visible = (ctx.k_pos <= at.unsqueeze(1)).unsqueeze(1)  # [B 1 N]: keys 0..at (causal; padding comes later)
+        return self.proj(softmax_attention(q, k, v, visible).reshape(B, D))
+
 
 class GELUMLP(nn.Module):
     """GPT feed-forward: Linear -> GELU -> Linear."""
@@ -91,6 +105,11 @@ class PreNormBlock(nn.Module):
         x = x + F.dropout(a, p=self.dropout, training=self.training)
         return x + F.dropout(self.mlp(self.mlp_norm(x)), p=self.dropout, training=self.training), kv
 
+    def forward_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` (eval mode, plain causal, no cache) read at tokens ``at`` [B] -> [B, D]."""
+        x_at = x[torch.arange(x.size(0), device=x.device), at] + self.attn.forward_at(self.attn_norm(x), ctx, at)
+        return x_at + self.mlp(self.mlp_norm(x_at))
+
 
 def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, ctx: Context, cache: list | None, layer_outputs: list | None = None,
                **extra) -> tuple[torch.Tensor, list]:
@@ -104,3 +123,11 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, ctx: Context, cache: list
         if layer_outputs is not None:
             layer_outputs.append(x)
     return x, new_cache
+
+
+def run_blocks_at(blocks: nn.ModuleList, x: torch.Tensor, ctx: Context, at: torch.Tensor, **extra) -> torch.Tensor:
+    """:func:`run_blocks` without a cache, read at tokens ``at`` [B] -> [B, D]: every block but
+    the last at every token, the last (its ``forward_at``) for the tokens ``at`` only. For
+    inference: eval mode, no autograd, a plain causal context (see ``SequentialRecommender.transduce_at``)."""
+    x, _ = run_blocks(blocks[:-1], x, ctx, None, **extra)
+    return blocks[-1].forward_at(x, ctx, at=at, **extra)

@@ -33,7 +33,7 @@ from torch import nn
 
 from genrec.errors import ConfigError
 from genrec.models.base import KVCache, ModelConfig, SequentialRecommender
-from genrec.models.layers import run_blocks
+from genrec.models.layers import run_blocks, run_blocks_at
 from genrec.models.ops import Context, RelativeBias, softmax_attention
 
 
@@ -108,7 +108,7 @@ class SASRecBlock(nn.Module):
         x = self.ffn_norm(q_in + a)
         return x + self.ffn(x), (k, v)
 
-    def forward_at(self, x: torch.Tensor, ctx: Context, buckets: torch.Tensor | None, at: torch.Tensor) -> torch.Tensor:
+    def forward_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor:
         """:meth:`forward` of a plain causal call (no cache) read at one token per row, without
         autograd: x [B, N, D], at [B] -> the output [B, D] at tokens ``at``. Keys and values come
         from every token; the query, the attention row and the feed-forward from those B only."""
@@ -154,10 +154,8 @@ class SASRec(SequentialRecommender):
         return self.final_norm(x), new_cache
 
     def transduce_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor) -> torch.Tensor:
-        """Without autograd, the last block runs for the tokens ``at`` only (:meth:`SASRecBlock.forward_at`)."""
-        if torch.is_grad_enabled() or self.training or not ctx.is_causal:
+        """The last block for the tokens ``at`` only (:meth:`SASRecBlock.forward_at`) where :meth:`reads_at`."""
+        if not self.reads_at(ctx):
             return super().transduce_at(x, ctx, at)
-        x = self.add_positions(x, ctx.q_pos)
         buckets = self.time_buckets(ctx, self.blocks[0].rel_bias)
-        x, _ = run_blocks(self.blocks[:-1], x, ctx, None, buckets=buckets)
-        return self.final_norm(self.blocks[-1].forward_at(x, ctx, buckets, at))
+        return self.final_norm(run_blocks_at(self.blocks, self.add_positions(x, ctx.q_pos), ctx, at, buckets=buckets))
