@@ -31,7 +31,7 @@ class Popularity(SequentialRecommender):
         with torch.no_grad():
             self.item_embedding.weight[1:, 0] = torch.tensor(counts + tie_break, dtype=torch.float)
 
-    def encode(self, items, timestamps=None, query_timestamps=None):
+    def encode(self, items, timestamps=None, query_timestamps=None, segments=None, behaviours=None, user_tokens=None):
         return torch.ones(*items.shape, 1)
 
 

@@ -5,15 +5,16 @@ similar lengths, and the padding-free per-token work, side by side in one proces
     python benchmarks/query_batch.py runs/beauty-hstu/best --sizes 16 32 --rounds 8
 
 For each batch size B: ``--batches`` batches of B histories of 1..``--max-len`` random known items
-(fixed seed), each timed through ``Recommender.query_vectors`` in three settings, interleaved
-batch by batch so the machine's noise hits all alike:
+(fixed seed), each timed through ``Recommender.query_vectors`` in four settings, interleaved
+batch by batch so the machine's noise hits all alike (all but ``every_token`` run the final layer
+at each row's last item only, as shipped):
 
 - ``dense``: one pass, and every token's per-token work (norms, projections) done on the padded
   [B, N] layout (``Context.token_rows`` switched off for this setting only);
 - ``one_pass``: one pass, per-token work on the real tokens only (``cpu_cells_per_pass = None``);
 - ``every_token``: as ``passes``, with the final layer run at every token and read at the last
-  item (``SequentialRecommender.transduce_at``'s generic form: how every pass ran before HSTU
-  and SASRec ran their final layer at each row's last item only);
+  item (the generic form of ``SequentialRecommender.transduce_at``: how every pass ran before
+  the backbones ran their final layer at each row's last item only);
 - ``passes``: the shipped default, rows sorted by length into passes of at most
   ``Recommender.cpu_cells_per_pass`` attention cells, the final layer at the last items only.
 
@@ -78,7 +79,7 @@ def main() -> None:
         return rec.query_vectors(queries)
 
     def every_token(queries):
-        with mock.patch.object(type(rec.model), "transduce_at", SequentialRecommender.transduce_at):
+        with mock.patch.object(SequentialRecommender, "reads_at", lambda self, ctx: False):
             return passes(queries)
 
     def request(n: int):  # n random known items, an hour apart when the model reads timestamps

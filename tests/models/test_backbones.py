@@ -26,10 +26,10 @@ VARIANTS = {
 }
 
 
-def _build(variant: str, max_seq_len: int = 12):
+def _build(variant: str, max_seq_len: int = 12, num_layers: int = 2):
     torch.manual_seed(0)
     cfg = model_config_from_dict({**VARIANTS[variant], "num_items": 30, "max_seq_len": max_seq_len, "embedding_dim": 16,
-                                  "num_layers": 2, "num_heads": 2, "dropout": 0.0})
+                                  "num_layers": num_layers, "num_heads": 2, "dropout": 0.0})
     model = build_model(cfg).eval()
     with torch.no_grad():  # non-trivial relative biases, so they matter in the comparisons
         for name, p in model.named_parameters():
@@ -61,11 +61,12 @@ def test_causal_and_padding_invariant(variant):
     torch.testing.assert_close(h[1, :3], short[0], atol=1e-5, rtol=1e-5)  # padding changes nothing
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_user_vectors_equal_the_encoding_at_the_last_item(variant):
+def test_user_vectors_equal_the_encoding_at_the_last_item(variant, num_layers):
     """user_vectors without autograd (every backbone runs its last layer at the last item only)
     equals the dense encoding (with autograd) read at each row's last item, padded or not."""
-    m = _build(variant)
+    m = _build(variant, num_layers=num_layers)
     items, ts, _ = _seq()
     lengths = (items != 0).sum(1)
     query = torch.tensor([10**7, 10**8])
@@ -81,6 +82,37 @@ def test_user_vectors_equal_the_encoding_at_the_last_item(variant):
     assert not calls
     torch.testing.assert_close(fast, dense, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone[0], fast[1], atol=1e-5, rtol=1e-5)
+
+
+def test_user_vectors_read_a_replaced_or_redefined_transduce():
+    """The last-item shortcut never bypasses a transduce that differs from the one written beside
+    it: an instance's compiled (replaced) transduce, or a subclass that re-defines transduce only."""
+    items, ts, _ = _seq()
+    m = _build("hstu")
+    calls = []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return type(m).transduce(m, *args, **kwargs)
+
+    with torch.no_grad():
+        want = m.user_vectors(items, ts)
+        m.transduce = wrapped  # what compile_backbone does with compile_fn
+        torch.testing.assert_close(m.user_vectors(items, ts), want)
+    assert calls  # evaluation ran the replaced (compiled) transduce
+
+    class Doubled(type(m)):
+        def transduce(self, x, ctx, cache=None, layer_outputs=None):
+            h, kv = super().transduce(x, ctx, cache, layer_outputs)
+            return 2 * h, kv
+
+    d = _build("hstu")
+    d.__class__ = Doubled
+    d.config.l2_normalize = False  # (else the doubling would cancel)
+    lengths = (items != 0).sum(1)
+    qts = next_timestamps(ts, lengths, ts[torch.arange(2), lengths - 1])
+    with torch.no_grad():
+        torch.testing.assert_close(d.user_vectors(items, ts), d.encode(items, ts, qts)[torch.arange(2), lengths - 1])
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -247,9 +247,16 @@ class SequentialRecommender(WeightCaches, nn.Module, Retriever):
         return h[torch.arange(h.size(0), device=h.device), at]
 
     def reads_at(self, ctx: Context) -> bool:
-        """Whether :meth:`transduce_at` may skip the final layer's other tokens: eval mode, no
-        autograd, a plain causal context (no packed rows)."""
-        return not (torch.is_grad_enabled() or self.training) and ctx.is_causal
+        """Whether a backbone's :meth:`transduce_at` may skip the final layer's other tokens: eval
+        mode, no autograd, a plain causal context (no packed rows), and ``transduce`` is the one
+        written beside that ``transduce_at``. Not when this object's ``transduce`` was replaced
+        (``compile_backbone``: evaluation then runs the compiled graph, as before) or a subclass
+        re-defines ``transduce`` alone (its own layers are what its vectors must come from)."""
+        if torch.is_grad_enabled() or self.training or not ctx.is_causal or "transduce" in vars(self):
+            return False
+        mro = type(self).__mro__
+        at_owner, owner = (next(c for c in mro if name in vars(c)) for name in ("transduce_at", "transduce"))
+        return issubclass(at_owner, owner)
 
     # ---- input --------------------------------------------------------------------------------
     def time_buckets(self, ctx: Context, rel_bias) -> torch.Tensor | None:
