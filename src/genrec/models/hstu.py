@@ -125,26 +125,24 @@ class HSTULayer(nn.Module):
     def forward_at(self, x: torch.Tensor, ctx: Context, at: torch.Tensor, buckets: torch.Tensor | None) -> torch.Tensor:
         """:meth:`forward` of a plain causal call (no cache) read at one token per row, without
         autograd: x [B, N, D], at [B] -> the output [B, D] at tokens ``at``. Keys and values come
-        from every real token; U, Q, the attention row, the norm and W_o from those B tokens only
-        (a sixth of a layer's work at B x N = 16 x 50, none of it changes the result)."""
+        from every real token; U, Q, the attention row, the norm and W_o from those B tokens only."""
         cfg = self.cfg
         B, N, D = x.shape
         H, dqk, dv = cfg.num_heads, cfg.attention_dim, cfg.value_dim
         rows = ctx.token_rows()
-        w_u, w_v, w_q, w_k = self.uvqk.weight.split([H * dv, H * dv, H * dqk, H * dqk])
+        w = self.uvqk.weight  # rows: U, V, Q, K
         xt = x if rows is None else x.reshape(B * N, D).index_select(0, rows[0])  # [B N D] or [T D]
-        vk = F.silu(F.linear(F.layer_norm(xt, (D,), eps=1e-6), torch.cat([w_v, w_k])))  # [.. H*(dv+dqk)]
+        vqk = F.silu(F.linear(F.layer_norm(xt, (D,), eps=1e-6), w[H * dv :]))  # V, Q, K of every token (one view of W; Q unused)
         if rows is not None:  # back to [B N]: padding slots copy their row's last token (masked below)
-            vk = vk.index_select(0, rows[1]).view(B, N, -1)
-        v, k = vk.split([H * dv, H * dqk], dim=-1)
+            vqk = vqk.index_select(0, rows[1]).view(B, N, -1)
+        v, _, k = vqk.split([H * dv, H * dqk, H * dqk], dim=-1)
         k = k.view(B, N, H, dqk).transpose(1, 2)  # [B H N dqk]
         v = v.view(B, N, H, dv).transpose(1, 2)  # [B H N dv]
-        b = torch.arange(B, device=x.device)
-        x_at = x[b, at]  # [B D]
-        u, q = F.silu(F.linear(F.layer_norm(x_at, (D,), eps=1e-6), torch.cat([w_u, w_q]))).split([H * dv, H * dqk], dim=-1)
-        q = q.view(B, H, 1, dqk)
+        x_at = x[torch.arange(B, device=x.device), at]  # [B D]
+        uvqk = F.silu(F.linear(F.layer_norm(x_at, (D,), eps=1e-6), w))  # [B H(2dv+2dqk)]
+        u, q = uvqk[:, : H * dv], uvqk[:, 2 * H * dv : 2 * H * dv + H * dqk].view(B, H, 1, dqk)
         visible = (ctx.k_pos <= at.unsqueeze(1)).unsqueeze(1)  # [B 1 N]: keys 0..at (causal; padding comes later)
-        bias = self.rel_bias(at.unsqueeze(1), ctx.k_pos, None if buckets is None else buckets[b, at].unsqueeze(1))  # [B 1 N] or None
+        bias = self.rel_bias.row(at, N, buckets)  # [B 1 N] or None
         if cfg.attention == "softmax":
             a = softmax_attention(q, k, v, visible, bias)
         else:

@@ -191,6 +191,21 @@ class RelativeBias(WeightCaches, nn.Module):
         return bias
 
 
+    def row(self, at: torch.Tensor, n: int, buckets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The bias of plain causal self-attention for one query per row, at positions ``at`` [B],
+        over keys 0..n-1: [B, 1, n] (keys after ``at`` get a value too; the caller masks them),
+        or None. ``buckets`` [B, N, N] as from :meth:`buckets`, N >= n."""
+        bias = None
+        if self.pos_w is not None:
+            if torch.is_grad_enabled():
+                bias = self(at.unsqueeze(1), torch.arange(n, device=at.device).unsqueeze(0), None).squeeze(1)
+            else:  # rows of the cached table
+                bias = self._position_table(n)[at, :n]  # [B n]
+        if self.ts_w is not None and buckets is not None:
+            tb = self.ts_w[buckets[torch.arange(at.size(0), device=at.device), at, :n]]  # [B n]
+            bias = tb if bias is None else bias + tb
+        return None if bias is None else bias.unsqueeze(1)
+
     def _position_table(self, n: int) -> torch.Tensor:
         """[m, m] (m >= n) position bias of causal rows 0..m-1 over keys 0..m-1, built once per
         version of ``pos_w`` (and again for a longer n), so calls without autograd take views of it."""
