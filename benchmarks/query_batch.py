@@ -19,7 +19,9 @@ at each row's last item only, as shipped):
   ``Recommender.cpu_cells_per_pass`` attention cells, the final layer at the last items only.
 
 Medians of the per-batch times, in ms, and ratios against ``dense`` (and ``passes`` against
-``every_token``). Also the zeroing of the
+``every_token``). Then evaluation's path: ``model.user_vectors`` on one right-padded batch of
+``--eval-batch`` random histories (as ``genrec eval`` feeds it, no passes), every-token final layer
+against the shipped one, interleaved. Also the zeroing of the
 causal upper triangle in the attention scores: broadcast ``masked_fill_`` (before) vs ``tril_``.
 1 torch thread (as ``genrec serve`` runs), CPU, inference mode.
 """
@@ -57,6 +59,7 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=40, help="distinct batches per size")
     p.add_argument("--rounds", type=int, default=4, help="times each batch is timed per setting")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-batch", type=int, default=256, help="rows of the evaluation-path batch (0: skip it)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     rec = Recommender.load(args.checkpoint)
@@ -108,6 +111,9 @@ def main() -> None:
               f"{med['every_token'] / med['passes']:.2f}x |")
     rec.cpu_cells_per_pass = default
 
+    if args.eval_batch:
+        eval_path(rec, args.eval_batch, args.max_len, args.rounds)
+
     heads = rec.model.config.num_heads
     scores = torch.randn(32, heads, args.max_len, args.max_len)
     drop = ~causal_mask(args.max_len, scores.device)
@@ -115,6 +121,33 @@ def main() -> None:
     tril = _median_us(lambda: scores.tril_(), 200)
     print(f"\nzeroing the upper triangle of [32, {heads}, {args.max_len}, {args.max_len}] scores: masked_fill_ {fill:.0f} us, "
           f"tril_ {tril:.0f} us ({fill / tril:.1f}x)")
+
+
+def eval_path(rec: Recommender, B: int, max_len: int, rounds: int) -> None:
+    """model.user_vectors on one padded [B, max_len] batch: every-token final layer vs shipped."""
+    model, g = rec.model, torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, max_len + 1, (B,), generator=g)
+    items = torch.randint(1, model.num_items + 1, (B, max_len), generator=g) * (torch.arange(max_len) < lengths.unsqueeze(1))
+    ts = torch.cumsum(torch.full((B, max_len), 3600), 1) if model.uses_timestamps else None
+
+    def shipped():
+        with torch.inference_mode():
+            return model.user_vectors(items, ts)
+
+    def every_token():
+        with mock.patch.object(SequentialRecommender, "reads_at", lambda self, ctx: False):
+            return shipped()
+
+    torch.testing.assert_close(shipped(), every_token(), atol=1e-5, rtol=1e-4)
+    times: dict[str, list[float]] = {"every_token": [], "shipped": []}
+    for _ in range(5 * rounds):
+        for name, fn in (("every_token", every_token), ("shipped", shipped)):
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+    print(f"\nevaluation path, model.user_vectors on [{B}, {max_len}] (lengths 1..{max_len}): every_token {med['every_token']:.1f} ms, "
+          f"shipped {med['shipped']:.1f} ms ({med['every_token'] / med['shipped']:.2f}x)")
 
 
 if __name__ == "__main__":
