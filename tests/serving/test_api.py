@@ -158,6 +158,18 @@ def test_token_protects_every_route_but_health(checkpoints):
         assert request(app, "GET", url).status_code == 200
 
 
+def test_token_from_the_environment_protects_the_routes(checkpoints, monkeypatch):
+    """No token argument: $GENREC_API_TOKEN, read when the app is built (as each worker builds it)."""
+    monkeypatch.setenv("GENREC_API_TOKEN", "from-env")
+    app = make_app(checkpoints["retrieval"], token=None)
+    body = walk(["i1"]) | {"k": 2}
+    assert request(app, "POST", "/v1/recommend", json=body).status_code == 401
+    assert request(app, "GET", "/metrics").status_code == 401
+    assert request(app, "POST", "/v1/recommend", json=body, headers={"Authorization": "Bearer from-env"}).status_code == 200
+    monkeypatch.delenv("GENREC_API_TOKEN")
+    assert request(make_app(checkpoints["retrieval"], token=None), "POST", "/v1/recommend", json=body).status_code == 200
+
+
 def test_items_lookup_and_search(app):
     r = request(app, "GET", "/v1/items/i7")
     assert strict_json(r) == {"item": "i7", "title": "Step 7 of the walk", "fields": {"colour": "c1"}}

@@ -190,7 +190,6 @@ class RelativeBias(WeightCaches, nn.Module):
             bias = tb if bias is None else bias + tb
         return bias
 
-
     def row(self, at: torch.Tensor, n: int, buckets: torch.Tensor | None = None) -> torch.Tensor | None:
         """The bias of plain causal self-attention for one query per row, at positions ``at`` [B],
         over keys 0..n-1: [B, 1, n] (keys after ``at`` get a value too; the caller masks them),

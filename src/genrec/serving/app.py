@@ -125,7 +125,7 @@ def create_app(settings: ServeSettings, service: Service | None = None, token: s
     _errors(app, state)
     # no token: no dependency at all (FastAPI's dependency solving was a fifth of the app's own
     # CPU per /v1/recommend request, for a check that returned at once)
-    auth = [Depends(_bearer(state))] if state.token is not None else []
+    auth = [Depends(_bearer(state.token))] if state.token is not None else []
     app.include_router(_v1(state), dependencies=auth)
     documented(app)
 
@@ -213,11 +213,15 @@ def _v1(state: ServiceState) -> APIRouter:
     return v1
 
 
-def _bearer(state: ServiceState):
+def _bearer(token: str):
+    """The auth dependency for ``token``, fixed when the app is built (the routes are built with or
+    without it then, so the token cannot change afterwards)."""
+    expected = f"Bearer {token}".encode()
+
     # async: FastAPI runs a plain-def dependency in its thread pool, a thread hop per request
     async def check(request: Request) -> None:
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {state.token}".encode()):
+        if not hmac.compare_digest(given.encode(), expected):
             raise ApiError(401, "unauthorized", f"send the token of ${TOKEN_ENV} as 'Authorization: Bearer <token>'")
 
     return check
