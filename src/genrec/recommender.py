@@ -373,9 +373,9 @@ class Recommender:
         ts = qt = None
         if model.uses_timestamps:  # padded with each row's last time; the query time defaults to it (the model's own default)
             ts = torch.nn.utils.rnn.pad_sequence([q.timestamps[0] for q in queries], batch_first=True)  # [B N]
-            last = torch.cat([q.timestamps[0, -1:] for q in queries])  # [B]
-            ts = torch.where(items != 0, ts, last.unsqueeze(1))
-            qt = torch.cat([q.timestamps[0, -1:] if q.query_time is None else q.query_time for q in queries])  # [B]
+            lasts = [q.timestamps[0, -1:] for q in queries]
+            ts = torch.where(items != 0, ts, torch.cat(lasts).unsqueeze(1))
+            qt = torch.cat([last if q.query_time is None else q.query_time for last, q in zip(lasts, queries)])  # [B]
         labels = torch.zeros(B, N, len(self.task_names), device=self.device) if self.reads_feedback else None
         behaviours = torch.zeros(B, N, dtype=torch.long, device=self.device) if self.reads_behaviours else None
         users = None

@@ -141,7 +141,7 @@ class HSTULayer(nn.Module):
         x_at = x[torch.arange(B, device=x.device), at]  # [B D]
         uvqk = F.silu(F.linear(F.layer_norm(x_at, (D,), eps=1e-6), w))  # [B H(2dv+2dqk)]
         u, q = uvqk[:, : H * dv], uvqk[:, 2 * H * dv : 2 * H * dv + H * dqk].view(B, H, 1, dqk)
-        visible = (ctx.k_pos <= at.unsqueeze(1)).unsqueeze(1)  # [B 1 N]: keys 0..at (causal; padding comes later)
+        visible = ctx.row_mask(at)  # [B 1 N]
         bias = self.rel_bias.row(at, N, buckets)  # [B 1 N] or None
         if cfg.attention == "softmax":
             a = softmax_attention(q, k, v, visible, bias)

@@ -63,7 +63,7 @@ class SelfAttention(nn.Module):
         k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in F.linear(x, wkv, bkv).split(D, dim=-1))  # [B H N d]
         if self.rotary_theta is not None:
             q, k = rotary(q, at.unsqueeze(1), self.rotary_theta), rotary(k, ctx.q_pos, self.rotary_theta)
-        visible = (ctx.k_pos <= at.unsqueeze(1)).unsqueeze(1)  # [B 1 N]: keys 0..at (causal; padding comes later)
+        visible = ctx.row_mask(at)  # [B 1 N]
         return self.proj(softmax_attention(q, k, v, visible).reshape(B, D))
 
 

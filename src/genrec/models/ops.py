@@ -59,6 +59,11 @@ class Context:
             self._memo[key] = make()
         return self._memo[key]
 
+    def row_mask(self, at: torch.Tensor) -> torch.Tensor:
+        """For plain causal self-attention read at one query per row, at tokens ``at`` [B]: the
+        keys that query sees, [B, 1, Nk] bool (keys 0..at; right padding comes later)."""
+        return (self.k_pos <= at.unsqueeze(1)).unsqueeze(1)
+
     def token_rows(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """For ``valid`` right-padded rows: (real [T], source [B*Nq]) flat indices into the
         [B*Nq] token slots: the real tokens, row-major, and for every slot the position among

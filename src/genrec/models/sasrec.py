@@ -122,7 +122,7 @@ class SASRecBlock(nn.Module):
         bq, bkv = self.qkv.bias.split([D, 2 * D])
         q = F.linear(q_in, wq, bq).view(B, H, 1, D // H)
         k, v = (t.view(B, N, H, D // H).transpose(1, 2) for t in F.linear(kv_in, wkv, bkv).split(D, dim=-1))  # [B H N d]
-        visible = (ctx.k_pos <= at.unsqueeze(1)).unsqueeze(1)  # [B 1 N]: keys 0..at (causal; padding comes later)
+        visible = ctx.row_mask(at)  # [B 1 N]
         bias = None if self.rel_bias is None else self.rel_bias.row(at, N, buckets)  # [B 1 N] or None
         a = self.proj(softmax_attention(q, k, v, visible, bias).reshape(B, D))
         if pre_ln:
