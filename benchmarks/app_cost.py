@@ -23,18 +23,14 @@ import asyncio
 import json
 import resource
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from serve_load import make_bodies  # noqa: E402  (the load test's request bodies)
-
-from genrec.serving import schemas  # noqa: E402
-from genrec.serving.app import create_app  # noqa: E402
-from genrec.serving.responses import StrictJSONResponse  # noqa: E402
-from genrec.serving.service import ServeSettings, load_service, prepare_recommend, recommend_batch  # noqa: E402
+from genrec.serving import schemas
+from genrec.serving.app import create_app
+from genrec.serving.responses import StrictJSONResponse
+from genrec.serving.service import ServeSettings, load_service, prepare_recommend, recommend_batch
+from serve_load import make_bodies  # benchmarks/serve_load.py: the load test's request bodies
 
 
 def _cpu() -> float:
