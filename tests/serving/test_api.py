@@ -212,3 +212,59 @@ def test_openapi_documents_every_route(app):
     body = paths["/v1/recommend"]["post"]
     assert body["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("RecommendRequest")
     assert body["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("RecommendResponse")
+
+
+def test_the_direct_recommend_route_answers_as_fastapis_route(checkpoints):
+    """Edge answers POST /v1/recommend itself; FastAPI's route (still declared, for the OpenAPI)
+    must give the same status, body and headers for every kind of request, auth included."""
+    apps = {direct: make_app(checkpoints["retrieval"], token="s3cret", limits={"max_body_bytes": 4000}) for direct in (True, False)}
+    for direct, app in apps.items():
+        app.state.genrec.direct = direct
+    ok = {"Authorization": "Bearer s3cret"}
+    json_ok = ok | {"content-type": "application/json"}
+    cases = [
+        ({"json": walk(["i1", "i2"]) | {"k": 4}, "headers": ok}, 200),
+        ({"json": walk(["i1", "i2"]) | {"k": 4, "allow": ["i3", "i4", "i5"], "deny": ["i4"]}, "headers": ok}, 200),
+        ({"json": walk(["i1", "zz"]) | {"k": 2, "ignore_unknown": True}, "headers": ok}, 200),
+        ({"json": walk(["i1", "zz"]) | {"k": 2}, "headers": ok}, 422),
+        ({"json": walk(["i1"]) | {"k": 0}, "headers": ok}, 422),
+        ({"json": walk(["i1"]) | {"k": 3, "top": 5}, "headers": ok}, 422),
+        ({"content": b"{not json", "headers": json_ok}, 400),
+        ({"content": b"", "headers": json_ok}, 400),
+        ({"content": b'{"history": ["i1"], "timestamps": [1]}', "headers": ok | {"content-type": "text/plain"}}, 400),
+        ({"json": walk(["i1"] * 400) | {"k": 3}, "headers": ok}, 413),
+        ({"json": walk(["i1"]) | {"k": 2}, "headers": {}}, 401),
+        ({"json": walk(["i1"]) | {"k": 2}, "headers": {"Authorization": "Bearer wrong"}}, 401),
+    ]
+    for kw, status in cases:
+        direct, routed = (request(apps[d], "POST", "/v1/recommend", **kw) for d in (True, False))
+        assert direct.status_code == routed.status_code == status, (kw, direct.text, routed.text)
+        assert strict_json(direct) == strict_json(routed), kw
+        for header in ("content-type", "www-authenticate"):
+            assert direct.headers.get(header) == routed.headers.get(header), (kw, header)
+    for direct, app in apps.items():  # both paths count as the same route in the metrics
+        text = request(app, "GET", "/metrics", headers=ok).text
+        assert 'genrec_requests_total{method="POST",route="/v1/recommend",status="200"} 3.0' in text, direct
+        assert 'genrec_errors_total{code="unauthorized",route="/v1/recommend"} 2.0' in text, direct
+
+
+def test_a_client_that_leaves_before_its_body_gets_no_answer(checkpoints):
+    import asyncio
+
+    app = make_app(checkpoints["retrieval"])
+    sent = []
+
+    async def receive():
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/recommend", "raw_path": b"/v1/recommend", "query_string": b"", "root_path": "",
+             "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    asyncio.run(app(scope, receive, send))
+    assert sent == []
+    text = request(app, "GET", "/metrics").text
+    assert 'genrec_errors_total{code="client_disconnected",route="/v1/recommend"} 1.0' in text
+    assert 'genrec_requests_total{method="POST",route="/v1/recommend",status="499"} 1.0' in text  # nginx's "client closed"

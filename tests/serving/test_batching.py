@@ -4,6 +4,7 @@ wider matmuls, 1e-6 here)."""
 
 import asyncio
 import random
+import threading
 import time
 
 import pytest
@@ -92,6 +93,36 @@ def test_batcher_shares_passes_and_bounds_batches():
     assert waited < 0.2  # a lone request waits ~2 ms for company, then runs
 
 
+def test_requests_queued_behind_a_busy_model_thread_go_at_once():
+    """The model thread waits max_wait for company only when it was idle: what queued while it
+    ran a batch is the next batch straight away (here max_wait is 1 s; nothing waits for it)."""
+    if SERVE_MISSING:
+        pytest.skip(SKIP_REASON)
+    from genrec.serving.batcher import MicroBatcher
+
+    sizes, first_running = [], threading.Event()
+
+    def run(jobs):
+        sizes.append(len(jobs))
+        first_running.set()
+        time.sleep(0.3 if len(sizes) == 1 else 0.01)  # the first pass: long enough for the others to queue up
+        return jobs
+
+    async def go():
+        b = MicroBatcher(run, max_batch=16, max_wait_ms=1000)
+        first = asyncio.ensure_future(b.submit(0))
+        await asyncio.get_running_loop().run_in_executor(None, first_running.wait)  # after its 1 s wait for company
+        began = time.perf_counter()
+        rest = await asyncio.gather(*(b.submit(j) for j in range(1, 6)))
+        took = time.perf_counter() - began
+        await b.close()
+        return await first, rest, took
+
+    first, rest, took = asyncio.run(go())
+    assert first == 0 and rest == [1, 2, 3, 4, 5] and sizes == [1, 5]
+    assert took < 0.9, took  # the rest of the first pass and the second, not another 1 s wait
+
+
 def test_a_failing_batch_fails_its_requests_only():
     if SERVE_MISSING:
         pytest.skip(SKIP_REASON)
@@ -153,7 +184,7 @@ def test_per_request_mode_runs_one_forward_at_a_time(checkpoints, monkeypatch):
     rec = Recommender.load(checkpoints["retrieval"])
     bodies = _requests(rec, 12, seed=3)
     active, most, threads, lock = [0], [0], set(), threading.Lock()
-    real = app_module.recommend_batch
+    real = app_module.search_batch
 
     def watched(jobs):
         with lock:
@@ -167,7 +198,7 @@ def test_per_request_mode_runs_one_forward_at_a_time(checkpoints, monkeypatch):
             with lock:
                 active[0] -= 1
 
-    monkeypatch.setattr(app_module, "recommend_batch", watched)
+    monkeypatch.setattr(app_module, "search_batch", watched)
 
     async def all_at_once(client):
         return await asyncio.gather(*(client.post("/v1/recommend", json=b) for b in bodies))

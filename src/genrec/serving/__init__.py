@@ -2,11 +2,13 @@
 checkpoint, shared by every request thread: it is stateless and thread-safe).
 
 - ``app.py`` — the FastAPI routes (``/v1/recommend``, ``/v1/rank``, ``/v1/items``, ``/v1/model``,
-  ``/v1/admin/reload``, health, ``/metrics``, the web page at ``/``), auth, errors, body limit;
+  ``/v1/admin/reload``, health, ``/metrics``, the web page at ``/``), auth, errors;
+- ``edge.py`` — the outer ASGI layer: body limit, per-request metrics, and ``POST /v1/recommend``
+  answered directly (the same checks and answers as the FastAPI route, without its layers);
 - ``service.py`` — one loaded checkpoint (:class:`~genrec.serving.service.Service`: Recommender,
   index, item metadata, model card) and the request logic, no HTTP; swapped whole on reload;
 - ``schemas.py`` — request and response bodies (pydantic, the OpenAPI at ``/docs``);
-- ``batcher.py`` — dynamic micro-batching: concurrent requests, one forward pass;
+- ``batcher.py`` — dynamic micro-batching: concurrent requests, one forward pass on the model thread;
 - ``index.py`` — exact top-k or FAISS (flat / IVF / HNSW) over the item vectors, with exclusions;
 - ``metadata.py`` — titles and search; ``metrics.py`` — Prometheus; ``server.py`` — uvicorn;
   ``static/`` — the page (HTML + JS, no build step).

@@ -37,20 +37,19 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from genrec import jsonio
 from genrec.errors import GenrecError
 from genrec.serving import schemas
 from genrec.serving.batcher import MicroBatcher
 from genrec.serving.bodies import documented, json_body, parse, validation_error
+from genrec.serving.edge import TOKEN_ENV, Edge, unauthorized
 from genrec.serving.metrics import Metrics
 from genrec.serving.responses import StrictJSONResponse
-from genrec.serving.service import ApiError, ServeSettings, Service, load_service, prepare_recommend, rank, recommend_batch
+from genrec.serving.service import ApiError, ServeSettings, Service, load_service, prepare_recommend, rank, recommend_answer, search_batch
 
 WORKERS_ENV = "GENREC_SERVE_WORKERS"
 """Set by ``genrec serve --workers N`` for its worker processes."""
 
 STATIC = Path(__file__).with_name("static")
-TOKEN_ENV = "GENREC_API_TOKEN"
 
 
 class ServiceState:
@@ -65,14 +64,17 @@ class ServiceState:
         # --no-batching: batches of one, so each request still gets its own pass, and the passes run
         # one at a time on the batcher's model thread (in the shared thread pool up to 40 ran at once,
         # fighting for the GIL and the cores: 4x the CPU per request at 32 users on the 2-core machine)
-        self.batcher = MicroBatcher(recommend_batch, key=lambda job: id(job.service),
+        self.batcher = MicroBatcher(search_batch, key=lambda job: id(job.service),
                                     max_batch=settings.max_batch if settings.batching else 1,
                                     max_wait_ms=settings.max_wait_ms if settings.batching else 0.0,
                                     on_batch=self.metrics.batch_size.observe)
         self._reload_lock = asyncio.Lock()
+        self.direct = True  # Edge answers POST /v1/recommend itself; False: FastAPI's route does (the tests compare them)
 
     async def recommend(self, job) -> dict:
-        return await self.batcher.submit(job)
+        # the answer is built here, on the event loop: the model thread, the busier of the two
+        # under load, only runs the forward pass and the search
+        return recommend_answer(job, await self.batcher.submit(job))
 
     async def close(self) -> None:
         await self.batcher.close()
@@ -222,7 +224,7 @@ def _bearer(token: str):
     async def check(request: Request) -> None:
         given = request.headers.get("authorization", "")
         if not hmac.compare_digest(given.encode(), expected):
-            raise ApiError(401, "unauthorized", f"send the token of ${TOKEN_ENV} as 'Authorization: Bearer <token>'")
+            raise unauthorized()
 
     return check
 
@@ -278,61 +280,3 @@ def _on_sighup(loop: asyncio.AbstractEventLoop, state: ServiceState) -> bool:
     except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (tests), or no SIGHUP
         return False
     return True
-
-
-class Edge:
-    """Outer ASGI middleware: refuses bodies over the limit (413) and records every request's
-    route, status, latency and error code in the metrics."""
-
-    def __init__(self, app, state: ServiceState):
-        self.app, self.state = app, state
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
-        limit = self.state.settings.limits.max_body_bytes
-
-        async def send_status(message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            length = int(dict(scope["headers"]).get(b"content-length", b"0"))
-        except ValueError:
-            length = 0
-        try:
-            if length > limit:
-                await _too_large(scope, send_status, limit)
-            else:
-                await self.app(scope, _limited(receive, limit), send_status)
-        finally:
-            route = scope.get("route")
-            path = route.path if route is not None else "unmatched"
-            self.state.metrics.observe(path, scope["method"], status[0], time.perf_counter() - start)
-            if status[0] >= 400:
-                self.state.metrics.error(path, scope.get("genrec.error", str(status[0])))
-
-
-def _limited(receive, limit: int):
-    """A receive that fails with 413 once a (chunked) body passes ``limit`` bytes."""
-    seen = [0]
-
-    async def counted():
-        message = await receive()
-        if message["type"] == "http.request":
-            seen[0] += len(message.get("body", b""))
-            if seen[0] > limit:  # an HTTPException passes FastAPI's body parsing unchanged
-                raise HTTPException(413, f"the body is over the limit of {limit} bytes")
-        return message
-
-    return counted
-
-
-async def _too_large(scope, send, limit: int) -> None:
-    scope["genrec.error"] = "body_too_large"
-    body = jsonio.dumps(ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes").body()).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})

@@ -16,10 +16,15 @@ class StrictJSONResponse(JSONResponse):
     jsonio instead."""
 
     def render(self, content) -> bytes:
-        try:
-            return orjson.dumps(content, default=_plain, option=orjson.OPT_NON_STR_KEYS)
-        except TypeError:  # orjson.JSONEncodeError
-            return jsonio.dumps(content).encode()
+        return render(content)
+
+
+def render(content) -> bytes:
+    """``content`` as the bytes of a :class:`StrictJSONResponse`."""
+    try:
+        return orjson.dumps(content, default=_plain, option=orjson.OPT_NON_STR_KEYS)
+    except TypeError:  # orjson.JSONEncodeError
+        return jsonio.dumps(content).encode()
 
 
 def _plain(obj):

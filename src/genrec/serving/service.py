@@ -201,20 +201,29 @@ def prepare_recommend(svc: Service, req: RecommendRequest) -> RecommendJob:
     return RecommendJob(svc, query, req.k, exclude, allow, dropped)
 
 
-def recommend_batch(jobs: Sequence[RecommendJob]) -> list[dict]:
-    """Answer several checked requests of one Service: one forward pass, one index search."""
+def search_batch(jobs: Sequence[RecommendJob]) -> list[list[tuple[int, float]]]:
+    """The model's part of several checked requests of one Service: one forward pass, one index
+    search -> per request, (item idx, score) best first. What the micro-batcher's model thread runs;
+    :func:`recommend_answer` turns a row into the answer on the event loop."""
     svc = jobs[0].service
     user = svc.rec.query_vectors([j.query for j in jobs])  # [B D]
     ranges = [j.query.item_range for j in jobs]  # multi-domain: the requested domain's items only
-    rows = svc.index.search(user, [j.k for j in jobs], [j.exclude for j in jobs], [j.allow for j in jobs], ranges)
-    return [
-        {
-            "items": [svc.titled(svc.rec.item_ids[i - 1]) | {"score": round(s, 6)} for i, s in row],
-            "score": svc.index.score_kind, "index": svc.index.searched_by(job.allow, job.query.item_range),
-            "dropped": job.dropped, "model": svc.digest[:12],
-        }
-        for job, row in zip(jobs, rows)
-    ]
+    return svc.index.search(user, [j.k for j in jobs], [j.exclude for j in jobs], [j.allow for j in jobs], ranges)
+
+
+def recommend_answer(job: RecommendJob, row: list[tuple[int, float]]) -> dict:
+    """The /v1/recommend answer to ``job`` from its row of :func:`search_batch`."""
+    svc = job.service
+    return {
+        "items": [svc.titled(svc.rec.item_ids[i - 1]) | {"score": round(s, 6)} for i, s in row],
+        "score": svc.index.score_kind, "index": svc.index.searched_by(job.allow, job.query.item_range),
+        "dropped": job.dropped, "model": svc.digest[:12],
+    }
+
+
+def recommend_batch(jobs: Sequence[RecommendJob]) -> list[dict]:
+    """Answer several checked requests of one Service: one forward pass, one index search."""
+    return [recommend_answer(job, row) for job, row in zip(jobs, search_batch(jobs))]
 
 
 def rank(svc: Service, req: RankRequest) -> dict:
