@@ -88,7 +88,8 @@ class Recommender:
         self.model = model.eval()
         self._device = next(itertools.chain(model.parameters(), model.buffers())).device
         self.item_ids: tuple[str, ...] = tuple(str(i) for i in item_ids)
-        self.index = MappingProxyType({raw: i + 1 for i, raw in enumerate(self.item_ids)})
+        self._idx = {raw: i + 1 for i, raw in enumerate(self.item_ids)}  # (lookups: a plain dict's get is faster than the view's)
+        self.index = MappingProxyType(self._idx)
         if len(self.index) != len(self.item_ids):
             raise GenrecError("the item id list repeats an id: raw ids must be unique")
         self.experiment = dict(experiment or {})
@@ -167,9 +168,11 @@ class Recommender:
         """Raw ids -> (item idx of the known ids, their positions in ``history``)."""
         if len(history) == 0:
             raise ValueError("the history is empty: give at least one item id")
+        found = [self._idx.get(raw if type(raw) is str else str(raw)) for raw in history]
+        if None not in found:  # (the usual case: every id known)
+            return found, list(range(len(found)))
         idx, kept, unknown = [], [], []
-        for pos, raw in enumerate(history):
-            i = self.index.get(str(raw))
+        for pos, (raw, i) in enumerate(zip(history, found)):
             if i is None:
                 unknown.append(str(raw))
             else:

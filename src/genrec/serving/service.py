@@ -197,7 +197,7 @@ def prepare_recommend(svc: Service, req: RecommendRequest) -> RecommendJob:
         deny, allow_ids = (None if ids is None else svc.rec.resolve_history(ids, req.domain) for ids in (req.deny, req.allow))
     exclude |= set(svc.item_idx(deny or [], req.ignore_unknown, "deny"))
     allow = None if allow_ids is None else svc.item_idx(allow_ids, req.ignore_unknown, "allow")
-    dropped = [h for h, r in zip(history, resolved) if r not in svc.rec.index]
+    dropped = [h for h, r in zip(history, resolved) if r not in svc.rec.index] if req.ignore_unknown else []  # (else unknown ids raised)
     return RecommendJob(svc, query, req.k, exclude, allow, dropped)
 
 
