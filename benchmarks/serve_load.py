@@ -16,7 +16,10 @@ back (no think time: the user count is the concurrency). Request bodies: ``--bod
 histories of 1..max_history catalogue items with hourly timestamps (and feedback for unified
 checkpoints), k=10, history excluded; the same bodies for every run. RSS is the server process's
 (plus its workers'), sampled every 0.1 s. Locust runs on the same machine as the server and
-takes CPU from it: compare modes within one run, on an otherwise idle machine.
+takes CPU from it: compare modes within one run, on an otherwise idle machine. From the server's
+``/metrics``, each row also gives the model thread's requests per pass, the share of the run it was
+busy (near 1: it bounds the throughput) and the share of that busy time it computed rather than
+waited (for the GIL, which it shares with the event loop, or for a core).
 
 Targets on the project's 2-core machine: 0 errors at every level; with batching >= 3x the
 per-request throughput at 32 users with p99 < 50 ms; soak at 32 users: 0 errors, RSS growth < 5%.
@@ -173,6 +176,24 @@ class Server:
                 pass
         return total
 
+    def model_counters(self) -> dict[str, float]:
+        """The model thread's totals so far from /metrics (summed over workers): passes, requests
+        in them, wall and CPU seconds."""
+        import urllib.request
+
+        names = {"genrec_batch_size_count": "passes", "genrec_batch_size_sum": "requests",
+                 "genrec_batch_seconds_sum": "wall", "genrec_batch_cpu_seconds_total": "cpu"}
+        token = os.environ.get("GENREC_API_TOKEN")
+        ask = urllib.request.Request(self.url + "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+        with urllib.request.urlopen(ask, timeout=10) as r:
+            text = r.read().decode()
+        out = dict.fromkeys(names.values(), 0.0)
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in names:
+                out[names[name]] += float(value)
+        return out
+
     def stop(self) -> None:
         self._stop.set()
         self.proc.terminate()
@@ -246,10 +267,11 @@ def main() -> None:
                 run_locust(server.url, max(users), args.warmup, args.max_requests, bodies, workdir)  # warm-up
                 for u in users:
                     server.reset_peak()
-                    cpu = server.cpu_seconds()
+                    cpu, model = server.cpu_seconds(), server.model_counters()
                     row = run_locust(server.url, u, args.seconds, args.max_requests, bodies, workdir)
                     row |= {"mode": mode, "peak_rss_mb": round(server.peak / 2**20, 1),
                             "server_cpu_ms_per_request": round(1000 * (server.cpu_seconds() - cpu) / row["requests"], 3)}
+                    row |= model_thread(model, server.model_counters(), row["requests"] / row["rps"])
                     result["runs"].append(row)
                     print(json.dumps(row), flush=True)
             finally:
@@ -276,12 +298,23 @@ def soak(args, users: int, bodies: Path, workdir: Path, extra: list[str]) -> dic
     return row
 
 
+def model_thread(before: dict[str, float], after: dict[str, float], seconds: float) -> dict:
+    """The model thread over a run: requests per pass, the share of the run it was busy (summed
+    over workers) and the share of its busy time spent computing (the rest: waiting for the GIL
+    or a core)."""
+    d = {k: after[k] - before[k] for k in after}
+    return {"mean_batch": round(d["requests"] / max(d["passes"], 1), 1), "model_busy": round(d["wall"] / seconds, 2),
+            "model_cpu_share": round(d["cpu"] / max(d["wall"], 1e-9), 2)}
+
+
 def print_table(runs: list[dict]) -> None:
-    print("\n| mode | users | requests | errors | req/s | p50 ms | p95 ms | p99 ms | peak RSS MB | server CPU ms/req | locust CPU ms/req |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| mode | users | requests | errors | req/s | p50 ms | p95 ms | p99 ms | peak RSS MB | server CPU ms/req | "
+          "locust CPU ms/req | requests/pass | model thread busy | its CPU share |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         print(f"| {r['mode']} | {r['users']} | {r['requests']} | {r['errors']} | {r['rps']} | {r['p50_ms']} | "
-              f"{r['p95_ms']} | {r['p99_ms']} | {r['peak_rss_mb']} | {r['server_cpu_ms_per_request']} | {r['client_cpu_ms_per_request']} |")
+              f"{r['p95_ms']} | {r['p99_ms']} | {r['peak_rss_mb']} | {r['server_cpu_ms_per_request']} | {r['client_cpu_ms_per_request']} | "
+              f"{r.get('mean_batch', '')} | {r.get('model_busy', '')} | {r.get('model_cpu_share', '')} |")
 
 
 if __name__ == "__main__":

@@ -203,6 +203,9 @@ def test_metrics_count_requests_latency_batches_and_errors(checkpoints):
     assert 'genrec_errors_total{code="not_found",route="unmatched"} 1.0' in text
     assert 'genrec_request_seconds_count{route="/v1/recommend"} 2.0' in text
     assert "genrec_batch_size_count 1.0" in text and "genrec_model_info{" in text
+    assert "genrec_batch_seconds_count 1.0" in text  # the model thread's pass, timed
+    values = dict(line.split(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(values["genrec_batch_cpu_seconds_total"]) > 0 and float(values["genrec_batch_seconds_sum"]) > 0
 
 
 def test_openapi_documents_every_route(app):

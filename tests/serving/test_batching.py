@@ -79,7 +79,7 @@ def test_batcher_shares_passes_and_bounds_batches():
         return [j * 10 for j in jobs]
 
     async def go():
-        b = MicroBatcher(run, max_batch=8, max_wait_ms=2, on_batch=sizes.append)
+        b = MicroBatcher(run, max_batch=8, max_wait_ms=2, on_batch=lambda n, seconds, cpu: sizes.append(n))
         out = await asyncio.gather(*(b.submit(j) for j in range(50)))
         alone = time.perf_counter()
         await b.submit(99)

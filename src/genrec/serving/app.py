@@ -67,7 +67,7 @@ class ServiceState:
         self.batcher = MicroBatcher(search_batch, key=lambda job: id(job.service),
                                     max_batch=settings.max_batch if settings.batching else 1,
                                     max_wait_ms=settings.max_wait_ms if settings.batching else 0.0,
-                                    on_batch=self.metrics.batch_size.observe)
+                                    on_batch=self.metrics.batch)
         self._reload_lock = asyncio.Lock()
         self.direct = True  # Edge answers POST /v1/recommend itself; False: FastAPI's route does (the tests compare them)
 

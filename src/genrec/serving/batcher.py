@@ -37,8 +37,10 @@ class MicroBatcher:
         key: Callable[[Any], Hashable] = lambda job: None,
         max_batch: int = 64,
         max_wait_ms: float = 2.0,
-        on_batch: Callable[[int], None] | None = None,
+        on_batch: Callable[[int, float, float], None] | None = None,
     ):
+        """``on_batch(size, seconds, cpu_seconds)``: after each ``run``, on the model thread, its
+        number of jobs and its wall and CPU time (failed runs included)."""
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"max_batch={max_batch} must be >= 1 and max_wait_ms={max_wait_ms} >= 0")
         self.run, self.key, self.on_batch = run, key, on_batch
@@ -108,13 +110,14 @@ class MicroBatcher:
         return batch, False
 
     def _answer(self, group: list[tuple[Any, asyncio.Future, asyncio.AbstractEventLoop]]) -> None:
-        if self.on_batch is not None:
-            self.on_batch(len(group))
+        start, cpu = time.perf_counter(), time.thread_time()
         try:
             results = self.run([job for job, _, _ in group])
             outcome = [(fut, result, None) for (_, fut, _), result in zip(group, results)]
         except Exception as exc:  # noqa: BLE001 - the batch's error goes to each of its requests
             outcome = [(fut, None, exc) for _, fut, _ in group]
+        if self.on_batch is not None:
+            self.on_batch(len(group), time.perf_counter() - start, time.thread_time() - cpu)
         loops: dict[asyncio.AbstractEventLoop, list] = {}
         for (_, _, loop), answer in zip(group, outcome):
             loops.setdefault(loop, []).append(answer)

@@ -4,6 +4,10 @@
 - ``genrec_request_seconds{route}``: latency histogram, from the first byte in to the answer;
 - ``genrec_errors_total{route, code}``: 4xx/5xx answers by error code (``unknown_items``, ...);
 - ``genrec_batch_size``: requests per forward pass of the micro-batcher (1 each without batching);
+- ``genrec_batch_seconds``: the model thread's wall time per pass (forward and search), and
+  ``genrec_batch_cpu_seconds_total`` its CPU time: the rate of the first sum is the share of time
+  the model thread is busy (near 1: it bounds the throughput), the ratio of the two sums the share
+  of that time it computes rather than waits (for the interpreter lock, or the cores);
 - ``genrec_reloads_total{outcome}`` and ``genrec_model_info{weights_sha256, index, kind}``.
 
 Routes are labelled by their template (``/v1/items/{item_id}``), never by the raw path, so the
@@ -39,6 +43,9 @@ class Metrics:
         self.latency = Histogram("genrec_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r)
         self.errors = Counter("genrec_errors", "Error answers by code", ["route", "code"], registry=r)
         self.batch_size = Histogram("genrec_batch_size", "Requests per forward pass", buckets=BATCH_BUCKETS, registry=r)
+        self.batch_seconds = Histogram("genrec_batch_seconds", "Model-thread wall seconds per forward pass (search included)",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_cpu = Counter("genrec_batch_cpu_seconds", "Model-thread CPU seconds in forward passes", registry=r)
         self.reloads = Counter("genrec_reloads", "Checkpoint reloads", ["outcome"], registry=r)
         self.model = Gauge("genrec_model_info", "The checkpoint being served", ["weights_sha256", "index", "kind"], registry=r,
                            multiprocess_mode="liveall")
@@ -47,6 +54,12 @@ class Metrics:
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def batch(self, size: int, seconds: float, cpu_seconds: float) -> None:
+        """One forward pass of ``size`` requests on the model thread."""
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+        self.batch_cpu.inc(cpu_seconds)
 
     def error(self, route: str, code: str) -> None:
         self.errors.labels(route, code).inc()
