@@ -271,7 +271,7 @@ def main() -> None:
                     row = run_locust(server.url, u, args.seconds, args.max_requests, bodies, workdir)
                     row |= {"mode": mode, "peak_rss_mb": round(server.peak / 2**20, 1),
                             "server_cpu_ms_per_request": round(1000 * (server.cpu_seconds() - cpu) / row["requests"], 3)}
-                    row |= model_thread(model, server.model_counters(), row["requests"] / row["rps"])
+                    row |= model_thread(model, server.model_counters(), row["requests"] / max(row["rps"], 1e-9))
                     result["runs"].append(row)
                     print(json.dumps(row), flush=True)
             finally:

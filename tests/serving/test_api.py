@@ -1,6 +1,8 @@
 """The /v1 routes in-process: answers equal Recommender's, every bad request is a 4xx with a
 message that says what to fix (never a 500), auth, items, model card, metrics, strict JSON."""
 
+import json
+
 import pytest
 
 from .conftest import SERVE_MISSING, SKIP_REASON
@@ -217,44 +219,93 @@ def test_openapi_documents_every_route(app):
     assert body["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("RecommendResponse")
 
 
-def test_the_direct_recommend_route_answers_as_fastapis_route(checkpoints):
+def _post(app, **kw):
+    """POST /v1/recommend in-process; an exception the app re-raises after its 500 answer (as
+    Starlette's error middleware does) is left to the server, as uvicorn would."""
+    import asyncio
+
+    import httpx
+
+    async def go():
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://genrec.test", timeout=60) as client:
+            return await client.post("/v1/recommend", **kw)
+
+    return asyncio.run(go())
+
+
+def _chunks(*parts: bytes):
+    """A request body sent in chunks, without a Content-Length (a fresh one per request)."""
+    async def body():
+        for part in parts:
+            yield part
+    return body
+
+
+def test_the_direct_recommend_route_answers_as_fastapis_route(checkpoints, monkeypatch):
     """Edge answers POST /v1/recommend itself; FastAPI's route (still declared, for the OpenAPI)
-    must give the same status, body and headers for every kind of request, auth included."""
+    must give the same status, body and headers for every kind of request, auth, chunked bodies
+    and a failing pass included, and count the same in the metrics."""
+    from genrec.serving.edge import Edge
+
     apps = {direct: make_app(checkpoints["retrieval"], token="s3cret", limits={"max_body_bytes": 4000}) for direct in (True, False)}
     for direct, app in apps.items():
         app.state.genrec.direct = direct
+    taken, real = [0], Edge._recommend
+
+    async def spy(self, *args):
+        taken[0] += 1
+        return await real(self, *args)
+
+    monkeypatch.setattr(Edge, "_recommend", spy)
     ok = {"Authorization": "Bearer s3cret"}
     json_ok = ok | {"content-type": "application/json"}
+    fine = json.dumps(walk(["i1", "i2"]) | {"k": 3}).encode()
     cases = [
         ({"json": walk(["i1", "i2"]) | {"k": 4}, "headers": ok}, 200),
         ({"json": walk(["i1", "i2"]) | {"k": 4, "allow": ["i3", "i4", "i5"], "deny": ["i4"]}, "headers": ok}, 200),
         ({"json": walk(["i1", "zz"]) | {"k": 2, "ignore_unknown": True}, "headers": ok}, 200),
+        ({"content": _chunks(fine[:10], fine[10:]), "headers": json_ok}, 200),
         ({"json": walk(["i1", "zz"]) | {"k": 2}, "headers": ok}, 422),
         ({"json": walk(["i1"]) | {"k": 0}, "headers": ok}, 422),
         ({"json": walk(["i1"]) | {"k": 3, "top": 5}, "headers": ok}, 422),
         ({"content": b"{not json", "headers": json_ok}, 400),
         ({"content": b"", "headers": json_ok}, 400),
         ({"content": b'{"history": ["i1"], "timestamps": [1]}', "headers": ok | {"content-type": "text/plain"}}, 400),
-        ({"json": walk(["i1"] * 400) | {"k": 3}, "headers": ok}, 413),
+        ({"json": walk(["i1"] * 400) | {"k": 3}, "headers": ok}, 413),  # Content-Length over the limit
+        ({"content": _chunks(*[b" " * 1000] * 5), "headers": json_ok}, 413),  # counted while it streams in
         ({"json": walk(["i1"]) | {"k": 2}, "headers": {}}, 401),
         ({"json": walk(["i1"]) | {"k": 2}, "headers": {"Authorization": "Bearer wrong"}}, 401),
     ]
     for kw, status in cases:
-        direct, routed = (request(apps[d], "POST", "/v1/recommend", **kw) for d in (True, False))
+        direct, routed = (_post(apps[d], **{k: v() if callable(v) else v for k, v in kw.items()}) for d in (True, False))
         assert direct.status_code == routed.status_code == status, (kw, direct.text, routed.text)
         assert strict_json(direct) == strict_json(routed), kw
-        for header in ("content-type", "www-authenticate"):
-            assert direct.headers.get(header) == routed.headers.get(header), (kw, header)
-    for direct, app in apps.items():  # both paths count as the same route in the metrics
+        assert dict(direct.headers) == dict(routed.headers), kw
+    assert taken[0] == len(cases) - 1  # every case but the Content-Length 413 (refused before any route) took the direct path
+
+    def broken(jobs):
+        raise RuntimeError("the pass failed")
+
+    for app in apps.values():
+        app.state.genrec.batcher.run = broken
+    direct, routed = (_post(apps[d], json=walk(["i1"]) | {"k": 2}, headers=ok) for d in (True, False))
+    assert direct.status_code == routed.status_code == 500 and strict_json(direct) == strict_json(routed)
+    assert "RuntimeError: the pass failed" in strict_json(direct)["error"]["message"]
+    for direct, app in apps.items():  # both paths count as the same route, with the same codes
         text = request(app, "GET", "/metrics", headers=ok).text
-        assert 'genrec_requests_total{method="POST",route="/v1/recommend",status="200"} 3.0' in text, direct
+        assert 'genrec_requests_total{method="POST",route="/v1/recommend",status="200"} 4.0' in text, direct
         assert 'genrec_errors_total{code="unauthorized",route="/v1/recommend"} 2.0' in text, direct
+        assert 'genrec_errors_total{code="body_too_large",route="/v1/recommend"} 1.0' in text, direct
+        assert 'genrec_errors_total{code="internal_error",route="/v1/recommend"} 1.0' in text, direct
 
 
-def test_a_client_that_leaves_before_its_body_gets_no_answer(checkpoints):
+@pytest.mark.parametrize("direct", [True, False])
+def test_a_client_that_leaves_before_its_body_is_a_499(checkpoints, direct):
     import asyncio
 
     app = make_app(checkpoints["retrieval"])
+    app.state.genrec.direct = direct
     sent = []
 
     async def receive():
@@ -267,7 +318,37 @@ def test_a_client_that_leaves_before_its_body_gets_no_answer(checkpoints):
              "path": "/v1/recommend", "raw_path": b"/v1/recommend", "query_string": b"", "root_path": "",
              "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
     asyncio.run(app(scope, receive, send))
-    assert sent == []
+    assert all(m.get("status", 499) == 499 for m in sent)  # nothing, or a 499 nobody reads (the server drops it)
     text = request(app, "GET", "/metrics").text
     assert 'genrec_errors_total{code="client_disconnected",route="/v1/recommend"} 1.0' in text
     assert 'genrec_requests_total{method="POST",route="/v1/recommend",status="499"} 1.0' in text  # nginx's "client closed"
+
+
+def test_the_direct_route_under_a_root_path(checkpoints, monkeypatch):
+    """Started with --root-path /api, the path /api/v1/recommend still takes the direct route."""
+    import asyncio
+
+    from genrec.serving.edge import Edge
+
+    taken, real = [0], Edge._recommend
+
+    async def spy(self, *args):
+        taken[0] += 1
+        return await real(self, *args)
+
+    monkeypatch.setattr(Edge, "_recommend", spy)
+    app = make_app(checkpoints["retrieval"])
+    body, sent = json.dumps(walk(["i1"]) | {"k": 2}).encode(), []
+
+    async def receive():
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/v1/recommend", "raw_path": b"/api/v1/recommend", "query_string": b"", "root_path": "/api",
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
+    asyncio.run(app(scope, receive, send))
+    assert taken[0] == 1 and sent[0]["status"] == 200 and len(json.loads(sent[1]["body"])["items"]) == 2

@@ -123,6 +123,41 @@ def test_requests_queued_behind_a_busy_model_thread_go_at_once():
     assert took < 0.9, took  # the rest of the first pass and the second, not another 1 s wait
 
 
+def test_the_model_thread_survives_failures_and_close_answers_what_was_queued():
+    if SERVE_MISSING:
+        pytest.skip(SKIP_REASON)
+    from genrec.serving.batcher import MicroBatcher
+
+    def key(job):
+        if job == "bad key":
+            raise KeyError(job)
+        return job == "short"
+
+    def run(jobs):
+        time.sleep(0.01)
+        return jobs[:-1] if "short" in jobs else jobs  # "short": one answer missing
+
+    def hook(n, seconds, cpu):
+        raise OSError("metrics disk full")
+
+    async def go():
+        b = MicroBatcher(run, key=key, max_batch=8, on_batch=hook)
+        with pytest.raises(KeyError):
+            await asyncio.wait_for(b.submit("bad key"), 10)  # (a hung request would time out, not hang the suite)
+        with pytest.raises(RuntimeError, match="answered 0 of 1"):
+            await asyncio.wait_for(b.submit("short"), 10)
+        fine = await asyncio.wait_for(asyncio.gather(*(b.submit(j) for j in range(5))), 10)  # the thread still serves
+        queued = [asyncio.ensure_future(b.submit(j)) for j in range(5, 9)]
+        await asyncio.sleep(0)  # queued before close
+        await b.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await b.submit(99)
+        return fine, await asyncio.gather(*queued)
+
+    fine, queued = asyncio.run(go())
+    assert fine == [0, 1, 2, 3, 4] and queued == [5, 6, 7, 8]
+
+
 def test_a_failing_batch_fails_its_requests_only():
     if SERVE_MISSING:
         pytest.skip(SKIP_REASON)

@@ -36,6 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from genrec.errors import GenrecError
 from genrec.serving import schemas
@@ -242,6 +243,11 @@ def _errors(app: FastAPI, state: ServiceState) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
         return answer(request, validation_error(exc.errors()))
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect):
+        request.scope["genrec.error"] = "client_disconnected"  # nobody reads the answer; 499 as nginx logs it
+        return Response(status_code=499)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
@@ -59,11 +60,14 @@ class Edge:
         try:
             if length > limit:
                 await _too_large(scope, send_status, limit)
-            elif scope["path"] == RECOMMEND and scope["method"] == "POST" and self.state.direct:
+            elif _route_path(scope) == RECOMMEND and scope["method"] == "POST" and self.state.direct:
                 scope["genrec.route"] = RECOMMEND
                 status[0] = await self._recommend(scope, headers, receive, send_status, limit)
             else:
                 await self.app(scope, _limited(receive, limit), send_status)
+        except Exception:
+            scope.setdefault("genrec.error", "internal_error")  # (the app's 500 answer is sent further out)
+            raise
         finally:
             route = scope.get("route")
             path = route.path if route is not None else scope.get("genrec.route", "unmatched")
@@ -78,7 +82,7 @@ class Edge:
             if self.expected is not None and not hmac.compare_digest(given.encode(), self.expected):
                 raise unauthorized()
             body = await _read(receive, limit)
-            if body is None:  # the client hung up before sending its body: nobody to answer
+            if body is None:  # the client hung up before sending its body: nobody to answer (the app's route: the same, 499)
                 scope["genrec.error"] = "client_disconnected"
                 return 499
             kind = headers.get(b"content-type")
@@ -90,7 +94,16 @@ class Edge:
             return await _send_error(scope, send, err)
         except Exception as exc:  # noqa: BLE001 - as the app's handler of anything else: a 500 that says what failed
             print(f"genrec serve: {RECOMMEND} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            traceback.print_exception(exc, file=sys.stderr)  # (as uvicorn logs the FastAPI route's)
             return await _send_error(scope, send, ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}"))
+
+
+def _route_path(scope) -> str:
+    """The path the app routes on: without the root path the server was started under."""
+    path, root = scope["path"], scope.get("root_path", "")
+    if root and path.startswith(root) and path[len(root) : len(root) + 1] in ("/", ""):
+        return path[len(root) :]
+    return path
 
 
 def unauthorized() -> ApiError:
