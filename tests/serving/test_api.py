@@ -292,12 +292,15 @@ def test_the_direct_recommend_route_answers_as_fastapis_route(checkpoints, monke
     direct, routed = (_post(apps[d], json=walk(["i1"]) | {"k": 2}, headers=ok) for d in (True, False))
     assert direct.status_code == routed.status_code == 500 and strict_json(direct) == strict_json(routed)
     assert "RuntimeError: the pass failed" in strict_json(direct)["error"]["message"]
+    for app in apps.values():  # after its 500, each path raises on to the server (which logs it and closes the connection)
+        with pytest.raises(RuntimeError, match="the pass failed"):
+            request(app, "POST", "/v1/recommend", json=walk(["i1"]) | {"k": 2}, headers=ok)
     for direct, app in apps.items():  # both paths count as the same route, with the same codes
         text = request(app, "GET", "/metrics", headers=ok).text
         assert 'genrec_requests_total{method="POST",route="/v1/recommend",status="200"} 4.0' in text, direct
         assert 'genrec_errors_total{code="unauthorized",route="/v1/recommend"} 2.0' in text, direct
         assert 'genrec_errors_total{code="body_too_large",route="/v1/recommend"} 1.0' in text, direct
-        assert 'genrec_errors_total{code="internal_error",route="/v1/recommend"} 1.0' in text, direct
+        assert 'genrec_errors_total{code="internal_error",route="/v1/recommend"} 2.0' in text, direct
 
 
 @pytest.mark.parametrize("direct", [True, False])

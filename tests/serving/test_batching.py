@@ -126,36 +126,63 @@ def test_requests_queued_behind_a_busy_model_thread_go_at_once():
 def test_the_model_thread_survives_failures_and_close_answers_what_was_queued():
     if SERVE_MISSING:
         pytest.skip(SKIP_REASON)
+    import gc
+    import weakref
+
     from genrec.serving.batcher import MicroBatcher
 
+    threads = set()
+
+    class Job:
+        def __init__(self, name):
+            self.name = name
+
     def key(job):
-        if job == "bad key":
-            raise KeyError(job)
-        return job == "short"
+        if job.name == "bad key":
+            raise KeyError(job.name)
+        return job.name in ("short", "cancelled", "stop", "g2")  # these run in a group of their own
 
     def run(jobs):
+        threads.add(threading.get_ident())
+        names = [j.name for j in jobs]
         time.sleep(0.01)
-        return jobs[:-1] if "short" in jobs else jobs  # "short": one answer missing
+        if "cancelled" in names:
+            raise asyncio.CancelledError()  # not an Exception: it must not end the thread
+        if "stop" in names:
+            raise StopIteration  # a future cannot hold it as it is
+        return names[:-1] if "short" in names else names  # "short": one answer missing
 
     def hook(n, seconds, cpu):
         raise OSError("metrics disk full")
 
+    async def one(b, name):
+        return await asyncio.wait_for(b.submit(Job(name)), 10)  # (a lost answer times out instead of hanging the suite)
+
     async def go():
         b = MicroBatcher(run, key=key, max_batch=8, on_batch=hook)
-        with pytest.raises(KeyError):
-            await asyncio.wait_for(b.submit("bad key"), 10)  # (a hung request would time out, not hang the suite)
-        with pytest.raises(RuntimeError, match="answered 0 of 1"):
-            await asyncio.wait_for(b.submit("short"), 10)
-        fine = await asyncio.wait_for(asyncio.gather(*(b.submit(j) for j in range(5))), 10)  # the thread still serves
-        queued = [asyncio.ensure_future(b.submit(j)) for j in range(5, 9)]
+        got = await asyncio.gather(one(b, "a"), one(b, "bad key"), one(b, "b"), return_exceptions=True)
+        assert got[0] == "a" and got[2] == "b" and isinstance(got[1], KeyError)  # the bad key fails its own job only
+        for name, says in (("short", "answered 0 of 1"), ("cancelled", "CancelledError"), ("stop", "StopIteration")):
+            with pytest.raises(RuntimeError, match=says):
+                await one(b, name)
+        # two groups in one pass, the hook failing after each: both still get their answers
+        assert await asyncio.gather(one(b, "c"), one(b, "g2")) == ["c", "g2"]
+        job = Job("kept?")
+        assert await asyncio.wait_for(b.submit(job), 10) == "kept?"
+        kept = weakref.ref(job)
+        del job
+        await asyncio.sleep(0.05)  # the thread is idle now
+        gc.collect()
+        assert kept() is None  # the idle thread holds no finished job
+        queued = [asyncio.ensure_future(b.submit(Job(str(j)))) for j in range(5)]
         await asyncio.sleep(0)  # queued before close
         await b.close()
         with pytest.raises(RuntimeError, match="closed"):
-            await b.submit(99)
-        return fine, await asyncio.gather(*queued)
+            await b.submit(Job("late"))
+        return await asyncio.gather(*queued)
 
-    fine, queued = asyncio.run(go())
-    assert fine == [0, 1, 2, 3, 4] and queued == [5, 6, 7, 8]
+    assert asyncio.run(go()) == ["0", "1", "2", "3", "4"]
+    assert len(threads) == 1  # one model thread throughout: no failure ended it
 
 
 def test_a_failing_batch_fails_its_requests_only():

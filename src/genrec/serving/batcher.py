@@ -100,8 +100,10 @@ class MicroBatcher:
             batch, stop = self._gather(first, waits)
             try:
                 self._run_batch(batch)
-            except Exception as exc:  # noqa: BLE001 - a failure outside run() (key): its requests get it, the thread lives on
-                _send(batch, [(None, exc)] * len(batch))  # (those already answered keep their answer)
+            except BaseException as exc:  # noqa: BLE001 - whatever escaped: the batch's requests get it, the thread lives on
+                _send(batch, [(None, _raisable(exc))] * len(batch))  # (those already answered keep their answer)
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
             del first, batch  # while idle, hold no job (nor, through it, a model a reload replaced)
 
     def _gather(self, first: tuple, waits: bool) -> tuple[list[tuple], bool]:
@@ -127,8 +129,14 @@ class MicroBatcher:
     def _run_batch(self, batch: list[tuple[Any, asyncio.Future, asyncio.AbstractEventLoop]]) -> None:
         groups: dict[Hashable, list[tuple[Any, asyncio.Future, asyncio.AbstractEventLoop]]] = {}
         for item in batch:
-            if not item[1].cancelled():  # the client is gone (read across threads: at worst it runs once more)
-                groups.setdefault(self.key(item[0]), []).append(item)
+            if item[1].cancelled():  # the client is gone (read across threads: at worst it runs once more)
+                continue
+            try:
+                key = self.key(item[0])
+            except Exception as exc:  # noqa: BLE001 - that job alone fails
+                _send([item], [(None, exc)])
+                continue
+            groups.setdefault(key, []).append(item)
         for group in groups.values():
             start, cpu = time.perf_counter(), time.thread_time()
             try:
@@ -137,14 +145,13 @@ class MicroBatcher:
                     raise RuntimeError(f"the batch function answered {len(results)} of {len(group)} requests")
                 answers = [(result, None) for result in results]
             except Exception as exc:  # noqa: BLE001 - the batch's error goes to each of its requests
-                answers = [(None, exc)] * len(group)
-            seconds, cpu = time.perf_counter() - start, time.thread_time() - cpu
-            _send(group, answers)
-            if self.on_batch is not None:
+                answers = [(None, _raisable(exc))] * len(group)
+            if self.on_batch is not None:  # before the answers: a client that has its answer finds the pass counted
                 try:
-                    self.on_batch(len(group), seconds, cpu)
+                    self.on_batch(len(group), time.perf_counter() - start, time.thread_time() - cpu)
                 except Exception as exc:  # noqa: BLE001 - a metrics hook failing must not stop the model thread
                     print(f"genrec serve: the batch hook failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            _send(group, answers)
 
 
 def _send(items: list[tuple[Any, asyncio.Future, asyncio.AbstractEventLoop]], answers: list[tuple[Any, BaseException | None]]) -> None:
@@ -158,6 +165,16 @@ def _send(items: list[tuple[Any, asyncio.Future, asyncio.AbstractEventLoop]], an
             loop.call_soon_threadsafe(_deliver, delivery)
         except RuntimeError:  # that event loop is closed: nobody waits for these answers
             pass
+
+
+def _raisable(exc: BaseException) -> BaseException:
+    """``exc`` as a future can hold it: StopIteration and exceptions outside Exception (a
+    cancellation, an exit) become a RuntimeError that names them."""
+    if isinstance(exc, Exception) and not isinstance(exc, StopIteration):
+        return exc
+    wrapped = RuntimeError(f"the pass failed: {exc!r}")
+    wrapped.__cause__ = exc
+    return wrapped
 
 
 def _deliver(answers: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:

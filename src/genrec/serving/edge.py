@@ -12,10 +12,10 @@ the model thread share one interpreter lock and the loop's share bounds the thro
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import sys
 import time
-import traceback
 from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
@@ -44,12 +44,12 @@ class Edge:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [500]
+        start, status, started = time.perf_counter(), [500], [False]
         limit = self.state.settings.limits.max_body_bytes
 
         async def send_status(message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                status[0], started[0] = message["status"], True
             await send(message)
 
         headers = dict(reversed(scope["headers"]))  # the first of a repeated header, as Starlette reads it
@@ -65,6 +65,11 @@ class Edge:
                 status[0] = await self._recommend(scope, headers, receive, send_status, limit)
             else:
                 await self.app(scope, _limited(receive, limit), send_status)
+        except asyncio.CancelledError:  # (the server gave up on the request, e.g. its shutdown timeout)
+            if not started[0]:
+                status[0] = 499
+            scope.setdefault("genrec.error", "cancelled")
+            raise
         except Exception:
             scope.setdefault("genrec.error", "internal_error")  # (the app's 500 answer is sent further out)
             raise
@@ -92,10 +97,10 @@ class Edge:
             return 200
         except ApiError as err:
             return await _send_error(scope, send, err)
-        except Exception as exc:  # noqa: BLE001 - as the app's handler of anything else: a 500 that says what failed
+        except Exception as exc:  # as the app's handler of anything else: a 500 that says what failed, then
             print(f"genrec serve: {RECOMMEND} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            traceback.print_exception(exc, file=sys.stderr)  # (as uvicorn logs the FastAPI route's)
-            return await _send_error(scope, send, ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}"))
+            await _send_error(scope, send, ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}"))
+            raise  # on to the server, which logs the traceback and closes the connection, as after the route's 500
 
 
 def _route_path(scope) -> str:
