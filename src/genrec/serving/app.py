@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import os
 import signal
 import sys
@@ -42,7 +41,7 @@ from genrec.errors import GenrecError
 from genrec.serving import schemas
 from genrec.serving.batcher import MicroBatcher
 from genrec.serving.bodies import documented, json_body, parse, validation_error
-from genrec.serving.edge import TOKEN_ENV, Edge, unauthorized
+from genrec.serving.edge import TOKEN_ENV, Edge, failed, token_check
 from genrec.serving.metrics import Metrics
 from genrec.serving.responses import StrictJSONResponse
 from genrec.serving.service import ApiError, ServeSettings, Service, load_service, prepare_recommend, rank, recommend_answer, search_batch
@@ -219,13 +218,11 @@ def _v1(state: ServiceState) -> APIRouter:
 def _bearer(token: str):
     """The auth dependency for ``token``, fixed when the app is built (the routes are built with or
     without it then, so the token cannot change afterwards)."""
-    expected = f"Bearer {token}".encode()
+    check_token = token_check(token)
 
     # async: FastAPI runs a plain-def dependency in its thread pool, a thread hop per request
     async def check(request: Request) -> None:
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), expected):
-            raise unauthorized()
+        check_token(request.headers.get("authorization", ""))
 
     return check
 
@@ -256,8 +253,7 @@ def _errors(app: FastAPI, state: ServiceState) -> None:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, exc: Exception):
-        print(f"genrec serve: {request.url.path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return answer(request, ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}"))
+        return answer(request, failed(request.url.path, exc))
 
 
 _RELOADS: set = set()

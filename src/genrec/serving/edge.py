@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from starlette.exceptions import HTTPException
 
-from genrec import jsonio
 from genrec.serving import schemas
 from genrec.serving.bodies import parse_bytes
 from genrec.serving.responses import render
@@ -39,7 +38,7 @@ class Edge:
 
     def __init__(self, app, state: ServiceState):
         self.app, self.state = app, state
-        self.expected = None if state.token is None else f"Bearer {state.token}".encode()
+        self.check_token = None if state.token is None else token_check(state.token)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -59,7 +58,7 @@ class Edge:
             length = 0
         try:
             if length > limit:
-                await _too_large(scope, send_status, limit)
+                await _send_error(scope, send_status, too_large(limit))
             elif _route_path(scope) == RECOMMEND and scope["method"] == "POST" and self.state.direct:
                 scope["genrec.route"] = RECOMMEND
                 status[0] = await self._recommend(scope, headers, receive, send_status, limit)
@@ -83,9 +82,8 @@ class Edge:
     async def _recommend(self, scope, headers: dict, receive, send, limit: int) -> int:
         """The ``POST /v1/recommend`` route, as the FastAPI one answers it; returns the status."""
         try:
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            if self.expected is not None and not hmac.compare_digest(given.encode(), self.expected):
-                raise unauthorized()
+            if self.check_token is not None:
+                self.check_token(headers.get(b"authorization", b"").decode("latin-1"))
             body = await _read(receive, limit)
             if body is None:  # the client hung up before sending its body: nobody to answer (the app's route: the same, 499)
                 scope["genrec.error"] = "client_disconnected"
@@ -98,8 +96,7 @@ class Edge:
         except ApiError as err:
             return await _send_error(scope, send, err)
         except Exception as exc:  # as the app's handler of anything else: a 500 that says what failed, then
-            print(f"genrec serve: {RECOMMEND} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-            await _send_error(scope, send, ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}"))
+            await _send_error(scope, send, failed(RECOMMEND, exc))
             raise  # on to the server, which logs the traceback and closes the connection, as after the route's 500
 
 
@@ -111,8 +108,25 @@ def _route_path(scope) -> str:
     return path
 
 
-def unauthorized() -> ApiError:
-    return ApiError(401, "unauthorized", f"send the token of ${TOKEN_ENV} as 'Authorization: Bearer <token>'")
+def token_check(token: str):
+    """The check of an ``Authorization`` header's value against ``token``: raises the 401."""
+    expected = f"Bearer {token}".encode()
+
+    def check(given: str) -> None:
+        if not hmac.compare_digest(given.encode(), expected):
+            raise ApiError(401, "unauthorized", f"send the token of ${TOKEN_ENV} as 'Authorization: Bearer <token>'")
+
+    return check
+
+
+def failed(path: str, exc: Exception) -> ApiError:
+    """The 500 of a request to ``path`` that failed with ``exc`` (logged here, one line)."""
+    print(f"genrec serve: {path} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return ApiError(500, "internal_error", f"the service failed: {type(exc).__name__}: {exc}")
+
+
+def too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
 
 
 async def _read(receive, limit: int) -> bytes | None:
@@ -125,7 +139,7 @@ async def _read(receive, limit: int) -> bytes | None:
         chunk = message.get("body", b"")
         seen += len(chunk)
         if seen > limit:
-            raise ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes")
+            raise too_large(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -153,15 +167,7 @@ def _limited(receive, limit: int):
         if message["type"] == "http.request":
             seen[0] += len(message.get("body", b""))
             if seen[0] > limit:  # an HTTPException passes FastAPI's body parsing unchanged
-                raise HTTPException(413, f"the body is over the limit of {limit} bytes")
+                raise HTTPException(413, too_large(limit).message)
         return message
 
     return counted
-
-
-async def _too_large(scope, send, limit: int) -> None:
-    scope["genrec.error"] = "body_too_large"
-    body = jsonio.dumps(ApiError(413, "body_too_large", f"the body is over the limit of {limit} bytes").body()).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
