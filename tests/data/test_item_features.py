@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -134,7 +133,6 @@ def test_item_vectors_fuse_attributes(mode):
 
 
 def test_attributes_train_and_travel_with_the_checkpoint(tmp_path):
-    from genrec.checkpoint import load_model
     from genrec.training.losses import sampled_softmax_loss
 
     model = _model(SASRec, SASRecConfig)

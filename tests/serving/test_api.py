@@ -303,11 +303,13 @@ def test_the_direct_recommend_route_answers_as_fastapis_route(checkpoints, monke
         assert 'genrec_errors_total{code="internal_error",route="/v1/recommend"} 2.0' in text, direct
 
 
-@pytest.mark.parametrize("direct", [True, False])
-def test_a_client_that_leaves_before_its_body_is_a_499(checkpoints, direct):
+@pytest.mark.parametrize("route, direct", [("/v1/recommend", True), ("/v1/recommend", False), ("/v1/rank", True)])
+def test_a_client_that_leaves_before_its_body_is_a_499(checkpoints, route, direct):
+    """Recorded as nginx's "client closed" on both recommend paths and on /v1/rank (whose body
+    FastAPI would read into a 400 'error parsing the body')."""
     import asyncio
 
-    app = make_app(checkpoints["retrieval"])
+    app = make_app(checkpoints["unified" if route == "/v1/rank" else "retrieval"])
     app.state.genrec.direct = direct
     sent = []
 
@@ -318,13 +320,13 @@ def test_a_client_that_leaves_before_its_body_is_a_499(checkpoints, direct):
         sent.append(message)
 
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/recommend", "raw_path": b"/v1/recommend", "query_string": b"", "root_path": "",
+             "path": route, "raw_path": route.encode(), "query_string": b"", "root_path": "",
              "headers": [(b"content-type", b"application/json")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 2)}
     asyncio.run(app(scope, receive, send))
     assert all(m.get("status", 499) == 499 for m in sent)  # nothing, or a 499 nobody reads (the server drops it)
     text = request(app, "GET", "/metrics").text
-    assert 'genrec_errors_total{code="client_disconnected",route="/v1/recommend"} 1.0' in text
-    assert 'genrec_requests_total{method="POST",route="/v1/recommend",status="499"} 1.0' in text  # nginx's "client closed"
+    assert f'genrec_errors_total{{code="client_disconnected",route="{route}"}} 1.0' in text
+    assert f'genrec_requests_total{{method="POST",route="{route}",status="499"}} 1.0' in text  # nginx's "client closed"
 
 
 def test_the_direct_route_under_a_root_path(checkpoints, monkeypatch):

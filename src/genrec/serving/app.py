@@ -166,10 +166,11 @@ def _v1(state: ServiceState) -> APIRouter:
         req = await parse(request, schemas.RecommendRequest)
         return StrictJSONResponse(await state.recommend(prepare_recommend(state.service, req)))
 
-    @v1.post("/rank", response_model=schemas.RankResponse, tags=["rank"])
-    def rank_candidates(req: schemas.RankRequest) -> StrictJSONResponse:
+    @v1.post("/rank", response_model=schemas.RankResponse, tags=["rank"], openapi_extra=json_body(schemas.RankRequest))
+    async def rank_candidates(request: Request) -> StrictJSONResponse:
         """Ranking-head outputs for each candidate after the history (ranking/unified checkpoints)."""
-        return StrictJSONResponse(rank(state.service, req))
+        req = await parse(request, schemas.RankRequest)  # (a client gone before its body: 499, not FastAPI's 400)
+        return StrictJSONResponse(await run_in_threadpool(rank, state.service, req))
 
     @v1.get("/items/{item_id:path}", response_model=schemas.Item, tags=["items"], responses={404: {"model": schemas.ErrorResponse}})
     def item(item_id: str) -> dict:
