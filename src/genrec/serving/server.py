@@ -51,6 +51,17 @@ def set_threads(threads: int) -> None:
     faiss.omp_set_num_threads(threads)
 
 
+def http_protocol():
+    """uvicorn's httptools protocol with a graceful end for idle connections (a request on its
+    way when a worker stops is answered: :mod:`genrec.serving.protocol`), or uvicorn's choice
+    where httptools is not installed."""
+    try:
+        from genrec.serving.protocol import DrainingHttpToolsProtocol
+    except ImportError:
+        return "auto"
+    return DrainingHttpToolsProtocol
+
+
 def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, threads: int = 0,
           log_level: str = "info") -> dict:
     """Run the service until interrupted (Ctrl-C / SIGTERM); returns what was served."""
@@ -71,7 +82,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the command's JSON
     if workers == 1:
         set_threads(threads)
-        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level, log_config=logs)
+        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level, log_config=logs, http=http_protocol())
     else:
         from genrec.serving.app import WORKERS_ENV
         from genrec.serving.metrics import MULTIPROC_ENV
@@ -85,7 +96,8 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         os.environ.update(env)
         try:
             uvicorn.run("genrec.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                        log_level=log_level, log_config=logs, timeout_worker_healthcheck=120)  # a new worker loads torch + the model
+                        log_level=log_level, log_config=logs, timeout_worker_healthcheck=120,  # a new worker loads torch + the model
+                        http=http_protocol())
         finally:
             for k, v in saved.items():
                 if v is None:
