@@ -60,10 +60,24 @@ def read_all(conn: socket.socket) -> bytes:
     return out
 
 
-def stopping(server, seconds: float = 0.5) -> None:
-    """Ask the server to stop and give it time to reach its connections' shutdown."""
+def wait_for(server, reached) -> None:
+    """Wait until ``reached(the server's open connections)``, however slow the machine."""
+    deadline = time.monotonic() + 30
+    while not reached(list(server.server_state.connections)):
+        assert time.monotonic() < deadline, "the server never reached the awaited state"
+        time.sleep(0.01)
+
+
+def stopping(server, reached, connections: int) -> None:
+    """Once the server holds ``connections`` connections, ask it to stop and wait until its
+    shutdown has reached them (``reached(connections)``)."""
+    wait_for(server, lambda conns: len(conns) == connections)
     server.should_exit = True
-    time.sleep(seconds)
+    wait_for(server, reached)
+
+
+def draining(count: int):
+    return lambda conns: len(conns) == count and all(c._draining for c in conns)
 
 
 def test_serve_uses_the_draining_protocol():
@@ -77,7 +91,7 @@ def test_a_request_sent_as_the_worker_stops_is_answered_then_the_connection_clos
     idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # a keep-alive connection, answered once, now idle
     idle.settimeout(10)
     assert idle.recv(4096).endswith(b"ok")
-    stopping(server)
+    stopping(server, draining(2), 2)
     for conn in (fresh, idle):
         answer = get(conn)  # read to the end: the server closes the connection after its answer
         assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"ok"), answer
@@ -91,10 +105,10 @@ def test_a_silent_connection_is_closed_after_the_grace(monkeypatch):
     monkeypatch.setattr(DrainingHttpToolsProtocol, "drain_seconds", 0.3)
     server, thread, port = start(DrainingHttpToolsProtocol)
     silent = socket.create_connection(("127.0.0.1", port))
+    stopping(server, lambda conns: True, 1)
     started = time.monotonic()
-    stopping(server, 0.0)
     assert read_all(silent) == b""  # closed by the server, no answer to nothing
-    assert time.monotonic() - started >= 0.3
+    assert time.monotonic() - started >= 0.2  # (the grace began a moment before ``started``)
     thread.join(30)
     assert not thread.is_alive()
     silent.close()
@@ -106,7 +120,7 @@ def test_uvicorns_own_protocol_drops_the_request_this_protocol_answers():
 
     server, thread, port = start(HttpToolsProtocol)
     fresh = socket.create_connection(("127.0.0.1", port))
-    stopping(server)
+    stopping(server, lambda conns: not conns, 1)  # uvicorn closed it at once
     try:
         answer = get(fresh)
     except (BrokenPipeError, ConnectionResetError):

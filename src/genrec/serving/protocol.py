@@ -12,8 +12,14 @@ this is where it showed.
 instead. A request that arrives meanwhile is answered, with ``Connection: close``, and the
 connection closes after its answer. A connection that stays silent is closed when the time is
 up. A connection with a request in progress is unchanged: its answer goes out with
-``Connection: close``, as uvicorn does. The shutdown waits for the connections to close, so a
-stopping worker lives at most ``drain_seconds`` longer.
+``Connection: close``, as uvicorn does. The shutdown waits for the connections to close: an idle
+worker stops ``drain_seconds`` later than before, and a request still unfinished after
+``server.GRACEFUL_SHUTDOWN_SECONDS`` (a client that sent its headers but not its body) is
+cancelled then.
+
+What it does not fix: a connection idle through the whole grace is closed without notice, and a
+request crossing that close is lost as before (never processed, so safe to retry). Pipelined
+requests behind the one being answered are dropped, as uvicorn does.
 """
 
 from __future__ import annotations

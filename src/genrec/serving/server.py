@@ -19,6 +19,7 @@ soon as anything else wants the cores (measured on the project's 2-core machine 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import os
 import shutil
 import sys
@@ -31,6 +32,10 @@ from genrec.serving.service import ServeSettings, load_service
 
 SETTINGS_ENV = "GENREC_SERVE_SETTINGS"
 THREADS_ENV = "GENREC_SERVE_THREADS"
+GRACEFUL_SHUTDOWN_SECONDS = 30
+"""A stopping worker's requests still in progress after this long are cancelled (uvicorn's
+``timeout_graceful_shutdown``): a client that sends its headers and never its body cannot keep
+a worker, or a rolling reload, from finishing."""
 
 
 def app_from_env():
@@ -55,10 +60,10 @@ def http_protocol():
     """uvicorn's httptools protocol with a graceful end for idle connections (a request on its
     way when a worker stops is answered: :mod:`genrec.serving.protocol`), or uvicorn's choice
     where httptools is not installed."""
-    try:
-        from genrec.serving.protocol import DrainingHttpToolsProtocol
-    except ImportError:
-        return "auto"
+    if importlib.util.find_spec("httptools") is None:
+        return "auto"  # (uvicorn's h11 protocol: idle connections closed at once on shutdown)
+    from genrec.serving.protocol import DrainingHttpToolsProtocol
+
     return DrainingHttpToolsProtocol
 
 
@@ -82,7 +87,8 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the command's JSON
     if workers == 1:
         set_threads(threads)
-        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level, log_config=logs, http=http_protocol())
+        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level, log_config=logs, http=http_protocol(),
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     else:
         from genrec.serving.app import WORKERS_ENV
         from genrec.serving.metrics import MULTIPROC_ENV
@@ -97,7 +103,7 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         try:
             uvicorn.run("genrec.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
                         log_level=log_level, log_config=logs, timeout_worker_healthcheck=120,  # a new worker loads torch + the model
-                        http=http_protocol())
+                        http=http_protocol(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
         finally:
             for k, v in saved.items():
                 if v is None:
