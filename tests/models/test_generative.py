@@ -1,6 +1,5 @@
 """Interleaved item/action model: token layout, causality, M-FALCON parity and candidate isolation."""
 
-
 import pytest
 import torch
 

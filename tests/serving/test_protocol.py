@@ -44,8 +44,11 @@ def start(protocol):
     return server, thread, sock.getsockname()[1]
 
 
+GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
 def get(conn: socket.socket) -> bytes:
-    conn.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.sendall(GET)
     return read_all(conn)
 
 
@@ -88,7 +91,7 @@ def test_a_request_sent_as_the_worker_stops_is_answered_then_the_connection_clos
     server, thread, port = start(Slow)
     fresh = socket.create_connection(("127.0.0.1", port))  # connected, its request not sent yet
     idle = socket.create_connection(("127.0.0.1", port))
-    idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # a keep-alive connection, answered once, now idle
+    idle.sendall(GET)  # a keep-alive connection, answered once, now idle
     idle.settimeout(10)
     assert idle.recv(4096).endswith(b"ok")
     stopping(server, draining(2), 2)

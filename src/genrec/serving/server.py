@@ -85,10 +85,11 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
           file=sys.stderr)
     logs = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logs["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the command's JSON
+    common = {"host": host, "port": port, "log_level": log_level, "log_config": logs, "http": http_protocol(),
+              "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_SECONDS}
     if workers == 1:
         set_threads(threads)
-        uvicorn.run(create_app(settings, service), host=host, port=port, log_level=log_level, log_config=logs, http=http_protocol(),
-                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+        uvicorn.run(create_app(settings, service), **common)
     else:
         from genrec.serving.app import WORKERS_ENV
         from genrec.serving.metrics import MULTIPROC_ENV
@@ -101,9 +102,8 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            uvicorn.run("genrec.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers,
-                        log_level=log_level, log_config=logs, timeout_worker_healthcheck=120,  # a new worker loads torch + the model
-                        http=http_protocol(), timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+            uvicorn.run("genrec.serving.server:app_from_env", factory=True, workers=workers,
+                        timeout_worker_healthcheck=120, **common)  # a new worker loads torch + the model
         finally:
             for k, v in saved.items():
                 if v is None:
