@@ -28,7 +28,8 @@ def _domain(users: list[str], rows: list[list[int]], ts: list[list[int]] | None 
 def _two():
     a = _domain(["ann", "bob"], [[1, 2, 3, 4, 5], [2, 3, 4]])  # 5 items
     b = _domain(["cat", "ann"], [[1, 2, 3], [3, 1, 2, 4]])  # 4 items
-    return merge_domains([("a", a), ("b", b)])
+    with pytest.warns(UserWarning, match="4 raw item id"):  # x1..x4 in both: kept apart, and said so
+        return merge_domains([("a", a), ("b", b)])
 
 
 def test_join_keeps_items_apart_and_reads_only_other_domains_training_items():
@@ -45,6 +46,7 @@ def test_join_keeps_items_apart_and_reads_only_other_domains_training_items():
     assert rows_with_context(m).tolist() == [True, False, False, True]
     assert m.stats["domains"][1] == {"name": "b", "first_item": 6, "end_item": 10, "users": 2, "interactions": 7,
                                      "users_in_other_domains": 1, "source": None}
+    assert m.stats["shared_raw_item_ids"] == 4 and m.item_ids[0] == "a:x1"
 
 
 def test_splits_targets_and_ranking_ranges_follow_the_rows_domain():

@@ -23,6 +23,32 @@ def test_power_law_fit_recovers_exact_law_and_r2():
     assert power_law_fit(np.array([5.0, 5.0]), np.array([1.0, 2.0])) is None
 
 
+def test_plot_joins_each_depth_in_order_of_x_on_both_splits(tmp_path, monkeypatch):
+    """Rows in grid order (widths wide to narrow, depths interleaved) draw one solid line per
+    backbone and depth, sorted by x, one marker per depth, on the validation and the test panel."""
+    from matplotlib.figure import Figure
+
+    from genrec.experiments.scaling.report import plot
+
+    rows = [{"backbone": b, "data_fraction": 1.0, "layers": l, "width": w, "params_nonembedding": l * w * w,
+             "flops": 7.0 * l * w * w, "valid_ndcg@10": 0.01 * l + w / 1e4, "test_ndcg@10": 0.009 * l + w / 1e4}
+            for b in ("hstu", "sasrec") for w in (64, 16, 32) for l in (4, 1, 2)]
+    figures = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, **kw: figures.append((fig, path)))
+    paths = plot(rows, [], "ndcg@10", tmp_path)
+    assert [p.name for p in paths] == ["ndcg_at_10_vs_params.png", "ndcg_at_10_vs_flops.png"] == [p.name for _, p in figures]
+    for fig, _ in figures:
+        valid, test = fig.axes
+        for ax in (valid, test):
+            lines = [ln for ln in ax.get_lines() if ln.get_linestyle() == "-"]
+            assert len(lines) == 2 * 3  # backbones x depths
+            for ln in lines:
+                x = list(ln.get_xdata())
+                assert x == sorted(x) and len(x) == 3
+            assert len({ln.get_marker() for ln in lines}) == 3  # one per depth
+        assert valid.get_ylabel().startswith("valid") and test.get_ylabel().startswith("test")
+
+
 @pytest.fixture
 def sweep_file(tmp_path, synthetic_csv):
     base = {

@@ -4,7 +4,11 @@ Each domain is prepared on its own (a registered dataset or a log file), then jo
 
 - users are joined by their raw id (the P5 Amazon files map ids back to reviewer ids, so the
   2,073 users who reviewed both Beauty and Toys meet); items are kept apart: domain d's items
-  get the ids after domain d-1's (raw id ``<domain>:<item>``), so each domain is one id range;
+  get the ids after domain d-1's (raw id ``<domain>:<item>``), so each domain is one id range.
+  Items whose raw ids match across domains are *not* joined (a shared item would belong to two
+  domains' catalogues, which one id range per domain cannot express); how many raw ids match is
+  counted in the stats (``shared_raw_item_ids``) and warned about. Beauty and Toys share none of
+  their 24,025 ASINs;
 - the joint data has one row per (user, domain): the user's interactions in that domain, which
   are the row's retrieval targets, plus as context the user's *training* interactions in every
   other domain (all but the two held out there, so no row ever reads another domain's validation
@@ -24,6 +28,7 @@ the model was trained on those users' earlier items), see ``benchmarks/domains.p
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +62,7 @@ def raw_user_ids(data: SequenceData) -> list[str]:
     return out
 
 
-MERGE_VERSION = 1
+MERGE_VERSION = 2  # 2: stats count the raw item ids shared across domains
 
 
 def domain_config(data_cfg, entry: str):
@@ -133,6 +138,14 @@ def merge_domains(parts: list[tuple[str, SequenceData]]) -> SequenceData:
     lengths = [len(r[0]) for r in rows]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     item_ids = np.asarray([f"{name}:{raw}" for name, data in parts for raw in data.item_ids], dtype=object)
+    seen: dict[str, int] = {}
+    for _, data in parts:
+        for raw in set(map(str, data.item_ids)):
+            seen[raw] = seen.get(raw, 0) + 1
+    shared = sum(n > 1 for n in seen.values())
+    if shared:
+        warnings.warn(f"data.domains {names}: {shared} raw item id(s) occur in more than one domain; they are kept as "
+                      f"separate items, one per domain (items are never joined across domains)", stacklevel=2)
     stats = {
         "source": "domains " + " + ".join(names),
         "domains": [
@@ -140,7 +153,7 @@ def merge_domains(parts: list[tuple[str, SequenceData]]) -> SequenceData:
              "interactions": int(len(data.items)), "users_in_other_domains": overlap[d], "source": data.stats.get("source")}
             for d, (name, data) in enumerate(parts)
         ],
-        "actions": [CODE], "users": len(user_ids), "items": int(item_base[-1]), "interactions": int(offsets[-1]), "has_timestamps": timed,
+        "shared_raw_item_ids": shared, "actions": [CODE], "users": len(user_ids), "items": int(item_base[-1]), "interactions": int(offsets[-1]), "has_timestamps": timed,
         "context_order": "by time" if timed else "other domains' training interactions first (no timestamps)",
         "sequence_length": {"min": int(min(lengths)), "mean": float(np.mean(lengths)), "max": int(max(lengths))},
     }
