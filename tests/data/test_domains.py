@@ -10,7 +10,7 @@ from genrec.config import DataConfig, ExperimentConfig
 from genrec.data.batches import TrainBatches, eval_batches
 from genrec.data.splits import split_block
 from genrec.data.behaviours import with_behaviours
-from genrec.data.domains import cold_rows, merge_domains, rows_with_context
+from genrec.data.domains import cold_rows, merge_domains, rows_with_context, without_context
 from genrec.data.loaders import read_p5_sequences
 from genrec.data.prepare import SequenceData, load_prepared, prepare
 from genrec.errors import ConfigError, DataFormatError
@@ -98,6 +98,19 @@ def test_cold_rows_keep_context_and_the_last_items():
     assert sorted(ev.targets.tolist()) == [5, 9]
     only_bob = cold_rows(_two(), keep=2, rows=np.array([False, True, False, False]))
     assert list(only_bob.user_ids) == ["a:bob"]
+    bare = cold_rows(d, keep=2, context=False)  # the same cut without the other domain's items
+    assert [bare.items[bare.offsets[u] : bare.offsets[u + 1]].tolist() for u in range(bare.num_users)] == [[3, 4, 5], [6, 7, 9]]
+
+
+def test_without_context_keeps_every_own_item_and_the_splits():
+    d = _two()
+    own = without_context(d)
+    rows = [own.items[own.offsets[u] : own.offsets[u + 1]].tolist() for u in range(own.num_users)]
+    assert list(own.user_ids) == ["a:ann", "b:ann"] and rows == [[1, 2, 3, 4, 5], [8, 6, 7, 9]]
+    assert set(own.actions[:, 0].astype(int).tolist()) == {0, 1}  # own-domain codes only
+    own = with_behaviours(own, DataConfig(domains=["a", "b"]))
+    (ev,) = list(eval_batches(own, "test", max_seq_len=10, batch_size=10))
+    assert sorted(ev.targets.tolist()) == [5, 9]  # the same test targets as with the context
 
 
 def test_timestamped_domains_are_merged_by_time():

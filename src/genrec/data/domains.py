@@ -199,32 +199,47 @@ def rows_with_context(data: SequenceData) -> np.ndarray:
     return context[data.offsets[1:]] > context[data.offsets[:-1]]
 
 
-def cold_rows(data: SequenceData, keep: int = 2, rows: np.ndarray | None = None) -> SequenceData:
+def cold_rows(data: SequenceData, keep: int = 2, rows: np.ndarray | None = None, context: bool = True) -> SequenceData:
     """The ``rows`` [U] bool of merged data (default: those with context), cut to a short history
-    in the row's domain: the context, the row's last ``keep`` own interactions before its test
-    target, and the test target (so the test split asks for the next item after ``keep``). A
-    simulation of a user new to the domain, not true cold start: the model was trained on these
-    users' earlier items in the domain. The validation split of the result is not meaningful;
-    evaluate ``test`` only."""
+    in the row's domain: the context (unless ``context=False``), the row's last ``keep`` own
+    interactions before its test target, and the test target (so the test split asks for the next
+    item after ``keep``). A simulation of a user new to the domain, not true cold start: the model
+    was trained on these users' earlier items in the domain. The validation split of the result is
+    not meaningful; evaluate ``test`` only."""
     if keep < 2:
         raise ValueError(f"cold_rows keep={keep}: a row needs 2 own items before its test target to have a validation one")
+    note = f"users in several domains, own history cut to the last {keep}" + ("" if context else ", context dropped")
+    return _cut(data, rows, keep, context, note)
+
+
+def without_context(data: SequenceData, rows: np.ndarray | None = None) -> SequenceData:
+    """The ``rows`` [U] bool of merged data (default: those with context) with their context
+    dropped: each row's own-domain interactions only, as a single-domain model reads them. A
+    diagnostic: a joint model evaluated on both shows what reading the other domains adds."""
+    return _cut(data, rows, None, False, "users in several domains, context dropped")
+
+
+def _cut(data: SequenceData, rows: np.ndarray | None, keep: int | None, context: bool, note: str) -> SequenceData:
+    """Rows ``rows`` (default: those with context) keeping their context when ``context``, and
+    their last ``keep`` own interactions before the test target plus that target (every own
+    interaction when ``keep`` is None); rows with too few own items are left out."""
     codes = domain_codes(data)
     D = len(data.stats["domains"])
     own = codes < D
     chosen = rows_with_context(data) if rows is None else rows
     keep_mask = np.zeros(len(data.items), dtype=bool)
-    rows = []
+    picked = []
     for u in np.flatnonzero(chosen):
         s, e = data.offsets[u], data.offsets[u + 1]
         own_pos = s + np.flatnonzero(own[s:e])
-        if len(own_pos) < keep + 1:
+        if keep is not None and len(own_pos) < keep + 1:
             continue
         last = own_pos[-1]
-        keep_mask[s:e] = ~own[s:e]
-        keep_mask[own_pos[-(keep + 1):]] = True
+        keep_mask[s:e] = ~own[s:e] if context else False
+        keep_mask[own_pos if keep is None else own_pos[-(keep + 1):]] = True
         keep_mask[last + 1 : e] = False  # nothing after the test target
-        rows.append(u)
-    rows = np.asarray(rows, dtype=np.int64)
+        picked.append(u)
+    rows = np.asarray(picked, dtype=np.int64)
     lengths = np.asarray([keep_mask[data.offsets[u] : data.offsets[u + 1]].sum() for u in rows], dtype=np.int64)
     take = np.concatenate([np.arange(data.offsets[u], data.offsets[u + 1])[keep_mask[data.offsets[u] : data.offsets[u + 1]]]
                            for u in rows]) if len(rows) else np.zeros(0, dtype=np.int64)
@@ -232,5 +247,5 @@ def cold_rows(data: SequenceData, keep: int = 2, rows: np.ndarray | None = None)
     return dataclasses.replace(
         data, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), items=data.items[take],
         timestamps=pick(data.timestamps), user_ids=data.user_ids[rows], ratings=pick(data.ratings), actions=pick(data.actions),
-        behaviours=None, stats={**data.stats, "cold_rows": f"users in several domains, own history cut to the last {keep}"},
+        behaviours=None, stats={**data.stats, "cold_rows": note},
     )
