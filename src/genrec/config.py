@@ -342,14 +342,16 @@ class TaskConfig:
     ``unified`` (both in one model, UniGRF) or ``cascade`` (a retrieval run's top-K reranked by a
     ranking run; see ``retrieval_config``/``ranking_config``)."""
     labels: str = "rating"
-    """Ranking labels: ``rating`` (one binary task ``like`` = rating >= ``positive_rating``) or
-    ``actions`` (the log's action columns, see ``binary_actions``/``regression_actions``)."""
+    """Ranking labels: ``rating`` (one binary task ``like`` = rating >= ``positive_rating``; with
+    ``regression_actions: [rating]`` a second task, the rating itself, MSE) or ``actions`` (the
+    log's action columns, see ``binary_actions``/``regression_actions``)."""
     positive_rating: float = 4.0
     """Ratings at or above this are positive feedback."""
     binary_actions: list[str] = field(default_factory=list)
     """Action columns used as binary tasks (value > 0 = positive), e.g. click, like, share."""
     regression_actions: list[str] = field(default_factory=list)
-    """Action columns used as regression tasks (MSE), e.g. watch_time."""
+    """Action columns used as regression tasks (MSE), e.g. watch_time. With ``labels: rating`` only
+    ``[rating]`` is allowed: the rating value as a task beside ``like``."""
     head_hidden_dim: int = 64
     """Hidden width of the ranking MLP head."""
     action_token: str = "item_and_feedback"
@@ -420,6 +422,10 @@ class TaskConfig:
             raise ConfigError(f"task.enhancer_rows={self.enhancer_rows} must be in (0, 1]")
         if self.labels == "actions" and not (self.binary_actions or self.regression_actions):
             raise ConfigError("task.labels=actions needs task.binary_actions and/or task.regression_actions")
+        if self.labels == "rating" and (self.binary_actions or set(self.regression_actions) - {"rating"}):
+            raise ConfigError(f"task.labels=rating makes the task like = rating >= {self.positive_rating} and, with "
+                              "task.regression_actions=[rating], the rating itself; action columns "
+                              f"({[*self.binary_actions, *self.regression_actions]}) need task.labels=actions")
         if min(self.retrieval_weight, self.ranking_weight) < 0:
             raise ConfigError("task.retrieval_weight and task.ranking_weight must be >= 0")
         if self.hard_negatives < 0 or self.candidate_pool < 1 or (self.hard_negatives and self.hard_negatives >= self.candidate_pool):

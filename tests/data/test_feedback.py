@@ -31,6 +31,17 @@ def test_rating_threshold_labels():
     assert labels[:, 0].sum() == 1
 
 
+def test_rating_as_a_second_regression_task():
+    d = _data([5, 4, 3.5, 1, 2, 2, 2, 2, 4.5, 3])
+    labels, spec = make_labels(d, TaskConfig(kind="ranking", regression_actions=["rating"]))
+    assert spec.names == ("like", "rating") and spec.kinds == ("binary", "regression") and "MSE" in spec.description
+    assert labels[:, 0].tolist() == [1, 1, 0, 0, 0, 0, 0, 0, 1, 0]
+    assert labels[:, 1].tolist() == [5, 4, 3.5, 1, 2, 2, 2, 2, 4.5, 3]
+    for bad in ({"regression_actions": ["watch"]}, {"binary_actions": ["click"]}):
+        with pytest.raises(ConfigError, match="need task.labels=actions"):
+            TaskConfig(kind="ranking", **bad)
+
+
 def test_missing_ratings_are_a_clear_error():
     with pytest.raises(DataFormatError, match="no ratings"):
         make_labels(_data(None), TaskConfig(kind="ranking"))

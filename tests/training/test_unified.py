@@ -229,6 +229,24 @@ def test_unified_train_recommend_rank_end_to_end(tmp_path, synthetic_csv, capsys
     assert main(["rank", str(ckpt), "--history", "i1", "--feedback", "1", "--timestamps", "1", "--candidates", "nope"]) == 2
 
 
+def test_like_and_rating_tasks_train_evaluate_and_rank(tmp_path, synthetic_csv, capsys):
+    """Two ranking tasks from one rating (like = rating >= 4, and the rating itself, MSE): each
+    task is evaluated, the history takes both per item, and rank returns both."""
+    path = tmp_path / "multi.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, synthetic_csv, kind="unified", regression_actions=["rating"])))
+    result = _run(capsys, "train", path, "--out", tmp_path / "run")
+    tasks = result["test"]["tasks"]
+    assert set(tasks) == {"like", "rating"} and 0 <= tasks["like"]["auc"] <= 1 and tasks["rating"]["mse"] > 0
+    assert result["test"]["auc"] == tasks["like"]["auc"]  # the headline is the first binary task
+    assert "rating (regression, MSE)" in result["protocol"]["ranking_labels"]
+    ckpt = tmp_path / "run" / "best"
+    ranked = _run(capsys, "rank", ckpt, "--history", "i1,i2,i3", "--feedback", "1:5,0:2,1:4", "--timestamps", "10,20,30",
+                  "--candidates", "i4,i9")
+    assert all(0 < c["like"] < 1 and isinstance(c["rating"], float) for c in ranked["candidates"])
+    assert main(["rank", str(ckpt), "--history", "i1,i2", "--feedback", "1,0", "--timestamps", "10,20", "--candidates", "i4"]) == 2
+    assert "2 value(s) each" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("weighter", ["dwa", "gradient"])
 def test_unified_run_with_a_history_weighter_resumes_exactly(tmp_path, synthetic_csv, capsys, weighter):
     """The weighter's history is part of last/: two epochs, or one and a resume, give the same weights."""

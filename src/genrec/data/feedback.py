@@ -4,7 +4,8 @@ A user's history becomes the token sequence ``item_0, action_0, item_1, action_1
 interleaving itself happens in the model, from the [B, N] items and [B, N, A] labels).
 Sequences keep every interaction, negatives included (exposed-but-not-liked items).
 
-Labels come from ratings (one binary task ``like`` = rating >= ``task.positive_rating``) or from
+Labels come from ratings (one binary task ``like`` = rating >= ``task.positive_rating``, and
+optionally the rating itself as a regression task: ``task.regression_actions: [rating]``) or from
 the log's action columns (``task.binary_actions``: value > 0 is positive; ``task.regression_actions``:
 the value itself, e.g. watch time, trained with MSE).
 """
@@ -49,7 +50,11 @@ def make_labels(data: SequenceData, task_cfg) -> tuple[np.ndarray, LabelSpec]:
         if missing:
             raise DataFormatError(f"{origin}: {missing} of {len(data.ratings)} interactions have no rating; ranking labels need one per interaction")
         like = (data.ratings >= task_cfg.positive_rating).astype(np.float32)
-        return like[:, None], LabelSpec(("like",), ("binary",), f"like = rating >= {task_cfg.positive_rating}")
+        desc = f"like = rating >= {task_cfg.positive_rating}"
+        if "rating" in task_cfg.regression_actions:  # the rating itself as a second task
+            return (np.stack([like, data.ratings.astype(np.float32)], axis=1),
+                    LabelSpec(("like", "rating"), ("binary", "regression"), desc + "; rating (regression, MSE)"))
+        return like[:, None], LabelSpec(("like",), ("binary",), desc)
     wanted = [*task_cfg.binary_actions, *task_cfg.regression_actions]
     unknown = [a for a in wanted if a not in data.action_names]
     if unknown:
