@@ -5,7 +5,7 @@ import pytest
 
 from genrec.config import TaskConfig
 from genrec.data.batches import TrainBatches, eval_batches
-from genrec.data.feedback import make_labels
+from genrec.data.feedback import feedback_normalisation, make_labels
 from genrec.data.prepare import SequenceData, build_sequences, load_prepared, prepare
 from genrec.errors import ConfigError, DataFormatError
 from genrec.config import DataConfig
@@ -40,6 +40,17 @@ def test_rating_as_a_second_regression_task():
     for bad in ({"regression_actions": ["watch"]}, {"binary_actions": ["click"]}):
         with pytest.raises(ConfigError, match="need task.labels=actions"):
             TaskConfig(kind="ranking", **bad)
+
+
+def test_feedback_normalisation_reads_training_interactions_only():
+    d = _data([5, 4, 3.5, 1, 2, 2, 2, 2, 4.5, 3])  # users of 4 and 6; holdout 1: the last 2 of each are held out
+    labels, spec = make_labels(d, TaskConfig(kind="ranking", regression_actions=["rating"]))
+    shift, scale = feedback_normalisation(d, labels, spec, holdout=1)
+    train = np.array([5, 4, 2, 2, 2, 2.0])  # hand-picked: user a's first 2, user b's first 4
+    assert shift == (0.0, pytest.approx(train.mean())) and scale == (1.0, pytest.approx(train.std()))
+    flat = _data([3.0] * 10)
+    labels, spec = make_labels(flat, TaskConfig(kind="ranking", regression_actions=["rating"]))
+    assert feedback_normalisation(flat, labels, spec, holdout=1) == ((0.0, 3.0), (1.0, 1.0))  # constant: scale 1
 
 
 def test_missing_ratings_are_a_clear_error():

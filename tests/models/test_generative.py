@@ -48,6 +48,20 @@ def test_tokens_interleave_items_and_actions():
     torch.testing.assert_close(x[:, 1::2], (m.backbone.item_embedding(items) + m.action_proj(labels)) * 4.0)
 
 
+def test_action_tokens_read_feedback_standardised_per_task():
+    bb = HSTU(HSTUConfig(num_items=30, max_seq_len=21, embedding_dim=16, num_heads=2, num_layers=2))
+    head = HeadConfig(("like", "rating"), ("binary", "regression"), 8, feedback_shift=(0.0, 3.5), feedback_scale=(1.0, 2.0))
+    m = GenerativeRecommender(bb, head)
+    items, labels, _, _ = _history()
+    want = (m.backbone.item_embedding(items) + m.action_proj(labels * torch.tensor([1.0, 0.5]) - torch.tensor([0.0, 1.75]))) * 4.0
+    torch.testing.assert_close(m.tokens(items, labels)[:, 1::2], want)
+    assert not {"feedback_shift", "feedback_scale"} & set(m.state_dict())  # from head.json: old state dicts still load
+    with pytest.raises(Exception, match="one value per task"):
+        HeadConfig(("like", "rating"), ("binary", "regression"), feedback_shift=(0.0,), feedback_scale=(1.0,))
+    with pytest.raises(Exception, match="scales > 0"):
+        HeadConfig(("like",), ("binary",), feedback_shift=(0.0,), feedback_scale=(0.0,))
+
+
 def test_feedback_only_action_tokens_are_the_first_design():
     bb = HSTU(HSTUConfig(num_items=30, max_seq_len=21, embedding_dim=16, num_heads=2, num_layers=2))
     m = GenerativeRecommender(bb, HeadConfig(("like", "watch"), ("binary", "regression"), 8, action_token="feedback"))

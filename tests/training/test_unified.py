@@ -240,6 +240,10 @@ def test_like_and_rating_tasks_train_evaluate_and_rank(tmp_path, synthetic_csv, 
     assert result["test"]["auc"] == tasks["like"]["auc"]  # the headline is the first binary task
     assert "rating (regression, MSE)" in result["protocol"]["ranking_labels"]
     ckpt = tmp_path / "run" / "best"
+    head = json.loads((ckpt / "head.json").read_text())  # the rating enters action tokens standardised
+    assert head["feedback_shift"][0] == 0.0 and 1.0 < head["feedback_shift"][1] < 5.0 and head["feedback_scale"][1] > 0
+    again = _run(capsys, "eval", ckpt, "--split", "test")["test"]
+    assert again["tasks"]["rating"]["mse"] == pytest.approx(tasks["rating"]["mse"])
     ranked = _run(capsys, "rank", ckpt, "--history", "i1,i2,i3", "--feedback", "1:5,0:2,1:4", "--timestamps", "10,20,30",
                   "--candidates", "i4,i9")
     assert all(0 < c["like"] < 1 and isinstance(c["rating"], float) for c in ranked["candidates"])

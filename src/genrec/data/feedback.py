@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genrec.data.splits import evaluable
+from genrec.data.splits import evaluable, train_end
 from genrec.data.prepare import SequenceData
 from genrec.errors import DataFormatError
 
@@ -65,6 +65,25 @@ def make_labels(data: SequenceData, task_cfg) -> tuple[np.ndarray, LabelSpec]:
     kinds = ("binary",) * len(task_cfg.binary_actions) + ("regression",) * len(task_cfg.regression_actions)
     desc = f"binary {list(task_cfg.binary_actions)} (value > 0), regression {list(task_cfg.regression_actions)}"
     return labels, LabelSpec(tuple(wanted), kinds, desc)
+
+
+def feedback_normalisation(data: SequenceData, labels: np.ndarray, spec: LabelSpec, holdout: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(shift, scale) per task for the feedback an action token reads: each regression task's mean
+    and standard deviation over the training interactions (the held-out blocks are not read; a
+    constant column gets scale 1), binary tasks 0 and 1."""
+    user = np.repeat(np.arange(data.num_users), data.lengths)
+    keep = np.arange(len(labels)) < train_end(data, holdout=holdout)[user]
+    shift, scale = [], []
+    for a, kind in enumerate(spec.kinds):
+        col = labels[keep, a].astype(np.float64)
+        if kind == "regression" and len(col):
+            std = float(col.std())
+            shift.append(float(col.mean()))
+            scale.append(std if std > 0 else 1.0)
+        else:
+            shift.append(0.0)
+            scale.append(1.0)
+    return tuple(shift), tuple(scale)
 
 
 def label_stats(labels: np.ndarray, spec: LabelSpec, data: SequenceData, holdout: int) -> dict:

@@ -71,9 +71,20 @@ class HeadConfig:
     map of the feedback alone (PyTorch's default init; genrec's first design, kept for checkpoints
     written with it and as the ablation: on ML-100K it left unified retrieval at a third of a
     separate retriever's NDCG, see benchmarks/RESULTS.md)."""
+    feedback_shift: tuple[float, ...] = ()
+    feedback_scale: tuple[float, ...] = ()
+    """Per task, what the history's feedback is shifted by and divided by before an action token
+    reads it: for a regression task the mean and standard deviation of its training labels (so a
+    1-5 rating or a watch time enters at a binary label's scale), for a binary task 0 and 1. Filled
+    by the training task; empty = read as given (checkpoints written before they existed)."""
 
     def __post_init__(self) -> None:
         self.task_names, self.task_kinds = tuple(self.task_names), tuple(self.task_kinds)
+        self.feedback_shift, self.feedback_scale = tuple(map(float, self.feedback_shift)), tuple(map(float, self.feedback_scale))
+        if (self.feedback_shift or self.feedback_scale) and not (
+                len(self.feedback_shift) == len(self.feedback_scale) == len(self.task_names) and min(self.feedback_scale) > 0):
+            raise ConfigError(f"ranking head: feedback_shift {self.feedback_shift} and feedback_scale {self.feedback_scale} need one "
+                              f"value per task ({len(self.task_names)}), scales > 0")
         if len(self.task_names) != len(self.task_kinds) or not self.task_names:
             raise ConfigError(f"ranking head: {len(self.task_names)} task names vs {len(self.task_kinds)} kinds")
         bad = [k for k in self.task_kinds if k not in ("binary", "regression")]
@@ -118,6 +129,10 @@ class InterleavedRanker(nn.Module, Ranker):
         self.ranking_head = nn.Sequential(
             nn.LayerNorm(D), nn.Linear(D, head.hidden_dim), nn.SiLU(), nn.Dropout(head.dropout), nn.Linear(head.hidden_dim, A)
         )
+        shift, scale = (head.feedback_shift, head.feedback_scale) if head.feedback_shift else ((0.0,) * A, (1.0,) * A)
+        self.register_buffer("feedback_shift", torch.tensor(shift), persistent=False)  # from head.json, not the state dict
+        self.register_buffer("feedback_scale", torch.tensor(scale), persistent=False)
+        self._normalise_feedback = bool(head.feedback_shift)
 
     @property
     def config(self):
@@ -165,6 +180,8 @@ class InterleavedRanker(nn.Module, Ranker):
         """items [B, n], labels [B, n, A] -> interleaved token embeddings [B, 2n, D]."""
         B, n = items.shape
         it = self.backbone.embed_items(items)  # [B n D], × √D
+        if self._normalise_feedback:
+            labels = (labels - self.feedback_shift) / self.feedback_scale
         act = self.action_proj(labels.to(it.dtype))  # [B n D]
         if self.head_config.action_token == "item_and_feedback":
             act = it + act * math.sqrt(it.size(-1))

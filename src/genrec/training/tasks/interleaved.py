@@ -13,7 +13,7 @@ import time
 import torch
 
 from genrec.data.batches import FeedbackBatch, TrainBatches
-from genrec.data.feedback import make_labels
+from genrec.data.feedback import feedback_normalisation, make_labels
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError
 from genrec.evaluation.evaluator import evaluate
@@ -42,9 +42,10 @@ class RankingTask(SpecDerived):
         self.spec = resolve_spec(data, self.label_spec.names, self.label_spec.kinds, cfg)
 
     def build_model(self) -> InterleavedRanker:
+        shift, scale = feedback_normalisation(self.data, self.labels, self.label_spec, self.cfg.eval.holdout)
         head = HeadConfig(self.label_spec.names, self.label_spec.kinds, self.cfg.task.head_hidden_dim,
                           micro_batch=self.cfg.task.micro_batch, retrieval=self.kind == "unified",
-                          action_token=self.cfg.task.action_token)
+                          action_token=self.cfg.task.action_token, feedback_shift=shift, feedback_scale=scale)
         return self.spec.attach(build_interleaved(self.model_config, head))
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
