@@ -35,6 +35,9 @@ ROWS = [
     ("unified + enhancer + gradient weighter", "unified-hstu", ["task.weighter=gradient"]),
     ("unified, no modules, feedback-only action tokens", "unified-hstu", ["task.weighter=constant", *NO_ENHANCER, *FIRST_DESIGN]),
     ("unified + both, feedback-only action tokens", "unified-hstu", FIRST_DESIGN),
+    # two ranking tasks from each rating: like and the rating itself (task.regression_actions: [rating])
+    ("separate ranking + rating task", "ranking-hstu-multitask", []),
+    ("unified + both + rating task", "unified-hstu-multitask", []),
 ]
 
 
