@@ -423,9 +423,12 @@ class TaskConfig:
         if self.labels == "actions" and not (self.binary_actions or self.regression_actions):
             raise ConfigError("task.labels=actions needs task.binary_actions and/or task.regression_actions")
         if self.labels == "rating" and (self.binary_actions or set(self.regression_actions) - {"rating"}):
+            columns = [a for a in [*self.binary_actions, *self.regression_actions] if a != "rating"]
             raise ConfigError(f"task.labels=rating makes the task like = rating >= {self.positive_rating} and, with "
-                              "task.regression_actions=[rating], the rating itself; action columns "
-                              f"({[*self.binary_actions, *self.regression_actions]}) need task.labels=actions")
+                              f"task.regression_actions=[rating], the rating itself; action columns ({columns}) need task.labels=actions")
+        wanted = [*self.binary_actions, *self.regression_actions]
+        if len(set(wanted)) != len(wanted):
+            raise ConfigError(f"task.binary_actions + task.regression_actions name a task twice: {wanted}")
         if min(self.retrieval_weight, self.ranking_weight) < 0:
             raise ConfigError("task.retrieval_weight and task.ranking_weight must be >= 0")
         if self.hard_negatives < 0 or self.candidate_pool < 1 or (self.hard_negatives and self.hard_negatives >= self.candidate_pool):

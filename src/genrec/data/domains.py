@@ -209,20 +209,21 @@ def cold_rows(data: SequenceData, keep: int = 2, rows: np.ndarray | None = None,
     if keep < 2:
         raise ValueError(f"cold_rows keep={keep}: a row needs 2 own items before its test target to have a validation one")
     note = f"users in several domains, own history cut to the last {keep}" + ("" if context else ", context dropped")
-    return _cut(data, rows, keep, context, note)
+    return _cut(data, rows, keep, context, ("cold_rows", note))
 
 
 def without_context(data: SequenceData, rows: np.ndarray | None = None) -> SequenceData:
     """The ``rows`` [U] bool of merged data (default: those with context) with their context
     dropped: each row's own-domain interactions only, as a single-domain model reads them. A
     diagnostic: a joint model evaluated on both shows what reading the other domains adds."""
-    return _cut(data, rows, None, False, "users in several domains, context dropped")
+    return _cut(data, rows, None, False, ("without_context", "users in several domains, context dropped"))
 
 
-def _cut(data: SequenceData, rows: np.ndarray | None, keep: int | None, context: bool, note: str) -> SequenceData:
+def _cut(data: SequenceData, rows: np.ndarray | None, keep: int | None, context: bool, note: tuple[str, str]) -> SequenceData:
     """Rows ``rows`` (default: those with context) keeping their context when ``context``, and
-    their last ``keep`` own interactions before the test target plus that target (every own
-    interaction when ``keep`` is None); rows with too few own items are left out."""
+    their last ``keep`` own interactions before the test target plus that target (rows with fewer
+    than ``keep`` + 1 own items are left out), or every own interaction when ``keep`` is None.
+    ``note`` = (stats key, what was done)."""
     codes = domain_codes(data)
     D = len(data.stats["domains"])
     own = codes < D
@@ -247,5 +248,5 @@ def _cut(data: SequenceData, rows: np.ndarray | None, keep: int | None, context:
     return dataclasses.replace(
         data, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), items=data.items[take],
         timestamps=pick(data.timestamps), user_ids=data.user_ids[rows], ratings=pick(data.ratings), actions=pick(data.actions),
-        behaviours=None, stats={**data.stats, "cold_rows": note},
+        behaviours=None, stats={**data.stats, note[0]: note[1]},
     )
