@@ -41,6 +41,61 @@ def test_target_ranks_hand_computed(chunk):
     assert math.isinf(target_ranks(model, _batch([2], 2, [2]), chunk).item())
 
 
+class HistoryScores(SequentialRecommender):
+    """Small-integer item vectors (dot products exact in float32, many ties); a user's vector is
+    its last history item's, so every row ranks differently."""
+
+    def __init__(self, num_items: int, seed: int):
+        super().__init__(ModelConfig(name="history", num_items=num_items, embedding_dim=3, l2_normalize=False))
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self.item_embedding.weight[1:] = torch.randint(-2, 3, (num_items, 3), generator=g).float()
+
+    def encode(self, items, timestamps=None, query_timestamps=None, segments=None, behaviours=None):
+        return self.item_embedding(items)
+
+
+def _brute_force_ranks(model, batch):
+    """Every score at once, every rule written out per row."""
+    user = model.user_vectors(batch.items)
+    scores = model.score_items(user, 1, model.config.num_items + 1).float()
+    ranks = []
+    for b in range(len(batch.targets)):
+        row = torch.nan_to_num(scores[b], nan=float("-inf"), posinf=float("-inf"))  # non-finite: never ahead of a finite target
+        t = int(batch.targets[b])
+        tgt = scores[b, t - 1] if torch.isfinite(scores[b, t - 1]) else torch.tensor(float("-inf"))
+        if t in batch.exclude[b].tolist():
+            ranks.append(math.inf)
+            continue
+        lo, hi = (1, model.config.num_items + 1) if batch.item_range is None else batch.item_range[b].tolist()
+        ranks.append(sum(1 for j in range(lo, hi) if j != t and j not in batch.exclude[b].tolist() and row[j - 1] >= tgt))
+    return torch.tensor(ranks, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_target_ranks_match_brute_force(seed, chunk):
+    """Repeated and padded exclusions, a target in the excluded items, ties, non-finite item and
+    target scores, and per-row item ranges (multi-domain) against a per-row count."""
+    n, B = 40, 12
+    model = HistoryScores(n, seed)
+    g = torch.Generator().manual_seed(100 + seed)
+    with torch.no_grad():
+        model.item_embedding.weight[[3, 17]] = torch.tensor([[float("inf"), 0.0, 0.0], [float("nan"), 1.0, 1.0]])
+    history = torch.randint(1, n + 1, (B, 5), generator=g)
+    exclude = torch.cat([history, torch.zeros(B, 2, dtype=torch.long)], 1)  # padding, and repeats where history repeats
+    exclude[0, 1] = exclude[0, 0]
+    targets = torch.randint(1, n + 1, (B,), generator=g)
+    targets[1], targets[2] = exclude[1, 2], 17  # an excluded target; a NaN-scored one
+    batch = EvalBatch(torch.arange(B), history, None, None, targets, exclude)
+    torch.testing.assert_close(target_ranks(model, batch, chunk), _brute_force_ranks(model, batch))
+    ranges = torch.tensor([[1, 21] if t <= 20 else [21, n + 1] for t in targets.tolist()])
+    ranged = EvalBatch(torch.arange(B), history, None, None, targets, exclude, item_range=ranges)
+    counts: dict = {}
+    torch.testing.assert_close(target_ranks(model, ranged, chunk, counts), _brute_force_ranks(model, ranged))
+    assert counts["targets"] >= 1 and counts["scores"] > 0  # target 17 at least; item 3 and 17 scores (and rows reading them)
+
+
 def test_evaluate_protocol_and_exclusions():
     # user 0: items 1,2,3,4 -> valid target 3 (history 1,2), test target 4 (history 1,2,3)
     data = SequenceData(np.array([0, 4]), np.array([1, 2, 3, 4]), None, np.array(["a", "b", "c", "d", "e"], dtype=object), np.array(["u"], dtype=object), {})

@@ -23,7 +23,7 @@ from genrec.data.batches import EvalBatch, eval_batches
 from genrec.data.splits import domain_of_items, split_block, split_counts
 from genrec.data.prepare import SequenceData
 from genrec.evaluation.metrics import metrics_from_ranks
-from genrec.models.base import SequentialRecommender, item_mask
+from genrec.models.base import SequentialRecommender
 
 
 @torch.no_grad()
@@ -33,36 +33,59 @@ def target_ranks(
     """[B] 0-based pessimistic rank of each target over the whole catalogue, or over its domain's
     items when ``batch.item_range`` is set (multi-domain data); inf if excluded.
     ``nonfinite``: a dict whose ``scores``/``targets`` counters are increased by the number of
-    non-finite item scores and target scores met (they rank last, see the module docstring)."""
+    non-finite item scores and target scores met (they rank last, see the module docstring).
+
+    Per chunk of items it counts the scores at or above the target's and then takes back, by a
+    gather of B x E cells, the target itself and the excluded items that were counted, rather than
+    masking the [B, C] block (the block is read twice: the comparison and its count)."""
     users = {} if batch.user_tokens is None else {"user_tokens": batch.user_tokens}  # (models without user features need not take it)
     user = model.user_vectors(batch.items, batch.timestamps, batch.query_time, batch.labels, batch.behaviours, **users).float()  # [B D]
     targets = batch.targets
     tgt = model.score_candidates(user, targets.unsqueeze(1)).float()  # [B 1]
     bad_tgt = ~torch.isfinite(tgt)
     tgt = tgt.masked_fill(bad_tgt, float("-inf"))  # a non-finite target: every other item is ahead
+    # what a chunk's count takes back: the target, and each excluded item once (duplicates and the
+    # target itself dropped; 0 = padding)
+    taken = torch.cat([targets.unsqueeze(1), distinct_items(batch.exclude, targets)], 1)  # [B 1+E]
+    ranged = batch.item_range is not None
+    if ranged:  # multi-domain: only the target domain's catalogue is ranked
+        lo, hi = batch.item_range[:, :1], batch.item_range[:, 1:]
+        taken = torch.where((taken >= lo) & (taken < hi), taken, torch.zeros_like(taken))
+        first, stop = int(lo.min()), int(hi.max())
+    else:
+        first, stop = 1, model.config.num_items + 1
     ahead = torch.zeros(user.size(0), dtype=torch.long, device=user.device)
-    rows = torch.arange(user.size(0), device=user.device)
     bad_scores = 0
-    for start in range(1, model.config.num_items + 1, item_chunk_size):
-        end = min(start + item_chunk_size, model.config.num_items + 1)
+    for start in range(first, stop, item_chunk_size):
+        end = min(start + item_chunk_size, stop)
         s = model.score_items(user, start, end).float()  # [B C], a fresh tensor: updated in place below
-        bad = ~torch.isfinite(s)
-        bad_scores += int(bad.sum())
-        s.masked_fill_(bad, float("-inf"))  # never ahead of a finite target
+        if not bool(torch.isfinite(s.sum())):  # some score is non-finite (or the sum overflowed): look cell by cell
+            bad = ~torch.isfinite(s)
+            bad_scores += int(bad.sum())
+            s.masked_fill_(bad, float("-inf"))  # never ahead of a finite target
         before = s >= tgt  # [B C]
-        before.masked_fill_(item_mask(s.shape, batch.exclude, start, end), False)
-        if batch.item_range is not None:  # multi-domain: only the target domain's catalogue is ranked
+        if ranged:
             ids = torch.arange(start, end, device=s.device)
-            before &= (ids >= batch.item_range[:, :1]) & (ids < batch.item_range[:, 1:])
-        inside = (targets >= start) & (targets < end)
-        before[rows[inside], targets[inside] - start] = False  # the target is not ahead of itself
-        ahead += before.sum(1)
+            before &= (ids >= lo) & (ids < hi)
+        inside = (taken >= start) & (taken < end) & (taken != 0)
+        counted = before.gather(1, torch.where(inside, taken - start, torch.zeros_like(taken))) & inside
+        ahead += before.sum(1) - counted.sum(1)
     if nonfinite is not None:
         nonfinite["scores"] = nonfinite.get("scores", 0) + bad_scores
         nonfinite["targets"] = nonfinite.get("targets", 0) + int(bad_tgt.sum())
     ranks = ahead.double()
     ranks[(batch.exclude == targets.unsqueeze(1)).any(1)] = math.inf
     return ranks
+
+
+def distinct_items(items: torch.Tensor, drop: torch.Tensor) -> torch.Tensor:
+    """[B, E] item ids with each row's repeats and its ``drop`` [B] id replaced by 0 (padding)."""
+    if items.size(1) == 0:
+        return items
+    ids = items.sort(1).values
+    repeat = torch.zeros_like(ids, dtype=torch.bool)
+    repeat[:, 1:] = ids[:, 1:] == ids[:, :-1]
+    return ids.masked_fill(repeat | (ids == drop.unsqueeze(1)), 0)
 
 
 def warn_nonfinite(nonfinite: dict, split: str) -> None:

@@ -488,17 +488,6 @@ def item_range_end(num_items: int, start: int, end: int | None) -> int:
     return end
 
 
-def item_mask(shape: torch.Size, items: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """[B, C] bool: True at the columns of the item ids in ``items`` [B, E] (ids start..end-1 map
-    to columns 0..C-1; id 0 is padding)."""
-    cols = items - start
-    keep = (items >= start) & (items < end) & (items != 0)
-    cols = torch.where(keep, cols, torch.zeros_like(cols))
-    hits = torch.zeros(shape, dtype=torch.int32, device=items.device)
-    hits.scatter_add_(1, cols, keep.to(torch.int32))  # duplicates add up; no write races
-    return hits > 0
-
-
 def mask_items(scores: torch.Tensor, items: torch.Tensor, start: int, end: int) -> torch.Tensor:
     """Scores [B, C] with the item ids in ``items`` [B, E] (ids start..end-1 map to columns; others
     and 0 ignored) set to -inf: a copy, written at the B·E excluded cells only."""
