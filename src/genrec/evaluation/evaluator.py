@@ -33,7 +33,8 @@ def target_ranks(
     """[B] 0-based pessimistic rank of each target over the whole catalogue, or over its domain's
     items when ``batch.item_range`` is set (multi-domain data); inf if excluded.
     ``nonfinite``: a dict whose ``scores``/``targets`` counters are increased by the number of
-    non-finite item scores and target scores met (they rank last, see the module docstring).
+    non-finite item scores and target scores met (they rank last, see the module docstring); with
+    item ranges, only the items the batch's ranges span are scored, so only those are counted.
 
     Per chunk of items it counts the scores at or above the target's and then takes back, by a
     gather of B x E cells, the target itself and the excluded items that were counted, rather than
