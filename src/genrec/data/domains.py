@@ -27,6 +27,7 @@ the model was trained on those users' earlier items), see ``benchmarks/domains.p
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import warnings
 from pathlib import Path
@@ -138,11 +139,8 @@ def merge_domains(parts: list[tuple[str, SequenceData]]) -> SequenceData:
     lengths = [len(r[0]) for r in rows]
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     item_ids = np.asarray([f"{name}:{raw}" for name, data in parts for raw in data.item_ids], dtype=object)
-    seen: dict[str, int] = {}
-    for _, data in parts:
-        for raw in set(map(str, data.item_ids)):
-            seen[raw] = seen.get(raw, 0) + 1
-    shared = sum(n > 1 for n in seen.values())
+    domains_of = collections.Counter(raw for _, data in parts for raw in set(map(str, data.item_ids)))
+    shared = sum(n > 1 for n in domains_of.values())
     if shared:
         warnings.warn(f"data.domains {names}: {shared} raw item id(s) occur in more than one domain; they are kept as "
                       f"separate items, one per domain (items are never joined across domains)", stacklevel=2)

@@ -131,8 +131,7 @@ class InterleavedRanker(nn.Module, Ranker):
         )
         shift, scale = (head.feedback_shift, head.feedback_scale) if head.feedback_shift else ((0.0,) * A, (1.0,) * A)
         self.register_buffer("feedback_shift", torch.tensor(shift), persistent=False)  # from head.json, not the state dict
-        self.register_buffer("feedback_scale", torch.tensor(scale), persistent=False)
-        self._normalise_feedback = bool(head.feedback_shift)
+        self.register_buffer("feedback_scale", torch.tensor(scale), persistent=False)  # 0 and 1: the identity, exactly
 
     @property
     def config(self):
@@ -180,9 +179,7 @@ class InterleavedRanker(nn.Module, Ranker):
         """items [B, n], labels [B, n, A] -> interleaved token embeddings [B, 2n, D]."""
         B, n = items.shape
         it = self.backbone.embed_items(items)  # [B n D], × √D
-        if self._normalise_feedback:
-            labels = (labels - self.feedback_shift) / self.feedback_scale
-        act = self.action_proj(labels.to(it.dtype))  # [B n D]
+        act = self.action_proj(((labels - self.feedback_shift) / self.feedback_scale).to(it.dtype))  # [B n D]
         if self.head_config.action_token == "item_and_feedback":
             act = it + act * math.sqrt(it.size(-1))
         return torch.stack([it, act], dim=2).reshape(B, 2 * n, -1)
