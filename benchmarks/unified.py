@@ -4,8 +4,16 @@ unified model with and without its two modules, on one split and one budget per 
     GENREC_SOURCE=../shared/data python benchmarks/unified.py --out /tmp/bench/unified --datasets ml-100k instruments
 
 Each row is ``genrec train`` on a shipped config plus overrides; finished rows are not rerun.
+``--backbone llama`` runs the same rows on the ``*-llama`` configs (every setting but the backbone is
+the HSTU config's); rows without a Llama config (cascade, DIN, popularity's, the feedback-only
+first design) are skipped there, and Llama rows go to folders ending in ``-llama``.
 Prints a markdown table (test metrics of the validation-selected checkpoint) and writes
-OUT/table.md.
+OUT/table.md. With ``--seeds 42 43 44`` each seed runs into ``OUT-sSEED`` (``train.seed=SEED``) and
+the table gives mean ± standard error over the seeds, validation beside test, written to
+OUT-seeds.md:
+
+    python benchmarks/unified.py --out /tmp/bench/unified40 --datasets ml-100k --backbone llama \
+        --seeds 42 43 44 --set train.num_threads=1
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from stderr import mean_se
 
 NO_ENHANCER = ["task.hard_negatives=0", "task.potential_positive_alpha=0"]
 FIRST_DESIGN = ["task.action_token=feedback"]  # action tokens = a linear map of the feedback alone
@@ -38,11 +47,33 @@ ROWS = [
     # two ranking tasks from each rating: like and the rating itself (task.regression_actions: [rating])
     ("separate ranking + rating task", "ranking-hstu-multitask", []),
     ("unified + both + rating task", "unified-hstu-multitask", []),
+    ("unified, no modules + rating task", "unified-hstu-multitask", ["task.weighter=constant", *NO_ENHANCER]),
 ]
+
+
+LLAMA_ROWS = {"popularity", "separate retrieval (HSTU)", "separate ranking (HSTU, interleaved)", "unified, no modules",
+              "unified + enhancer", "unified + weighter (DWA)", "unified + gradient weighter", "unified + both (UniGRF)",
+              "unified + enhancer + gradient weighter", "separate ranking + rating task", "unified + both + rating task",
+              "unified, no modules + rating task"}
+
+
+def rows(backbone: str, wanted: list[str] | None) -> list[tuple[str, str, list[str]]]:
+    """The table's rows for one backbone: (label, config stem, overrides). ``wanted`` names rows by
+    their HSTU label (the same names select the Llama rows)."""
+    out = []
+    for name, cfg, ov in ROWS:
+        if wanted and name not in wanted or backbone != "hstu" and name not in LLAMA_ROWS:
+            continue
+        if backbone == "llama" and cfg != "popularity":
+            name, cfg = (name.replace("(HSTU", "(Llama") if "(HSTU" in name else f"{name} (Llama)"), cfg.replace("-hstu", "-llama")
+        out.append((name, cfg, ov))
+    return out
 
 
 def run(dataset: str, name: str, config: str, overrides: list[str], out: Path, common: list[str]) -> dict:
     folder = out / dataset / name.split(" (")[0].replace(" ", "-").replace(",", "").replace("+", "plus")
+    if "-llama" in config:
+        folder = folder.with_name(folder.name + "-llama")
     if config == "popularity":  # the same split as the other rows
         holdout = yaml.safe_load(Path(f"configs/{dataset}/retrieval-hstu.yaml").read_text())["eval"]["holdout"]
         overrides = [*overrides, f"eval.holdout={holdout}"]
@@ -75,17 +106,66 @@ def table(dataset: str, results: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def seeds_table(dataset: str, backbone: str, results: list[tuple[str, list[dict]]], seeds: list[int]) -> str:
+    """Mean ± standard error over seeds (sample std / sqrt(seeds)) of each row's validation and test
+    metrics at its validation-selected checkpoint."""
+
+    def cell(runs: list[dict], split: str, key: str) -> str:
+        def value(r: dict):
+            if key == "rating_mse":
+                return r[split].get("tasks", {}).get("rating", {}).get("mse")
+            if key == "sum":  # the unified rows' selection metric
+                return r[split]["ndcg@10"] + r[split]["auc"] if "ndcg@10" in r[split] and "auc" in r[split] else None
+            return r[split].get(key)
+
+        vals = [value(r) for r in runs]
+        vals = [v for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if len(vals) < len(runs):
+            return "—"
+        m, se = mean_se(vals)
+        return f"{m:.4f} ± {se:.4f}" if len(vals) > 1 else f"{m:.4f}"
+
+    lines = [
+        f"**{dataset}, {backbone}** (mean ± standard error over seeds {', '.join(map(str, seeds))}; checkpoint selected on "
+        "validation; test evaluated once per run)",
+        "",
+        "| model | valid NDCG@10 | valid AUC | valid NDCG@10 + AUC | test NDCG@10 | test HR@10 | test AUC | test GAUC | test LogLoss | rating MSE "
+        "| best epochs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results:
+        cells = [cell(runs, s, k) for s, k in [("valid", "ndcg@10"), ("valid", "auc"), ("valid", "sum"), ("test", "ndcg@10"), ("test", "hr@10"),
+                                              ("test", "auc"), ("test", "gauc"), ("test", "logloss"), ("test", "rating_mse")]]
+        epochs = ", ".join(str(r.get("best_epoch")) for r in runs)
+        lines.append(f"| {name} | {' | '.join(cells)} | {epochs} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="/tmp/bench/unified")
     p.add_argument("--datasets", nargs="+", default=["ml-100k", "instruments"])
     p.add_argument("--rows", nargs="*", help="row names to run (default all)")
+    p.add_argument("--backbone", choices=["hstu", "llama"], default="hstu", help="configs/DATASET/*-BACKBONE.yaml")
     p.add_argument("--set", nargs="*", default=[], help="overrides for every row (e.g. train.epochs=20: the same budget)")
+    p.add_argument("--seeds", nargs="*", type=int, help="run each seed into OUT-sSEED and report mean ± SE over seeds")
     args = p.parse_args()
+    if args.seeds:
+        parts = []
+        for ds in args.datasets:
+            results = [
+                (name, [run(ds, name, cfg, ov, Path(f"{args.out}-s{s}"), [*args.set, f"train.seed={s}"]) for s in args.seeds])
+                for name, cfg, ov in rows(args.backbone, args.rows)
+            ]
+            parts.append(seeds_table(ds, args.backbone, results, args.seeds))
+        text = "\n\n".join(parts)
+        Path(f"{args.out}-seeds.md").write_text(text + "\n")
+        print(text)
+        return
     out = Path(args.out)
     parts = []
     for ds in args.datasets:
-        results = [(name, run(ds, name, cfg, ov, out, args.set)) for name, cfg, ov in ROWS if not args.rows or name in args.rows]
+        results = [(name, run(ds, name, cfg, ov, out, args.set)) for name, cfg, ov in rows(args.backbone, args.rows)]
         parts.append(table(ds, results))
     text = "\n\n".join(parts)
     (out / "table.md").write_text(text + "\n")

@@ -303,7 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint")
     sp.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
     sp.add_argument("-k", type=int, default=10)
-    sp.add_argument("--feedback", help="unified models: one value per history item (tasks separated by ':'), e.g. 1,0,1")
+    sp.add_argument("--feedback", help="unified models: one value per history item (tasks separated by ':'), e.g. 1,0,1; "
+                    "like + rating models: 1:5,0:2 or the ratings alone, 5,2")
     sp.add_argument("--timestamps", help="comma-separated unix seconds, one per history item (models with a time bias)")
     sp.add_argument("--query-time", type=int, help="request time in unix seconds (default: the last history time)")
     sp.add_argument("--keep-history", action="store_true", help="allow items of the history in the results")
@@ -314,7 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("rank", cmd_rank)
     sp.add_argument("checkpoint")
     sp.add_argument("--history", required=True, help="comma-separated raw item ids, oldest first")
-    sp.add_argument("--feedback", help="one value per history item, comma-separated (tasks within an item separated by ':'), e.g. 1,0,1")
+    sp.add_argument("--feedback", help="one value per history item, comma-separated (tasks within an item separated by ':'), e.g. 1,0,1; "
+                    "like + rating models: 1:5,0:2 or the ratings alone, 5,2")
     sp.add_argument("--candidates", required=True, help="comma-separated raw item ids to score")
     sp.add_argument("--timestamps", help="comma-separated unix seconds, one per history item (models with a time bias)")
     sp.add_argument("--query-time", type=int, help="request time in unix seconds (default: the last history time)")

@@ -53,7 +53,8 @@ class Recommender:
 
     - histories are raw item ids (as in the source data, compared as strings), oldest first, with
       one timestamp (unix seconds) per item when the model has a time bias, and one feedback value
-      per ranking task per item (a scalar, or a list for several tasks) when it reads feedback
+      per ranking task per item (a scalar, or a list for several tasks; models whose tasks are like
+      and the rating it comes from also take one rating per item, :attr:`rating_threshold`) when it reads feedback
       (ranking, unified and DIN checkpoints), or one behaviour value per item (e.g. its rating)
       when it reads behaviours (``model.behaviour_embedding``; the values of the training config's
       ``data.behaviour_values``); ``query_time`` is the request time (default: the last history item's);
@@ -93,6 +94,9 @@ class Recommender:
         if len(self.index) != len(self.item_ids):
             raise GenrecError("the item id list repeats an id: raw ids must be unique")
         self.experiment = dict(experiment or {})
+        task = self.experiment.get("task") or {}
+        self._rating_threshold = (float(task.get("positive_rating", 4.0))
+                                  if task.get("labels") == "rating" and self.task_names == ["like", "rating"] else None)
         # user attribute -> token id, built once (read by every request of a model with user features)
         self._user_index = MappingProxyType({t: k + 1 for k, t in enumerate(self.user_attribute_vocabulary)})
         self.domains = MappingProxyType(_domain_ranges(self.item_ids, (self.experiment.get("data") or {}).get("domains") or []))
@@ -140,6 +144,13 @@ class Recommender:
     def user_attribute_vocabulary(self) -> list[str]:
         """The ``field=value`` user attribute tokens the model knows (empty when it reads none)."""
         return list(self.model.config.user_attributes) if self.reads_user_attributes else []
+
+    @property
+    def rating_threshold(self) -> float | None:
+        """``t`` for checkpoints whose two ranking tasks both come from the rating (``task.labels:
+        rating`` with ``task.regression_actions: [rating]``: like = rating >= t, and the rating): their
+        feedback may be one rating per history item, like then derived from it. None otherwise."""
+        return self._rating_threshold
 
     @property
     def task_names(self) -> list[str]:
@@ -192,8 +203,12 @@ class Recommender:
         if feedback is None:
             raise ValueError(f"this model reads feedback: give one value per history item for tasks {names}")
         rows = [[float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)] for v in feedback]
+        threshold = self.rating_threshold
+        if threshold is not None:  # one rating per item stands for (like, rating)
+            rows = [[float(r[0] >= threshold), r[0]] if len(r) == 1 else r for r in rows]
         if len(rows) != history_len or any(len(r) != len(names) for r in rows):
-            raise ValueError(f"feedback needs {history_len} entries (one per history item) of {len(names)} value(s) each")
+            also = f", or one rating per item (like = rating >= {threshold:g})" if threshold is not None else ""
+            raise ValueError(f"feedback needs {history_len} entries (one per history item) of {len(names)} value(s) each{also}")
         return torch.tensor([[rows[p] for p in kept]], dtype=torch.float32, device=self.device)
 
     def _behaviours(self, feedback: Sequence | None, history_len: int, kept: list[int]) -> torch.Tensor | None:

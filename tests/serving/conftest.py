@@ -35,7 +35,8 @@ def _train(tmp: Path, csv: Path, name: str, model: dict, task: dict | None = Non
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     """Trained through ``genrec train``: ``retrieval`` (HSTU, time bias, 6-item window) and
-    ``unified`` (interleaved HSTU: retrieval + a ``like`` ranking head); ``other`` (the retrieval
+    ``unified`` (interleaved HSTU: retrieval + a ``like`` ranking head); ``rated`` (the same with
+    like and the rating itself as two tasks, ``task.regression_actions: [rating]``); ``other`` (the retrieval
     model with other weights, for reloads); ``ranking`` (an untrained DIN: ranking only);
     ``metadata`` (a CSV of titles for the synthetic items)."""
     import conftest
@@ -50,6 +51,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     out = {
         "retrieval": _train(tmp, csv, "retrieval", {"max_seq_len": 6, "time_bias": True}),
         "unified": _train(tmp, csv, "unified", {"max_seq_len": 10, "time_bias": True}, {"kind": "unified"}),
+        "rated": _train(tmp, csv, "rated", {"max_seq_len": 10, "time_bias": True}, {"kind": "unified", "regression_actions": ["rating"]}),
     }
     model, items, experiment = load_model(out["retrieval"])
     with torch.no_grad():

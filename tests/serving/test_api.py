@@ -136,6 +136,24 @@ def test_rank_equals_the_recommender_and_checks_feedback(unified_app, checkpoint
     assert [i["item"] for i in strict_json(r)["items"]] == [i for i, _ in rec.recommend(k=4, **body)]
 
 
+def test_a_like_and_rating_model_takes_one_rating_per_item(checkpoints):
+    """Tasks like (= rating >= 4) and the rating: the card says so, and one rating per history item
+    answers as (like, rating) pairs do, on both routes."""
+    rated = make_app(checkpoints["rated"])
+    card = strict_json(request(rated, "GET", "/v1/model"))
+    assert card["tasks"] == ["like", "rating"] and card["rating_feedback"] == 4.0
+    assert strict_json(request(make_app(checkpoints["unified"]), "GET", "/v1/model"))["rating_feedback"] is None
+    body = walk(["i4", "i5", "i6"]) | {"candidates": ["i7", "i20"]}
+    answers = []
+    for feedback in ([5, 2, 4], [[1, 5], [0, 2], [1, 4]]):
+        ranked = strict_json(request(rated, "POST", "/v1/rank", json=body | {"feedback": feedback}))
+        recs = strict_json(request(rated, "POST", "/v1/recommend", json=walk(body["history"]) | {"feedback": feedback, "k": 5}))
+        answers.append(([c["scores"] for c in ranked["candidates"]], [i["item"] for i in recs["items"]]))
+    assert answers[0] == answers[1] and set(answers[0][0][0]) == {"like", "rating"}
+    r = request(rated, "POST", "/v1/rank", json=body | {"feedback": [5, 2]})
+    assert r.status_code == 422 and "one rating per item (like = rating >= 4)" in strict_json(r)["error"]["message"], r.text
+
+
 def test_each_route_refuses_what_the_checkpoint_cannot_do(app, checkpoints):
     r = request(app, "POST", "/v1/rank", json=walk(["i1"]) | {"candidates": ["i2"]})
     assert r.status_code == 400 and "retrieval-only" in strict_json(r)["error"]["message"]

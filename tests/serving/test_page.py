@@ -3,6 +3,7 @@ search, add two items to the history, see the recommendations the API gives, ran
 a screenshot into the test's temp folder."""
 
 import importlib.util
+import json
 import shutil
 import socket
 import threading
@@ -132,3 +133,31 @@ def test_page_sends_the_domain_and_the_users_attributes(profiled_domains, browse
     finally:
         next(gen, None)
     assert not errors, errors
+
+
+def test_page_reads_ratings_for_a_like_and_rating_model(checkpoints, browser):
+    """A checkpoint whose tasks are like and the rating: each history item carries a rating (5 when
+    added; a click steps it down), the page sends the ratings, and the ranked table has both tasks."""
+    rec = Recommender.load(checkpoints["rated"])
+    for url in _serve(make_app(checkpoints["rated"], metadata=str(checkpoints["metadata"]))):
+        errors = []
+        page = browser.new_page(viewport={"width": 1280, "height": 760})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.wait_for_selector("#results li")
+        page.fill("#search", "step 1")
+        page.wait_for_selector("#results li[data-item='i12']")
+        page.click("#results li[data-item='i1']")
+        page.click("#results li[data-item='i12']")
+        assert page.locator("#history .fb").all_inner_texts() == ["rated 5", "rated 5"]
+        page.locator("#history .fb").nth(1).click()
+        page.locator("#history .fb").nth(1).click()
+        assert page.locator("#history .fb").all_inner_texts() == ["rated 5", "rated 3"]
+        want = rec.recommend(["i1", "i12"], 10, timestamps=[0, 3600], feedback=[5, 3])
+        ids = json.dumps([i for i, _ in want], separators=(",", ":"))  # the whole list: the answer for (5, 5) may share its first item
+        page.wait_for_function(f"JSON.stringify([...document.querySelectorAll('#recs li')].map((li) => li.dataset.item)) === {ids!r}")
+        page.click("#use-recs")
+        page.click("#rank")
+        page.wait_for_function("document.querySelectorAll('#ranked tbody tr').length === 10")
+        assert page.inner_text("#ranked thead").split() == ["item", "like", "rating"]
+        assert not errors, errors

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 
+from genrec import Recommender
 from genrec.cli import main
 from genrec.config import TaskConfig
 from genrec.models import HSTU, HSTUConfig
@@ -247,8 +248,15 @@ def test_like_and_rating_tasks_train_evaluate_and_rank(tmp_path, synthetic_csv, 
     ranked = _run(capsys, "rank", ckpt, "--history", "i1,i2,i3", "--feedback", "1:5,0:2,1:4", "--timestamps", "10,20,30",
                   "--candidates", "i4,i9")
     assert all(0 < c["like"] < 1 and isinstance(c["rating"], float) for c in ranked["candidates"])
-    assert main(["rank", str(ckpt), "--history", "i1,i2", "--feedback", "1,0", "--timestamps", "10,20", "--candidates", "i4"]) == 2
-    assert "2 value(s) each" in capsys.readouterr().err
+    # the ratings alone stand for the pairs: like = rating >= task.positive_rating (4 here)
+    by_rating = _run(capsys, "rank", ckpt, "--history", "i1,i2,i3", "--feedback", "5,2,4", "--timestamps", "10,20,30",
+                     "--candidates", "i4,i9")
+    assert by_rating == ranked
+    rec = Recommender.load(ckpt)
+    assert rec.rating_threshold == 4.0
+    assert rec.query(["i1", "i2"], [10, 20], feedback=[3.5, 4]).labels.tolist() == [[[0.0, 3.5], [1.0, 4.0]]]
+    assert main(["rank", str(ckpt), "--history", "i1,i2,i3", "--feedback", "1,0", "--timestamps", "10,20,30", "--candidates", "i4"]) == 2
+    assert "2 value(s) each, or one rating per item (like = rating >= 4)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("weighter", ["dwa", "gradient"])

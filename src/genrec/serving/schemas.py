@@ -27,6 +27,7 @@ class _History(_Body):
     query_time: StrictInt | None = Field(None, description="request time in unix seconds (default: the last history time)")
     feedback: list[Feedback] | None = Field(
         None, description="ranking/unified models: per history item one value (or one per task), e.g. [1, 0, 1]; "
+        "models whose tasks are like and the rating (the card's `rating_feedback`) also take one rating per item; "
         "multi-behaviour retrieval models: each item's behaviour value (e.g. its rating), e.g. [5, 2, 4]"
     )
     ignore_unknown: bool = Field(False, description="drop unknown history ids (listed in `dropped`) instead of failing")

@@ -96,10 +96,13 @@ async function search() {
 
 // ---- history ------------------------------------------------------------------------------------
 function addToHistory(item) {
-  state.history.push({ item, feedback: 1 });
+  state.history.push({ item, feedback: ratingMode() ? 5 : 1 });
   renderHistory();
   refresh();
 }
+
+// checkpoints whose tasks are like and the rating read one rating per item (the card's rating_feedback)
+function ratingMode() { return state.card != null && state.card.rating_feedback != null; }
 
 function renderHistory() {
   const rows = state.history.map((h, i) => {
@@ -108,9 +111,15 @@ function renderHistory() {
       const fb = document.createElement("button");
       fb.type = "button";
       fb.className = "fb";
-      fb.textContent = h.feedback ? "liked" : "skipped";
-      fb.title = "feedback the model reads for this item";
-      fb.onclick = (e) => { e.stopPropagation(); h.feedback = 1 - h.feedback; renderHistory(); refresh(); };
+      if (ratingMode()) {  // a click steps the rating down: 5, 4, 3, 2, 1, 5, ...
+        fb.textContent = `rated ${h.feedback}`;
+        fb.title = `the rating the model reads for this item (like = rating >= ${state.card.rating_feedback}); click to change`;
+        fb.onclick = (e) => { e.stopPropagation(); h.feedback = h.feedback > 1 ? h.feedback - 1 : 5; renderHistory(); refresh(); };
+      } else {
+        fb.textContent = h.feedback ? "liked" : "skipped";
+        fb.title = "feedback the model reads for this item";
+        fb.onclick = (e) => { e.stopPropagation(); h.feedback = 1 - h.feedback; renderHistory(); refresh(); };
+      }
       extra.push(fb);
     }
     const rm = document.createElement("span");
