@@ -3,7 +3,7 @@
 
     GENREC_SOURCE=../shared/data python benchmarks/enhancer_cost.py --dataset ml-100k --steps 20 --rounds 3
 
-Each variant is configs/<dataset>/unified-hstu.yaml with overrides (below), built by the trainer's
+Each variant is configs/<dataset>/unified-hstu-like.yaml with overrides (below), built by the trainer's
 own code (``make_trainer``) from the same seed, and timed on the same first ``--steps`` batches
 of an epoch in which the enhancer is on (``task.enhancer_warmup_epochs``) with the trainer's own
 step (``train_step``: forward, both losses, backward, optimizer). Rounds alternate the variants
@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="overrides for every variant")
     args = p.parse_args()
     torch.set_num_threads(1)
-    config = ROOT / "configs" / args.dataset / "unified-hstu.yaml"
+    config = ROOT / "configs" / args.dataset / "unified-hstu-like.yaml"
     data = load_prepared(prepare(load_config(config, args.set).data))
     runs = {}
     for name, extra in VARIANTS.items():

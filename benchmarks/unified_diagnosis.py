@@ -7,7 +7,7 @@
     GENREC_SOURCE=../shared/data python benchmarks/unified_diagnosis.py --ranking --variants scale:1 scale:3 scale:sqrt feedback \\
         --set train.epochs=20                                   # the same for the separate ranker
 
-Each variant trains ``configs/ml-100k/unified-hstu.yaml`` (or ``ranking-hstu.yaml`` with
+Each variant trains ``configs/ml-100k/unified-hstu-like.yaml`` (or ``ranking-hstu.yaml`` with
 ``--ranking``) without the enhancer and with constant loss weights, replacing how the action token
 is embedded (this script patches ``InterleavedRanker.tokens``; only ``feedback`` and ``scale:sqrt``
 are shipped designs, ``task.action_token=feedback`` / the default):
@@ -67,7 +67,7 @@ def main() -> None:
     p.add_argument("--ranking", action="store_true", help="the separate ranker (ranking-hstu.yaml) instead")
     p.add_argument("--set", nargs="*", default=[], help="overrides for every variant")
     args = p.parse_args()
-    config = "configs/ml-100k/ranking-hstu.yaml" if args.ranking else "configs/ml-100k/unified-hstu.yaml"
+    config = "configs/ml-100k/ranking-hstu.yaml" if args.ranking else "configs/ml-100k/unified-hstu-like.yaml"
     shipped = generative.InterleavedRanker.tokens
     for variant in args.variants:
         tokens, init = tokens_for(variant)

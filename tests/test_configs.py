@@ -53,3 +53,25 @@ def test_override_beats_preset(tmp_path):
     assert load_config((ROOT / "ml-1m/hstu-large.yaml"), ["model.num_layers=3"]).model.num_layers == 3
     with pytest.raises(ConfigError, match="model.preset='nope'"):
         load_config((ROOT / "ml-1m/hstu.yaml"), ["model.preset=nope"])
+
+
+# shipped unified configs chosen among benchmarks/unified.py's rows: each is its row's base config plus the row's
+# overrides, so the row's numbers in benchmarks/RESULTS.md are this config's
+CHOSEN = [
+    ("ml-100k/unified-hstu.yaml", "ml-100k/unified-hstu-multitask.yaml", ["train.epochs=80"]),
+    ("instruments/unified-hstu.yaml", "instruments/unified-hstu-multitask.yaml",
+     ["task.weighter=constant", "task.hard_negatives=0", "task.potential_positive_alpha=0"]),
+    ("instruments/unified-llama.yaml", "instruments/unified-llama-multitask.yaml", []),
+    ("ml-100k/unified-llama.yaml", "ml-100k/unified-llama-multitask.yaml",
+     ["train.epochs=80", "task.weighter=constant", "task.hard_negatives=0", "task.potential_positive_alpha=0"]),
+]
+
+
+@pytest.mark.parametrize("chosen, base, overrides", CHOSEN, ids=[c[0] for c in CHOSEN])
+def test_chosen_unified_configs_equal_their_benchmark_rows(chosen, base, overrides):
+    import dataclasses
+
+    want = dataclasses.asdict(load_config(ROOT / base, overrides)) | {"name": None}  # the run's name is the file's
+    got = dataclasses.asdict(load_config(ROOT / chosen)) | {"name": None}
+    assert f"= {Path(base).name}" in (ROOT / chosen).read_text().split("\ndata:")[0]
+    assert got == want
