@@ -46,7 +46,9 @@ def main() -> None:
     p.add_argument("--set", nargs="*", default=[], help="overrides for every variant")
     args = p.parse_args()
     torch.set_num_threads(1)
-    config = ROOT / "configs" / args.dataset / "unified-hstu-like.yaml"
+    config = ROOT / "configs" / args.dataset / "unified-hstu-like.yaml"  # the like-only config (ML-100K, Instruments)
+    if not config.exists():  # other datasets' unified-hstu.yaml is still the like-only one
+        config = config.with_name("unified-hstu.yaml")
     data = load_prepared(prepare(load_config(config, args.set).data))
     runs = {}
     for name, extra in VARIANTS.items():

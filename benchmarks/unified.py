@@ -5,12 +5,12 @@ unified model with and without its two modules, on one split and one budget per 
 
 Each row is ``genrec train`` on a shipped config plus overrides; finished rows are not rerun.
 ``--backbone llama`` runs the same rows on the ``*-llama`` configs (every setting but the backbone is
-the HSTU config's); rows without a Llama config (cascade, DIN, popularity's, the feedback-only
-first design) are skipped there, and Llama rows go to folders ending in ``-llama``.
+the HSTU config's); rows without a Llama config (cascade, DIN, the feedback-only first design)
+are skipped there, popularity is shared, and Llama rows go to folders ending in ``-llama``.
 Prints a markdown table (test metrics of the validation-selected checkpoint) and writes
 OUT/table.md. With ``--seeds 42 43 44`` each seed runs into ``OUT-sSEED`` (``train.seed=SEED``) and
 the table gives mean ± standard error over the seeds, validation beside test, written to
-OUT-seeds.md:
+OUT-seeds-BACKBONE.md:
 
     python benchmarks/unified.py --out /tmp/bench/unified40 --datasets ml-100k --backbone llama \
         --seeds 42 43 44 --set train.num_threads=1
@@ -159,7 +159,7 @@ def main() -> None:
             ]
             parts.append(seeds_table(ds, args.backbone, results, args.seeds))
         text = "\n\n".join(parts)
-        Path(f"{args.out}-seeds.md").write_text(text + "\n")
+        Path(f"{args.out}-seeds-{args.backbone}.md").write_text(text + "\n")
         print(text)
         return
     out = Path(args.out)

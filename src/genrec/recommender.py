@@ -12,6 +12,7 @@ batched, ranking) goes through the same input checks, so they cannot drift apart
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -24,6 +25,7 @@ from genrec.data.domains import domain_name
 from genrec.data.user_features import request_tokens
 from genrec.errors import GenrecError, UnknownItemError
 from genrec.models.contracts import Model, Ranker, Retriever
+from genrec.models.generative import InterleavedRanker
 
 
 class Query(NamedTuple):
@@ -97,6 +99,8 @@ class Recommender:
         task = self.experiment.get("task") or {}
         self._rating_threshold = (float(task.get("positive_rating", 4.0))
                                   if task.get("labels") == "rating" and self.task_names == ["like", "rating"] else None)
+        ranges = model.head_config.feedback_range if isinstance(model, InterleavedRanker) else ()
+        self._rating_range = ranges[1] if self._rating_threshold is not None and ranges else (-math.inf, math.inf)
         # user attribute -> token id, built once (read by every request of a model with user features)
         self._user_index = MappingProxyType({t: k + 1 for k, t in enumerate(self.user_attribute_vocabulary)})
         self.domains = MappingProxyType(_domain_ranges(self.item_ids, (self.experiment.get("data") or {}).get("domains") or []))
@@ -153,6 +157,12 @@ class Recommender:
         return self._rating_threshold
 
     @property
+    def rating_range(self) -> tuple[float, float] | None:
+        """(min, max) of the training ratings where :attr:`rating_threshold` is set and the checkpoint
+        records them (a rating given alone is checked against it); None otherwise."""
+        return None if self._rating_threshold is None or math.isinf(self._rating_range[0]) else self._rating_range
+
+    @property
     def task_names(self) -> list[str]:
         """Ranking tasks (keys of :meth:`rank`'s dicts, feedback order); empty for retrieval-only."""
         return list(self.model.task_names) if isinstance(self.model, Ranker) else []
@@ -199,16 +209,22 @@ class Recommender:
         """Per-history-item feedback (scalars or per-task lists) -> [1, n, A] for the kept items."""
         if not self.reads_feedback:
             return None
-        names = self.task_names
+        names, threshold = self.task_names, self.rating_threshold
+        also = f", or one rating per item (like = rating >= {threshold:g})" if threshold is not None else ""
         if feedback is None:
-            raise ValueError(f"this model reads feedback: give one value per history item for tasks {names}")
+            raise ValueError(f"this model reads feedback: give one value per history item for tasks {names}{also}")
         rows = [[float(x) for x in v] if isinstance(v, (list, tuple)) else [float(v)] for v in feedback]
-        threshold = self.rating_threshold
-        if threshold is not None:  # one rating per item stands for (like, rating)
+        singles = []
+        if threshold is not None and any(len(r) == 1 for r in rows):  # one rating per item stands for (like, rating)
             rows = [[float(r[0] >= threshold), r[0]] if len(r) == 1 else r for r in rows]
+            singles = [(v[0] if isinstance(v, (list, tuple)) else v) for v in feedback if not isinstance(v, (list, tuple)) or len(v) == 1]
         if len(rows) != history_len or any(len(r) != len(names) for r in rows):
-            also = f", or one rating per item (like = rating >= {threshold:g})" if threshold is not None else ""
             raise ValueError(f"feedback needs {history_len} entries (one per history item) of {len(names)} value(s) each{also}")
+        lo, hi = self._rating_range
+        bad = [v for v in singles if isinstance(v, bool) or not lo <= float(v) <= hi]
+        if bad:  # e.g. like labels (1, 0) given to a like + rating model
+            raise ValueError(f"feedback {bad[:3]} read as ratings is outside the training ratings' range [{lo:g}, {hi:g}] "
+                             f"(or is a boolean): give one rating per item, or (like, rating) pairs")
         return torch.tensor([[rows[p] for p in kept]], dtype=torch.float32, device=self.device)
 
     def _behaviours(self, feedback: Sequence | None, history_len: int, kept: list[int]) -> torch.Tensor | None:

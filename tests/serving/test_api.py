@@ -1,5 +1,6 @@
 """The /v1 routes in-process: answers equal Recommender's, every bad request is a 4xx with a
-message that says what to fix (never a 500), auth, items, model card, metrics, strict JSON."""
+message that says what to fix (never a 500), auth, items, model card, metrics, strict JSON. Long on
+purpose: one file per route family would repeat the app fixtures."""
 
 import json
 
@@ -141,7 +142,7 @@ def test_a_like_and_rating_model_takes_one_rating_per_item(checkpoints):
     answers as (like, rating) pairs do, on both routes."""
     rated = make_app(checkpoints["rated"])
     card = strict_json(request(rated, "GET", "/v1/model"))
-    assert card["tasks"] == ["like", "rating"] and card["rating_feedback"] == 4.0
+    assert card["tasks"] == ["like", "rating"] and card["rating_feedback"] == 4.0 and card["rating_range"] == [1.0, 5.0]
     assert strict_json(request(make_app(checkpoints["unified"]), "GET", "/v1/model"))["rating_feedback"] is None
     body = walk(["i4", "i5", "i6"]) | {"candidates": ["i7", "i20"]}
     answers = []
@@ -152,6 +153,8 @@ def test_a_like_and_rating_model_takes_one_rating_per_item(checkpoints):
     assert answers[0] == answers[1] and set(answers[0][0][0]) == {"like", "rating"}
     r = request(rated, "POST", "/v1/rank", json=body | {"feedback": [5, 2]})
     assert r.status_code == 422 and "one rating per item (like = rating >= 4)" in strict_json(r)["error"]["message"], r.text
+    r = request(rated, "POST", "/v1/rank", json=body | {"feedback": [1, 0, 1]})  # like labels are not ratings
+    assert r.status_code == 422 and "outside the training ratings' range [1, 5]" in strict_json(r)["error"]["message"], r.text
 
 
 def test_each_route_refuses_what_the_checkpoint_cannot_do(app, checkpoints):

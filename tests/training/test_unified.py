@@ -243,6 +243,7 @@ def test_like_and_rating_tasks_train_evaluate_and_rank(tmp_path, synthetic_csv, 
     ckpt = tmp_path / "run" / "best"
     head = json.loads((ckpt / "head.json").read_text())  # the rating enters action tokens standardised
     assert head["feedback_shift"][0] == 0.0 and 1.0 < head["feedback_shift"][1] < 5.0 and head["feedback_scale"][1] > 0
+    assert head["feedback_range"] == [[0.0, 1.0], [1.0, 5.0]]  # training labels' (min, max) per task
     again = _run(capsys, "eval", ckpt, "--split", "test")["test"]
     assert again["tasks"]["rating"]["mse"] == pytest.approx(tasks["rating"]["mse"])
     ranked = _run(capsys, "rank", ckpt, "--history", "i1,i2,i3", "--feedback", "1:5,0:2,1:4", "--timestamps", "10,20,30",
@@ -255,6 +256,10 @@ def test_like_and_rating_tasks_train_evaluate_and_rank(tmp_path, synthetic_csv, 
     rec = Recommender.load(ckpt)
     assert rec.rating_threshold == 4.0
     assert rec.query(["i1", "i2"], [10, 20], feedback=[3.5, 4]).labels.tolist() == [[[0.0, 3.5], [1.0, 4.0]]]
+    assert rec.rating_range == (1.0, 5.0)  # the training ratings' (head.json's feedback_range)
+    for bad in ([0, 4], [True, 5], [[6], 4]):  # a rating given alone must be on the training scale
+        with pytest.raises(ValueError, match="outside the training ratings' range"):
+            rec.query(["i1", "i2"], [10, 20], feedback=bad)
     assert main(["rank", str(ckpt), "--history", "i1,i2,i3", "--feedback", "1,0", "--timestamps", "10,20,30", "--candidates", "i4"]) == 2
     assert "2 value(s) each, or one rating per item (like = rating >= 4)" in capsys.readouterr().err
 

@@ -86,6 +86,16 @@ def feedback_normalisation(data: SequenceData, labels: np.ndarray, spec: LabelSp
     return tuple(shift), tuple(scale)
 
 
+def feedback_range(data: SequenceData, labels: np.ndarray, holdout: int) -> tuple[tuple[float, float], ...]:
+    """(min, max) per task of the training interactions' labels (held-out blocks not read): the
+    scale a request's feedback is checked against where it may be given as one rating per item."""
+    user = np.repeat(np.arange(data.num_users), data.lengths)
+    col = labels[np.arange(len(labels)) < train_end(data, holdout=holdout)[user]]
+    if not len(col):
+        return ()
+    return tuple((float(lo), float(hi)) for lo, hi in zip(col.min(0), col.max(0)))
+
+
 def label_stats(labels: np.ndarray, spec: LabelSpec, data: SequenceData, holdout: int) -> dict:
     """Positive rates per binary task, users with only negatives, evaluable users: for the protocol."""
     out = {}

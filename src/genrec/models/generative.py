@@ -67,19 +67,24 @@ class HeadConfig:
     """What an action token carries: ``item_and_feedback`` = its interaction's item embedding plus a
     feedback embedding, both at the item tokens' scale (init std 0.02, × √D), so the output that
     retrieves the next item starts from the current item, as an item-only retriever's does (the
-    feedback's scale was chosen on ML-100K validation among 1, 3 and √D: benchmarks/RESULTS.md); ``feedback`` = a linear
-    map of the feedback alone (PyTorch's default init; genrec's first design, kept for checkpoints
-    written with it and as the ablation: on ML-100K it left unified retrieval at a third of a
-    separate retriever's NDCG, see benchmarks/RESULTS.md)."""
+    feedback's scale chosen on ML-100K validation among 1, 3 and √D); ``feedback`` = a linear map of
+    the feedback alone (genrec's first design, kept for its checkpoints and as the ablation: it left
+    unified retrieval at a third of a separate retriever's NDCG). Both in benchmarks/RESULTS.md."""
     feedback_shift: tuple[float, ...] = ()
     feedback_scale: tuple[float, ...] = ()
     """Per task, what the history's feedback is shifted by and divided by before an action token
     reads it: for a regression task the mean and standard deviation of its training labels (so a
     1-5 rating or a watch time enters at a binary label's scale), for a binary task 0 and 1. Filled
     by the training task; empty = read as given (checkpoints written before they existed)."""
+    feedback_range: tuple[tuple[float, float], ...] = ()
+    """Per task, (min, max) of its training labels (a rating given alone is checked against it;
+    filled by the training task; empty = not checked, as in checkpoints written before it)."""
 
     def __post_init__(self) -> None:
         self.task_names, self.task_kinds = tuple(self.task_names), tuple(self.task_kinds)
+        if len(rng := tuple((float(lo), float(hi)) for lo, hi in self.feedback_range)) not in (0, len(self.task_names)):
+            raise ConfigError(f"ranking head: feedback_range {rng} needs one (min, max) per task ({len(self.task_names)})")
+        self.feedback_range = rng
         self.feedback_shift, self.feedback_scale = tuple(map(float, self.feedback_shift)), tuple(map(float, self.feedback_scale))
         if (self.feedback_shift or self.feedback_scale) and not (
                 len(self.feedback_shift) == len(self.feedback_scale) == len(self.task_names) and min(self.feedback_scale) > 0):

@@ -136,7 +136,7 @@ class Service:
             "kind": self.kind, "num_items": model.num_items, "max_history": model.max_history,
             "uses_timestamps": model.uses_timestamps, "reads_feedback": self.rec.reads_feedback,
             "reads_behaviours": self.rec.reads_behaviours, "tasks": self.rec.task_names,
-            "rating_feedback": self.rec.rating_threshold,
+            "rating_feedback": self.rec.rating_threshold, "rating_range": self.rec.rating_range,
             "user_attributes": self.rec.user_attribute_vocabulary, "domains": {d: list(r) for d, r in self.rec.domains.items()},
             "index": None if self.index is None else self.index.describe(),
             "metadata": {"source": self.catalog.source, "titles": self.catalog.has_titles},

@@ -96,13 +96,15 @@ async function search() {
 
 // ---- history ------------------------------------------------------------------------------------
 function addToHistory(item) {
-  state.history.push({ item, feedback: ratingMode() ? 5 : 1 });
+  state.history.push({ item, feedback: ratingMode() ? ratingScale()[1] : 1 });
   renderHistory();
   refresh();
 }
 
 // checkpoints whose tasks are like and the rating read one rating per item (the card's rating_feedback)
 function ratingMode() { return state.card != null && state.card.rating_feedback != null; }
+// [min, max] of the training ratings (the card's rating_range; 1-5 where the checkpoint does not say)
+function ratingScale() { return (state.card && state.card.rating_range) || [1, 5]; }
 
 function renderHistory() {
   const rows = state.history.map((h, i) => {
@@ -111,10 +113,10 @@ function renderHistory() {
       const fb = document.createElement("button");
       fb.type = "button";
       fb.className = "fb";
-      if (ratingMode()) {  // a click steps the rating down: 5, 4, 3, 2, 1, 5, ...
+      if (ratingMode()) {  // a click steps the rating down by 1 from the top of the scale, then wraps: 5, 4, 3, 2, 1, 5, ...
         fb.textContent = `rated ${h.feedback}`;
         fb.title = `the rating the model reads for this item (like = rating >= ${state.card.rating_feedback}); click to change`;
-        fb.onclick = (e) => { e.stopPropagation(); h.feedback = h.feedback > 1 ? h.feedback - 1 : 5; renderHistory(); refresh(); };
+        fb.onclick = (e) => { e.stopPropagation(); const [lo, hi] = ratingScale(); h.feedback = h.feedback - 1 >= lo ? h.feedback - 1 : hi; renderHistory(); refresh(); };
       } else {
         fb.textContent = h.feedback ? "liked" : "skipped";
         fb.title = "feedback the model reads for this item";

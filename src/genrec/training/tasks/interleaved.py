@@ -13,7 +13,7 @@ import time
 import torch
 
 from genrec.data.batches import FeedbackBatch, TrainBatches
-from genrec.data.feedback import feedback_normalisation, make_labels
+from genrec.data.feedback import feedback_normalisation, feedback_range, make_labels
 from genrec.data.prepare import SequenceData
 from genrec.errors import ConfigError
 from genrec.evaluation.evaluator import evaluate
@@ -45,7 +45,8 @@ class RankingTask(SpecDerived):
         shift, scale = feedback_normalisation(self.data, self.labels, self.label_spec, self.cfg.eval.holdout)
         head = HeadConfig(self.label_spec.names, self.label_spec.kinds, self.cfg.task.head_hidden_dim,
                           micro_batch=self.cfg.task.micro_batch, retrieval=self.kind == "unified",
-                          action_token=self.cfg.task.action_token, feedback_shift=shift, feedback_scale=scale)
+                          action_token=self.cfg.task.action_token, feedback_shift=shift, feedback_scale=scale,
+                          feedback_range=feedback_range(self.data, self.labels, self.cfg.eval.holdout))
         return self.spec.attach(build_interleaved(self.model_config, head))
 
     def batches(self, include_valid: bool = False) -> TrainBatches:
