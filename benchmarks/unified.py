@@ -51,10 +51,8 @@ ROWS = [
 ]
 
 
-LLAMA_ROWS = {"popularity", "separate retrieval (HSTU)", "separate ranking (HSTU, interleaved)", "unified, no modules",
-              "unified + enhancer", "unified + weighter (DWA)", "unified + gradient weighter", "unified + both (UniGRF)",
-              "unified + enhancer + gradient weighter", "separate ranking + rating task", "unified + both + rating task",
-              "unified, no modules + rating task"}
+NO_LLAMA = {"cascade (retrieval top-100 -> ranking)", "DIN", "unified, no modules, feedback-only action tokens",
+            "unified + both, feedback-only action tokens"}  # rows with no Llama config
 
 
 def rows(backbone: str, wanted: list[str] | None) -> list[tuple[str, str, list[str]]]:
@@ -62,7 +60,7 @@ def rows(backbone: str, wanted: list[str] | None) -> list[tuple[str, str, list[s
     their HSTU label (the same names select the Llama rows)."""
     out = []
     for name, cfg, ov in ROWS:
-        if wanted and name not in wanted or backbone != "hstu" and name not in LLAMA_ROWS:
+        if wanted and name not in wanted or backbone != "hstu" and name in NO_LLAMA:
             continue
         if backbone == "llama" and cfg != "popularity":
             name, cfg = (name.replace("(HSTU", "(Llama") if "(HSTU" in name else f"{name} (Llama)"), cfg.replace("-hstu", "-llama")

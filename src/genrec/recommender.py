@@ -100,7 +100,7 @@ class Recommender:
         self._rating_threshold = (float(task.get("positive_rating", 4.0))
                                   if task.get("labels") == "rating" and self.task_names == ["like", "rating"] else None)
         ranges = model.head_config.feedback_range if isinstance(model, InterleavedRanker) else ()
-        self._rating_range = ranges[1] if self._rating_threshold is not None and ranges else (-math.inf, math.inf)
+        self._rating_range = ranges[1] if self._rating_threshold is not None and ranges else None
         # user attribute -> token id, built once (read by every request of a model with user features)
         self._user_index = MappingProxyType({t: k + 1 for k, t in enumerate(self.user_attribute_vocabulary)})
         self.domains = MappingProxyType(_domain_ranges(self.item_ids, (self.experiment.get("data") or {}).get("domains") or []))
@@ -160,7 +160,7 @@ class Recommender:
     def rating_range(self) -> tuple[float, float] | None:
         """(min, max) of the training ratings where :attr:`rating_threshold` is set and the checkpoint
         records them (a rating given alone is checked against it); None otherwise."""
-        return None if self._rating_threshold is None or math.isinf(self._rating_range[0]) else self._rating_range
+        return self._rating_range
 
     @property
     def task_names(self) -> list[str]:
@@ -220,7 +220,7 @@ class Recommender:
             singles = [(v[0] if isinstance(v, (list, tuple)) else v) for v in feedback if not isinstance(v, (list, tuple)) or len(v) == 1]
         if len(rows) != history_len or any(len(r) != len(names) for r in rows):
             raise ValueError(f"feedback needs {history_len} entries (one per history item) of {len(names)} value(s) each{also}")
-        lo, hi = self._rating_range
+        lo, hi = self._rating_range or (-math.inf, math.inf)  # (older checkpoints record no range)
         bad = [v for v in singles if isinstance(v, bool) or not lo <= float(v) <= hi]
         if bad:  # e.g. like labels (1, 0) given to a like + rating model
             raise ValueError(f"feedback {bad[:3]} read as ratings is outside the training ratings' range [{lo:g}, {hi:g}] "

@@ -5,7 +5,7 @@ import pytest
 
 from genrec.config import TaskConfig
 from genrec.data.batches import TrainBatches, eval_batches
-from genrec.data.feedback import feedback_normalisation, make_labels
+from genrec.data.feedback import feedback_normalisation, feedback_range, make_labels
 from genrec.data.prepare import SequenceData, build_sequences, load_prepared, prepare
 from genrec.errors import ConfigError, DataFormatError
 from genrec.config import DataConfig
@@ -51,6 +51,12 @@ def test_feedback_normalisation_reads_training_interactions_only():
     flat = _data([3.0] * 10)
     labels, spec = make_labels(flat, TaskConfig(kind="ranking", regression_actions=["rating"]))
     assert feedback_normalisation(flat, labels, spec, holdout=1) == ((0.0, 3.0), (1.0, 1.0))  # constant: scale 1
+
+
+def test_feedback_range_reads_training_interactions_only():
+    d = _data([5, 4, 3.5, 1, 2, 2, 2, 2, 4.5, 3])  # held out (holdout 1): 3.5, 1 (user a) and 4.5, 3 (user b)
+    labels, _ = make_labels(d, TaskConfig(kind="ranking", regression_actions=["rating"]))
+    assert feedback_range(d, labels, holdout=1) == ((0.0, 1.0), (2.0, 5.0))  # training ratings 5, 4, 2, 2, 2, 2
 
 
 def test_missing_ratings_are_a_clear_error():

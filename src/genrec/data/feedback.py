@@ -67,15 +67,20 @@ def make_labels(data: SequenceData, task_cfg) -> tuple[np.ndarray, LabelSpec]:
     return labels, LabelSpec(tuple(wanted), kinds, desc)
 
 
+def _training_labels(data: SequenceData, labels: np.ndarray, holdout: int) -> np.ndarray:
+    """The rows of ``labels`` [T, A] that are training interactions (held-out blocks left out)."""
+    user = np.repeat(np.arange(data.num_users), data.lengths)
+    return labels[np.arange(len(labels)) < train_end(data, holdout=holdout)[user]]
+
+
 def feedback_normalisation(data: SequenceData, labels: np.ndarray, spec: LabelSpec, holdout: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(shift, scale) per task for the feedback an action token reads: each regression task's mean
     and standard deviation over the training interactions (the held-out blocks are not read; a
     constant column gets scale 1), binary tasks 0 and 1."""
-    user = np.repeat(np.arange(data.num_users), data.lengths)
-    keep = np.arange(len(labels)) < train_end(data, holdout=holdout)[user]
+    train = _training_labels(data, labels, holdout)
     shift, scale = [], []
     for a, kind in enumerate(spec.kinds):
-        col = labels[keep, a].astype(np.float64)
+        col = train[:, a].astype(np.float64)
         if kind == "regression" and len(col):
             std = float(col.std())
             shift.append(float(col.mean()))
@@ -89,11 +94,10 @@ def feedback_normalisation(data: SequenceData, labels: np.ndarray, spec: LabelSp
 def feedback_range(data: SequenceData, labels: np.ndarray, holdout: int) -> tuple[tuple[float, float], ...]:
     """(min, max) per task of the training interactions' labels (held-out blocks not read): the
     scale a request's feedback is checked against where it may be given as one rating per item."""
-    user = np.repeat(np.arange(data.num_users), data.lengths)
-    col = labels[np.arange(len(labels)) < train_end(data, holdout=holdout)[user]]
-    if not len(col):
+    train = _training_labels(data, labels, holdout)
+    if not len(train):
         return ()
-    return tuple((float(lo), float(hi)) for lo, hi in zip(col.min(0), col.max(0)))
+    return tuple((float(lo), float(hi)) for lo, hi in zip(train.min(0), train.max(0)))
 
 
 def label_stats(labels: np.ndarray, spec: LabelSpec, data: SequenceData, holdout: int) -> dict:
