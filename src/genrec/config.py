@@ -469,15 +469,23 @@ class DistillConfig:
     supervision_weight: float = 0.1
     """λ3 on multi-supervision: adapters at blocks 1..B-1 (block B is the student's own output,
     already under ``train.loss``), each trained with ``train.loss`` (paper: 1, 0.1 or 0.01)."""
+    logit_weight: float = 0.0
+    """λ4 on τ² KL(teacher ‖ student) of the two models' softmax over the whole catalogue at the
+    compared positions (knowledge distillation of the scores; genrec's addition, not in the paper:
+    0 = off). Each model's scores are divided by its own ``train.temperature``, then by τ."""
+    logit_temperature: float = 1.0
+    """τ, the softening of both score distributions in the λ4 term (> 0)."""
 
     def __post_init__(self) -> None:
         _check_choice("distill.positions", self.positions, ("last", "all"))
         if self.blocks < 1:
             raise ConfigError(f"distill.blocks={self.blocks} must be >= 1")
-        for name in ("cosine_weight", "l2_weight", "supervision_weight"):
+        for name in ("cosine_weight", "l2_weight", "supervision_weight", "logit_weight"):
             value = getattr(self, name)
             if not 0.0 <= value < float("inf"):
                 raise ConfigError(f"distill.{name}={value} must be a finite number >= 0")
+        if not 0.0 < self.logit_temperature < float("inf"):
+            raise ConfigError(f"distill.logit_temperature={self.logit_temperature} must be a finite number > 0")
 
 
 @dataclass

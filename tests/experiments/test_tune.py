@@ -244,3 +244,24 @@ def test_two_processes_tune_one_sqlite_study(tiny, tmp_path, capsys):
     assert sorted(p.name for p in (out / "trials").iterdir()) == [f"{n:04d}" for n in numbers]
     final = read_json(out / "final" / "metrics.json")
     assert final["protocol"]["tuning"]["test_evaluations"] == 1 and final["protocol"]["tuning"]["trials"] == len(trials)
+
+
+def test_a_searched_width_carries_the_fields_that_follow_it():
+    """SASRec's ffn_dim (0 = embedding_dim) and HSTU's attention/value widths (0 = D / heads) follow a
+    searched width or head count unless set to something else; a field the space sets wins."""
+    from genrec.config import ExperimentConfig
+    from genrec.experiments.tune import with_params
+
+    sasrec = ExperimentConfig.from_dict({"model": {"name": "sasrec", "embedding_dim": 64}})
+    assert sasrec.model.ffn_dim == 64
+    assert with_params(sasrec, {"model.embedding_dim": 128}).model.ffn_dim == 128
+    assert with_params(sasrec, {"model.embedding_dim": 128, "model.ffn_dim": 32}).model.ffn_dim == 32
+    narrow = ExperimentConfig.from_dict({"model": {"name": "sasrec", "embedding_dim": 64, "ffn_dim": 48}})
+    assert with_params(narrow, {"model.embedding_dim": 128}).model.ffn_dim == 48  # set apart from D: kept
+    hstu = ExperimentConfig.from_dict({"model": {"name": "hstu", "embedding_dim": 64, "num_heads": 2}})
+    wide = with_params(hstu, {"model.embedding_dim": 128, "model.num_heads": 4})
+    assert (wide.model.attention_dim, wide.model.value_dim) == (32, 32)
+    gpt = ExperimentConfig.from_dict({"model": {"name": "gpt", "embedding_dim": 32, "num_heads": 2}})
+    assert with_params(gpt, {"model.embedding_dim": 64}).model.ffn_dim == 256
+    llama = ExperimentConfig.from_dict({"model": {"name": "llama", "embedding_dim": 32, "num_heads": 2}})
+    assert with_params(llama, {"model.embedding_dim": 48}).model.ffn_dim == 128

@@ -83,12 +83,12 @@ def _teacher(data, width=16, layers=4, name="hstu"):
     return build_model(cfg).eval().requires_grad_(False)
 
 
-def _task(prepared, teacher, width=8, **distill):
+def _task(prepared, teacher, width=8, teacher_temperature=None, **distill):
     csv, cache, data = prepared
     raw = _raw(csv, cache, 2, teacher="unused-path", blocks=2, **distill)
     raw["model"]["embedding_dim"] = width
     raw["train"]["loss"] = "full_softmax"  # deterministic, so the loss can be recomputed by hand
-    task = DistillTask(ExperimentConfig.from_dict(raw), data, teacher)
+    task = DistillTask(ExperimentConfig.from_dict(raw), data, teacher, teacher_temperature)
     torch.manual_seed(0)
     model = task.build_model()
     return task, model, next(iter(task.batches().epoch(0, 0)))
@@ -150,6 +150,37 @@ def test_every_position_compares_every_target(prepared):
     assert "distill_supervision" not in logs
 
 
+def test_logit_term_by_hand(prepared):
+    """λ4 τ² KL(p_t ‖ p_s) over the whole catalogue at the last positions, each model's scores at its
+    own training temperature; written out with explicit sums."""
+    teacher = _teacher(prepared[2], width=16)
+    task, model, batch = _task(prepared, teacher, width=8, teacher_temperature=0.2, cosine_weight=0.0, l2_weight=0.0,
+                               supervision_weight=0.0, logit_weight=0.5, logit_temperature=2.0)
+    loss, logs = task.loss(model, batch, 0)
+    student = model.student
+    with torch.no_grad():
+        h, _ = student.encode_layers(batch.items, batch.timestamps, batch.query_timestamps)
+        h_t, _ = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps)
+        has = batch.targets != 0
+        lengths = has.sum(1)
+        rows = torch.arange(len(lengths))
+        main_loss = _cross_entropy(h[has], batch.targets[has], student)
+        z_s = F.normalize(h[rows, lengths - 1], dim=-1) @ F.normalize(student.item_embedding.weight[1:], dim=-1).T / (0.05 * 2.0)
+        z_t = F.normalize(h_t[rows, lengths - 1], dim=-1) @ F.normalize(teacher.item_embedding.weight[1:], dim=-1).T / (0.2 * 2.0)
+        p_t = z_t.exp() / z_t.exp().sum(-1, keepdim=True)
+        p_s = z_s.exp() / z_s.exp().sum(-1, keepdim=True)
+        kd = 4.0 * (p_t * (p_t.log() - p_s.log())).sum(-1).mean()
+    assert logs["distill_logits"] == pytest.approx(kd.item(), rel=1e-4)
+    assert loss.item() == pytest.approx((main_loss + 0.5 * kd).item(), rel=1e-5)
+    assert set(logs) == {"retrieval_loss", "distill_logits", "total_loss"}
+    assert len(model.heads.projections) == 0 and len(model.heads.adapters) == 0  # scores only: no heads to train
+    assert task.describe()["distillation"]["teacher_temperature"] == 0.2
+    with pytest.raises(ConfigError, match="teacher's training temperature"):
+        _task(prepared, teacher, logit_weight=1.0)  # a checkpoint that records none: refused, not guessed
+    with pytest.raises(ConfigError, match="logit_temperature=0.0 must be"):
+        _task(prepared, teacher, teacher_temperature=0.2, logit_weight=1.0, logit_temperature=0.0)
+
+
 def test_ablation_without_feature_terms_never_runs_the_teacher(prepared):
     teacher = _teacher(prepared[2])
 
@@ -189,8 +220,11 @@ def test_teacher_on_another_catalogue_is_refused(prepared, tmp_path):
     with pytest.raises(ConfigError, match="another catalogue"):
         load_teacher(tmp_path / "other", data)
     ckpt.write_atomic_dir(tmp_path / "same", lambda f: ckpt.fill_model(f, teacher, list(data.item_ids), {}))
-    loaded = load_teacher(tmp_path / "same", data)
+    loaded, temperature = load_teacher(tmp_path / "same", data)
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert temperature is None  # its experiment.json has no train section
+    ckpt.write_atomic_dir(tmp_path / "trained", lambda f: ckpt.fill_model(f, teacher, list(data.item_ids), {"train": {"temperature": 0.07}}))
+    assert load_teacher(tmp_path / "trained", data)[1] == 0.07
 
 
 # ---- end to end through the CLI ------------------------------------------------------------------
@@ -241,8 +275,11 @@ def test_cli_distillation_resumes_to_the_same_weights(teacher_run):
     root, csv = teacher_run
     teacher = str(root / "teacher" / "best")
     full, part = root / "full", root / "part"
-    raw = _raw(csv, root / "cache", 2, blocks=2, positions="all")
+    raw = _raw(csv, root / "cache", 2, blocks=2, positions="all", logit_weight=0.5)  # every term, scores too
     assert main(["distill", str(_write(root / "s2.yaml", raw)), "--teacher", teacher, "--out", str(full)]) == 0
+    described = json.loads((full / "metrics.json").read_text())["protocol"]["distillation"]
+    assert described["teacher_temperature"] == 0.05 and described["weights"]["logits"] == 0.5  # read from the teacher's run
+    assert all("distill_logits" in json.loads(line) for line in (full / "steps.jsonl").read_text().splitlines())
     assert main(["distill", str(root / "s2.yaml"), "train.epochs=1", "--teacher", teacher, "--out", str(part)]) == 0
     assert main(["distill", "train.epochs=2", "--out", str(part), "--resume"]) == 0
     a, b = (ckpt.load_tensors(run / "last" / "model.safetensors") for run in (full, part))

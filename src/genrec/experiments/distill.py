@@ -57,8 +57,8 @@ def _distill(cfg: ExperimentConfig, out: Path, resume: bool) -> dict:
         data = load_data(cfg)  # behaviours and user attributes, as build_task gives every task
         if data.user_tokens is None and cfg.data.user_features:  # a teacher may read user attributes the student does not
             data = with_user_features(data, cfg.data)
-        teacher = load_teacher(cfg.distill.teacher, data)
-        trainer = Trainer(cfg, out, DistillTask(cfg, data, teacher), strategy)
+        teacher, temperature = load_teacher(cfg.distill.teacher, data)
+        trainer = Trainer(cfg, out, DistillTask(cfg, data, teacher, temperature), strategy)
         result = trainer.fit(resume=resume)
         if trainer.is_main:
             export_student(trainer)

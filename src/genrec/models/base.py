@@ -103,6 +103,15 @@ class ModelConfig:
             raise ConfigError(f"model.num_items={self.num_items} must be >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        for key, value in self.derived().items():  # 0 = follow the other fields
+            if not getattr(self, key):
+                setattr(self, key, value)
+
+    def derived(self) -> dict[str, int]:
+        """The fields whose 0 means "derive from the others" (an MLP's width from embedding_dim,
+        say), with the values the other fields give them now. ``genrec tune`` uses it so that a
+        field left to follow the width still follows a searched width."""
+        return {}
 
 
 def history_length(config: ModelConfig) -> int:

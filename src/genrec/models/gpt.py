@@ -29,9 +29,11 @@ class GPTConfig(ModelConfig):
     ffn_dim: int = 0
     """Hidden width of the GELU MLP (0 = 4 × embedding_dim, as GPT-2)."""
 
+    def derived(self) -> dict[str, int]:
+        return {"ffn_dim": 4 * self.embedding_dim}
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.ffn_dim = self.ffn_dim or 4 * self.embedding_dim
         if self.embedding_dim % self.num_heads:
             raise ConfigError(f"model.embedding_dim={self.embedding_dim} is not divisible by num_heads={self.num_heads}")
 

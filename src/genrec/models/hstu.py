@@ -56,13 +56,13 @@ class HSTUConfig(ModelConfig):
     """``pointwise``: SiLU(Q Kᵀ + rab) / max_seq_len (HSTU); ``softmax``: softmax(Q Kᵀ / √d_qk + rab)
     over the visible keys (the paper's softmax ablation; U-gating, norms and biases unchanged)."""
 
+    def derived(self) -> dict[str, int]:
+        return {"attention_dim": self.embedding_dim // self.num_heads, "value_dim": self.embedding_dim // self.num_heads}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.attention not in ("pointwise", "softmax"):
             raise ConfigError(f"model.attention={self.attention!r}: expected 'pointwise' or 'softmax'")
-        default = self.embedding_dim // self.num_heads
-        self.attention_dim = self.attention_dim or default
-        self.value_dim = self.value_dim or default
         if min(self.attention_dim, self.value_dim) < 1:
             raise ConfigError(f"model.attention_dim/value_dim must be >= 1 (embedding_dim={self.embedding_dim}, num_heads={self.num_heads})")
 

@@ -35,9 +35,11 @@ class LlamaConfig(ModelConfig):
     norm_eps: float = 1e-6
     """RMSNorm epsilon."""
 
+    def derived(self) -> dict[str, int]:
+        return {"ffn_dim": -(-8 * self.embedding_dim // 3 // 8) * 8}
+
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.ffn_dim = self.ffn_dim or -(-8 * self.embedding_dim // 3 // 8) * 8
         if self.embedding_dim % self.num_heads or (self.embedding_dim // self.num_heads) % 2:
             raise ConfigError(
                 f"model.embedding_dim={self.embedding_dim} must split into num_heads={self.num_heads} heads of even width (rotary)"

@@ -54,11 +54,13 @@ class SASRecConfig(ModelConfig):
     time_bucket_divisor: float = 0.301
     """bucket = floor(ln(max(|Δt|, 1)) / divisor) (as HSTU)."""
 
+    def derived(self) -> dict[str, int]:
+        return {"ffn_dim": self.embedding_dim}
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.residual not in ("original", "pre_ln"):
             raise ConfigError(f"model.residual={self.residual!r} is not one of ['original', 'pre_ln']")
-        self.ffn_dim = self.ffn_dim or self.embedding_dim
         if self.embedding_dim % self.num_heads:
             raise ConfigError(f"model.embedding_dim={self.embedding_dim} is not divisible by num_heads={self.num_heads}")
 

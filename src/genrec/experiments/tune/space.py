@@ -105,8 +105,15 @@ class Space:
 
 
 def with_params(base: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
-    """``base`` with dotted keys set (validated as any config; ``base`` is not modified)."""
+    """``base`` with dotted keys set (validated as any config; ``base`` is not modified). A model
+    field that follows others (:meth:`~genrec.models.base.ModelConfig.derived`, e.g. SASRec's
+    ``ffn_dim`` = ``embedding_dim``) and holds its derived value in ``base`` is derived again from
+    the trial's values, unless the space sets it: searching the width changes the MLP with it, as
+    it would in a config that leaves ``ffn_dim`` out. (Before 2026-12-08 it kept the base's value.)"""
     raw = base.to_dict()
+    for name, value in base.model.derived().items():
+        if f"model.{name}" not in params and raw["model"][name] == value:
+            raw["model"][name] = 0
     for key, value in params.items():
         section, name = key.split(".", 1)
         raw[section][name] = value

@@ -9,6 +9,13 @@ layer k·M/B with student layer k·N/B (layer l = the residual stream leaving th
          + λ1 Σ_k mean(1 − cos(h_t^k, P_k h_s^k))                       cosine_weight
          + λ2 Σ_k mean ‖h_t^k − P_k h_s^k‖²                             l2_weight
          + λ3 Σ_{k<B} train.loss(norm(A_k h_s^k))                       supervision_weight
+         + λ4 τ² KL(softmax(z_t / τ) ‖ softmax(z_s / τ))                  logit_weight, logit_temperature
+
+λ4 is genrec's addition, off by default (the paper distils features only): z_t and z_s are each
+model's scores over the whole catalogue at the compared positions, as its own training loss sees
+them (query · item vectors / that model's ``train.temperature``; the teacher's is read from its
+checkpoint), and τ softens both (Hinton et al.'s knowledge distillation; τ² keeps the gradient's
+scale). It costs [T, num_items] scores per step for T compared positions.
 
 P_k: a learned linear projection from the student's width to the teacher's (only when they
 differ); A_k: a linear adapter to the student's output space, whose vectors are scored against
@@ -118,10 +125,11 @@ class DistillationModel(nn.Module):
         return super().load_state_dict(state_dict, strict, assign)
 
 
-def load_teacher(path: str | Path, data: SequenceData) -> SequentialRecommender:
-    """The teacher checkpoint, frozen and in eval mode, checked to be a sequence retrieval model
-    over exactly the catalogue of ``data`` (same raw item ids in the same order)."""
-    teacher, item_ids, _ = ckpt.load_model(path)
+def load_teacher(path: str | Path, data: SequenceData) -> tuple[SequentialRecommender, float | None]:
+    """(teacher, its training temperature or None when its checkpoint records none): the
+    checkpoint, frozen and in eval mode, checked to be a sequence retrieval model over exactly the
+    catalogue of ``data`` (same raw item ids in the same order)."""
+    teacher, item_ids, experiment = ckpt.load_model(path)
     if not isinstance(teacher, SequentialRecommender):
         raise ConfigError(f"distill.teacher={str(path)!r} is a {type(teacher).__name__}; the teacher must be a retrieval "
                           "backbone checkpoint (hstu, sasrec, gpt, llama, hf_llama)")
@@ -134,7 +142,7 @@ def load_teacher(path: str | Path, data: SequenceData) -> SequentialRecommender:
             "the data's user attribute vocabulary differs from the teacher's (another data.user_features file?)"
             if data.user_tokens is not None else "set data.user_features to the teacher's file"))
     teacher.requires_grad_(False)
-    return teacher.eval()
+    return teacher.eval(), (experiment.get("train") or {}).get("temperature")
 
 
 class DistillTask(RetrievalTask):
@@ -142,22 +150,27 @@ class DistillTask(RetrievalTask):
     task's) plus the distillation terms. Built by :func:`genrec.training.tasks.build_task` without
     a teacher it only evaluates (``genrec eval`` of a student); ``genrec distill`` gives it one."""
 
-    def __init__(self, cfg, data: SequenceData, teacher: SequentialRecommender | None = None):
+    def __init__(self, cfg, data: SequenceData, teacher: SequentialRecommender | None = None,
+                 teacher_temperature: float | None = None):
         super().__init__(cfg, data)
         if cfg.model.name not in FAMILIES:
             raise ConfigError(f"model.name={cfg.model.name!r} has no layers to distil into; use one of {sorted(FAMILIES)}")
         self.teacher, self.pairs = teacher, []
         self.widths: tuple[int, int] | None = None  # (student, teacher) hidden widths, once the student is built
         d = cfg.distill
-        if not (d.cosine_weight or d.l2_weight or d.supervision_weight):
-            raise ConfigError("distill: cosine_weight, l2_weight and supervision_weight are all 0, so this is plain "
-                              "retrieval training; train it with `genrec train` (no teacher)")
+        if not (d.cosine_weight or d.l2_weight or d.supervision_weight or d.logit_weight):
+            raise ConfigError("distill: cosine_weight, l2_weight, supervision_weight and logit_weight are all 0, so this is "
+                              "plain retrieval training; train it with `genrec train` (no teacher)")
         if d.supervision_weight and d.blocks < 2:
             raise ConfigError(f"distill.supervision_weight={d.supervision_weight} needs distill.blocks >= 2: the adapters sit "
                               "at blocks 1..B-1 (block B is the student's own output)")
         if teacher is not None:
             self._check_teacher(teacher)
             self.pairs = aligned_layers(teacher.config.num_layers, self.model_config.num_layers, d.blocks)
+            if d.logit_weight and not (teacher_temperature and teacher_temperature > 0):
+                raise ConfigError(f"distill.logit_weight={d.logit_weight} needs the teacher's training temperature "
+                                  f"(train.temperature in its experiment.json), got {teacher_temperature!r}")
+        self.teacher_temperature = teacher_temperature
 
     def _check_teacher(self, teacher: SequentialRecommender) -> None:
         student = self.model_config
@@ -195,10 +208,17 @@ class DistillTask(RetrievalTask):
         pos = batch.targets[has]  # [T]
         main = positions_loss(h[has], pos, student, t, self.never_negative(pos.device), self.negative_ranges(pos.device))
         total, logs = main, {"retrieval_loss": float(main.detach())}
+        if d.cosine_weight or d.l2_weight or d.logit_weight:
+            where = compared_positions(batch, d.positions)
+            h_t, t_states = self._teacher_states(batch)
         if d.cosine_weight or d.l2_weight:
-            cos, l2 = self.feature_terms(model, states, self._teacher_states(batch), compared_positions(batch, d.positions))
+            cos, l2 = self.feature_terms(model, states, t_states, where)
             total = total + d.cosine_weight * cos + d.l2_weight * l2
             logs.update(distill_cosine=float(cos.detach()), distill_l2=float(l2.detach()))
+        if d.logit_weight:
+            kd = self.logit_term(student, h[where], h_t[where])
+            total = total + d.logit_weight * kd
+            logs["distill_logits"] = float(kd.detach())
         if d.supervision_weight:
             sup = self.supervision_term(model, states, has, pos)
             total = total + d.supervision_weight * sup
@@ -228,17 +248,29 @@ class DistillTask(RetrievalTask):
             total = total + positions_loss(q, pos, student, t, self.never_negative(pos.device), self.negative_ranges(pos.device))
         return total
 
+    def logit_term(self, student: SequentialRecommender, q_s: torch.Tensor, q_t: torch.Tensor) -> torch.Tensor:
+        """τ² KL(softmax(z_t/τ) ‖ softmax(z_s/τ)), averaged over the T rows of ``q_s``/``q_t`` [T, D]
+        (student and teacher query vectors), z = q · item vectors (items 1..I) / the model's
+        training temperature."""
+        tau = self.cfg.distill.logit_temperature
+        with torch.no_grad():
+            z_t = (q_t.float() @ self.teacher.item_vectors(start=1).float().T) / (self.teacher_temperature * tau)  # [T I]
+        z_s = (q_s.float() @ student.item_vectors(start=1).float().T) / (self.cfg.train.temperature * tau)
+        kl = F.kl_div(F.log_softmax(z_s, dim=-1), F.log_softmax(z_t, dim=-1), reduction="batchmean", log_target=True)
+        return kl * tau * tau
+
     @torch.no_grad()
-    def _teacher_states(self, batch: TrainBatch) -> list[torch.Tensor]:
+    def _teacher_states(self, batch: TrainBatch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The teacher's output (query vectors) [B N D] and its layers' states, N_t x [B N W]."""
         teacher = self.teacher
         if teacher.item_embedding.weight.device != batch.items.device:
             teacher.to(batch.items.device)
-        _, states = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours,
+        h_t, states = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours,
                                           batch.user_tokens)
         if len(states) != teacher.config.num_layers:
             raise RuntimeError(f"the {teacher.config.name} teacher returned {len(states)} layer states for "
                                f"{teacher.config.num_layers} layers")
-        return states
+        return h_t, states
 
     def evaluate(self, model, split: str, device) -> dict:
         return super().evaluate(model.student if isinstance(model, DistillationModel) else model, split, device)
@@ -246,7 +278,10 @@ class DistillTask(RetrievalTask):
     def describe(self) -> dict:
         d = self.cfg.distill
         info = {"teacher": d.teacher, "blocks": d.blocks, "positions": d.positions,
-                "weights": {"cosine": d.cosine_weight, "l2": d.l2_weight, "supervision": d.supervision_weight}}
+                "weights": {"cosine": d.cosine_weight, "l2": d.l2_weight, "supervision": d.supervision_weight,
+                            "logits": d.logit_weight}}
+        if d.logit_weight:
+            info.update(logit_temperature=d.logit_temperature, teacher_temperature=self.teacher_temperature)
         if self.teacher is not None:
             info.update(teacher_model=self.teacher.config.name, aligned_layers=[list(p) for p in self.pairs])
         if self.widths:
