@@ -518,6 +518,9 @@ class ExperimentConfig:
         if self.data.cold_items and (self.task.kind != "retrieval" or self.train.loss == "full_softmax"):
             raise ConfigError("data.cold_items (the cold-item check) is for retrieval (task.kind=retrieval) with a sampled or "
                               "in-batch loss (full softmax would score the held-out items as negatives)")
+        if self.data.cold_items and self.distill.logit_weight:
+            raise ConfigError("data.cold_items with distill.logit_weight: the score term spans the whole catalogue, so the "
+                              "held-out items would be trained on; set distill.logit_weight=0")
         if (self.data.behaviour or self.data.domains) and (self.task.kind != "retrieval" or self.eval.holdout != 1):
             raise ConfigError("data.behaviour and data.domains are for retrieval (task.kind=retrieval) with eval.holdout=1; "
                               "ranking tasks read feedback through task.labels instead")

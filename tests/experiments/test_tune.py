@@ -246,22 +246,49 @@ def test_two_processes_tune_one_sqlite_study(tiny, tmp_path, capsys):
     assert final["protocol"]["tuning"]["test_evaluations"] == 1 and final["protocol"]["tuning"]["trials"] == len(trials)
 
 
-def test_a_searched_width_carries_the_fields_that_follow_it():
+def test_a_searched_width_carries_the_fields_the_config_left_out(tmp_path):
     """SASRec's ffn_dim (0 = embedding_dim) and HSTU's attention/value widths (0 = D / heads) follow a
-    searched width or head count unless set to something else; a field the space sets wins."""
-    from genrec.config import ExperimentConfig
+    searched width or head count when the config leaves them out; a value the config writes, or
+    one the space sets, stays."""
     from genrec.experiments.tune import with_params
+    from genrec.experiments.tune.space import left_out
 
-    sasrec = ExperimentConfig.from_dict({"model": {"name": "sasrec", "embedding_dim": 64}})
-    assert sasrec.model.ffn_dim == 64
-    assert with_params(sasrec, {"model.embedding_dim": 128}).model.ffn_dim == 128
-    assert with_params(sasrec, {"model.embedding_dim": 128, "model.ffn_dim": 32}).model.ffn_dim == 32
-    narrow = ExperimentConfig.from_dict({"model": {"name": "sasrec", "embedding_dim": 64, "ffn_dim": 48}})
-    assert with_params(narrow, {"model.embedding_dim": 128}).model.ffn_dim == 48  # set apart from D: kept
-    hstu = ExperimentConfig.from_dict({"model": {"name": "hstu", "embedding_dim": 64, "num_heads": 2}})
-    wide = with_params(hstu, {"model.embedding_dim": 128, "model.num_heads": 4})
-    assert (wide.model.attention_dim, wide.model.value_dim) == (32, 32)
-    gpt = ExperimentConfig.from_dict({"model": {"name": "gpt", "embedding_dim": 32, "num_heads": 2}})
-    assert with_params(gpt, {"model.embedding_dim": 64}).model.ffn_dim == 256
-    llama = ExperimentConfig.from_dict({"model": {"name": "llama", "embedding_dim": 32, "num_heads": 2}})
-    assert with_params(llama, {"model.embedding_dim": 48}).model.ffn_dim == 128
+    path = tmp_path / "sasrec.yaml"
+    path.write_text("model: {name: sasrec, embedding_dim: 64}\n")
+    sasrec = load_config(path)
+    follow = left_out(path, [], sasrec)
+    assert follow == ["ffn_dim"] and sasrec.model.ffn_dim == 64
+    assert with_params(sasrec, {"model.embedding_dim": 128}, follow).model.ffn_dim == 128
+    assert with_params(sasrec, {"model.embedding_dim": 128}).model.ffn_dim == 64  # a study that recorded nothing: as before
+    assert with_params(sasrec, {"model.embedding_dim": 128, "model.ffn_dim": 32}, follow).model.ffn_dim == 32
+    assert left_out(path, ["model.ffn_dim=64"], load_config(path, ["model.ffn_dim=64"])) == []  # written: kept
+    path.write_text("model: {name: hstu, embedding_dim: 64, num_heads: 4, attention_dim: 16}\n")
+    hstu = load_config(path)
+    follow = left_out(path, [], hstu)
+    assert follow == ["value_dim"]  # attention_dim is written (equal to D / heads, still kept)
+    wide = with_params(hstu, {"model.num_heads": 2}, follow)
+    assert (wide.model.attention_dim, wide.model.value_dim) == (16, 32)
+    path.write_text("model: {name: gpt, embedding_dim: 32, num_heads: 2}\n")
+    gpt = load_config(path)
+    assert with_params(gpt, {"model.embedding_dim": 64}, left_out(path, [], gpt)).model.ffn_dim == 256
+    path.write_text("model: {name: llama, embedding_dim: 32, num_heads: 2, ffn_dim: 0}\n")
+    llama = load_config(path)
+    assert with_params(llama, {"model.embedding_dim": 48}, left_out(path, [], llama)).model.ffn_dim == 128
+
+
+def test_a_study_records_the_fields_that_follow_and_an_older_study_keeps_its_values(tiny, tmp_path):
+    import optuna
+
+    from genrec.experiments.tune.conclude import following
+    from genrec.experiments.tune.study import TuneSettings, _open_study, _storage
+
+    base = load_config(tiny[0])
+    space = Space.load(tiny[1], base)
+    storage = _storage(f"sqlite:///{tmp_path / 'study.db'}")
+    study = _open_study(storage, "u", "new", base, space, TuneSettings(trials=1), ["value_dim"])
+    assert following(study) == ["value_dim"]
+    assert following(_open_study(storage, "u", "new", base, space, TuneSettings(trials=1), [])) == ["value_dim"]  # kept
+    old = optuna.create_study(storage=storage, study_name="old", direction="maximize")
+    old.set_user_attr("config", tune_study._fixed(base))  # as a study started before the record existed
+    old.set_user_attr("space", space.canonical)
+    assert following(_open_study(storage, "u", "old", base, space, TuneSettings(trials=1), ["value_dim"])) == []

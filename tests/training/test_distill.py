@@ -179,6 +179,10 @@ def test_logit_term_by_hand(prepared):
         _task(prepared, teacher, logit_weight=1.0)  # a checkpoint that records none: refused, not guessed
     with pytest.raises(ConfigError, match="logit_temperature=0.0 must be"):
         _task(prepared, teacher, teacher_temperature=0.2, logit_weight=1.0, logit_temperature=0.0)
+    cold = _raw(prepared[0], prepared[1], 2, teacher="t", blocks=2, logit_weight=1.0)
+    cold["data"]["cold_items"] = 0.1
+    with pytest.raises(ConfigError, match="held-out items would be trained on"):
+        ExperimentConfig.from_dict(cold)
 
 
 def test_ablation_without_feature_terms_never_runs_the_teacher(prepared):

@@ -10,7 +10,7 @@ The run folder is what ``genrec train`` writes, with three differences:
   :func:`export_student` rewrites ``best/`` once the best student has been tested. ``last/`` keeps
   the heads, for ``--resume``.
 - ``steps.jsonl`` has one line per step with each loss term (``retrieval_loss``,
-  ``distill_cosine``, ``distill_l2``, ``distill_supervision``, ``total_loss``); ``log.jsonl`` their
+  ``distill_cosine``, ``distill_l2``, ``distill_supervision``, ``distill_logits`` when on, ``total_loss``); ``log.jsonl`` their
   epoch means.
 - ``metrics.json`` adds ``teacher`` (its validation and test metrics on the same split, evaluated
   by the same full-catalogue protocol) and ``parameters`` (total, non-embedding, trainable) of both.
@@ -80,7 +80,7 @@ def export_student(trainer: Trainer) -> None:
 
 def add_teacher(trainer: Trainer, teacher, result: dict) -> dict:
     """Add the teacher's metrics on the same split and protocol, and both models' sizes."""
-    teacher.to(trainer.strategy.device)  # (it moved with the batches only when a feature term was on)
+    teacher.to(trainer.strategy.device)  # (it moved with the batches only when a term that runs it was on)
     with torch.no_grad():
         valid, test = (trainer.task.evaluate(teacher, split, trainer.strategy.device)["metrics"] for split in ("valid", "test"))
     result["teacher"] = {"checkpoint": trainer.cfg.distill.teacher, "model": teacher.config.name,

@@ -116,11 +116,18 @@ def _short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def following(study: optuna.Study) -> list[str]:
+    """The model fields this study's trials derive from their own values (``follow`` user
+    attribute; none for a study started before genrec recorded it, whose trials kept the base
+    config's values)."""
+    return list(study.user_attrs.get("follow", []))
+
+
 def write_best(study: optuna.Study, base: ExperimentConfig, out: Path, finished: int, command: str) -> Path:
     """``OUT/best.yaml``: every field of the best trial's config written out (frozen against
     changes of defaults), with how it was found and how to train it in its header."""
     best = study.best_trial
-    cfg = with_params(base, best.params)
+    cfg = with_params(base, best.params, following(study))
     header = (
         f"# genrec train {out / 'best.yaml'}\n"
         f"# Selected by genrec tune on validation: trial {best.number} of {finished} finished trials, "
@@ -143,7 +150,7 @@ def evaluate_final(study: optuna.Study, base: ExperimentConfig, out: Path, data:
     result = json.loads((final / "metrics.json").read_text()) if (final / "metrics.json").exists() else None
     tuning = result["protocol"].get("tuning", {}) if result else {}
     if tuning.get("trial") != best.number:
-        cfg, source = with_params(base, best.params), trial_folder(out, best.number)
+        cfg, source = with_params(base, best.params, following(study)), trial_folder(out, best.number)
         with claim(final, overwrite=True):
             (final / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
             if (source / "metrics.json").exists():

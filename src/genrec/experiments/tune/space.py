@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from genrec.config import ExperimentConfig
+from genrec.config import ExperimentConfig, apply_overrides
 from genrec.errors import ConfigError
 
 TUNABLE_SECTIONS = ("model", "train", "task")
@@ -104,20 +104,27 @@ class Space:
         return values
 
 
-def with_params(base: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
-    """``base`` with dotted keys set (validated as any config; ``base`` is not modified). A model
-    field that follows others (:meth:`~genrec.models.base.ModelConfig.derived`, e.g. SASRec's
-    ``ffn_dim`` = ``embedding_dim``) and holds its derived value in ``base`` is derived again from
-    the trial's values, unless the space sets it: searching the width changes the MLP with it, as
-    it would in a config that leaves ``ffn_dim`` out. (Before 2026-12-08 it kept the base's value.)"""
+def with_params(base: ExperimentConfig, params: dict[str, Any], follow: tuple[str, ...] | list[str] = ()) -> ExperimentConfig:
+    """``base`` with dotted keys set (validated as any config; ``base`` is not modified). ``follow``:
+    model fields the base config left out (:func:`left_out`), derived again from the trial's
+    values unless ``params`` sets them, as they would be in a config written with those values."""
     raw = base.to_dict()
-    for name, value in base.model.derived().items():
-        if f"model.{name}" not in params and raw["model"][name] == value:
+    for name in follow:
+        if f"model.{name}" not in params:
             raw["model"][name] = 0
     for key, value in params.items():
         section, name = key.split(".", 1)
         raw[section][name] = value
     return ExperimentConfig.from_dict(raw)
+
+
+def left_out(config: str | Path, overrides: list[str], base: ExperimentConfig) -> list[str]:
+    """The model fields of ``base`` that follow others (:meth:`~genrec.models.base.ModelConfig.derived`,
+    e.g. SASRec's ``ffn_dim`` = ``embedding_dim``) and that the config file and ``overrides`` leave
+    out (or set to 0): a trial that searches the width derives them from its own values."""
+    raw = apply_overrides(yaml.safe_load(Path(config).read_text()) or {}, overrides)
+    given = raw.get("model") or {}
+    return [name for name in base.model.derived() if not given.get(name)]
 
 
 def _param(key: str, spec: Any, earlier: dict[str, Param], base: ExperimentConfig) -> Param:

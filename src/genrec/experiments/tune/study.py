@@ -35,8 +35,8 @@ from genrec import jsonio
 from genrec.config import ExperimentConfig, load_config, run_name
 from genrec.data.prepare import load_prepared, prepare
 from genrec.errors import ConfigError, GenrecError
-from genrec.experiments.tune.conclude import FINISHED, evaluate_final, plot_study, write_best, write_trials
-from genrec.experiments.tune.space import Space
+from genrec.experiments.tune.conclude import FINISHED, evaluate_final, following, plot_study, write_best, write_trials
+from genrec.experiments.tune.space import Space, left_out
 from genrec.experiments.tune.trial import Objective, recover_interrupted
 from genrec.training import distributed
 
@@ -84,12 +84,12 @@ def tune(config: str, overrides: list[str], space_file: str, out: str | None, se
     with _turn(out):  # processes sharing OUT open the study and recover its trials one at a time
         name = _bind_folder(out, settings.study or base.name, url)
         storage = _storage(url)
-        study = _open_study(storage, url, name, base, space, settings)
+        study = _open_study(storage, url, name, base, space, settings, left_out(config, overrides, base))
         recover_interrupted(study, storage, out)
     data = load_prepared(prepare(base.data))
     remaining = settings.trials - len(study.get_trials(deepcopy=False, states=FINISHED))
     if remaining > 0:
-        study.optimize(Objective(base, space, out, data), n_trials=remaining, timeout=settings.timeout,
+        study.optimize(Objective(base, space, out, data, following(study)), n_trials=remaining, timeout=settings.timeout,
                        callbacks=[optuna.study.MaxTrialsCallback(settings.trials, states=FINISHED)],
                        catch=(GenrecError,), gc_after_trial=True)
     with _turn(out):  # processes that stop together take turns: the later one finds the study concluded
@@ -161,11 +161,15 @@ def _bind_folder(out: Path, name: str, url: str) -> str:
 
 
 def _open_study(storage: optuna.storages.RDBStorage, url: str, name: str, base: ExperimentConfig, space: Space,
-                s: TuneSettings) -> optuna.Study:
-    """Create or load the study; check that a continued study has the same config and space; seed
+                s: TuneSettings, follow: list[str]) -> optuna.Study:
+    """Create or load the study; check that a continued study has the same config and space; record
+    which model fields follow the trials' values (``follow``, at creation only: a study started
+    before genrec recorded them goes on keeping the base config's values, as its trials did); seed
     the sampler from (``seed``, how many processes have opened the study): a resumed sampler, or a
     second process, must not replay the start-up points proposed before."""
     study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    if "config" not in study.user_attrs:  # a new study
+        study.set_user_attr("follow", follow)
     for key, value in (("config", _fixed(base)), ("space", space.canonical)):
         held = study.user_attrs.get(key)
         if key == "config" and held is not None:

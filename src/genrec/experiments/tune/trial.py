@@ -41,10 +41,10 @@ def trial_folder(out: Path, number: int) -> Path:
     return out / "trials" / f"{number:04d}"
 
 
-def trial_config(base: ExperimentConfig, params: dict) -> ExperimentConfig:
-    """The trial's experiment: the base config with the sampled values, never refit (a refit
-    tests its model)."""
-    cfg = with_params(base, params)
+def trial_config(base: ExperimentConfig, params: dict, follow: list[str]) -> ExperimentConfig:
+    """The trial's experiment: the base config with the sampled values (``follow``: see
+    :func:`~genrec.experiments.tune.space.with_params`), never refit (a refit tests its model)."""
+    cfg = with_params(base, params, follow)
     cfg.train.refit = False
     return cfg
 
@@ -91,8 +91,8 @@ class Objective:
     """What Optuna calls for each trial: sample, train in ``OUT/trials/NNNN``, return the best
     validation score. The data is prepared once per process and shared by its trials."""
 
-    def __init__(self, base: ExperimentConfig, space: Space, out: Path, data: SequenceData):
-        self.base, self.space, self.out, self.data = base, space, out, data
+    def __init__(self, base: ExperimentConfig, space: Space, out: Path, data: SequenceData, follow: list[str]):
+        self.base, self.space, self.out, self.data, self.follow = base, space, out, data, follow
 
     def __call__(self, trial: optuna.Trial) -> float:
         trial.set_user_attr("worker", _worker())  # first: a trial killed before its folder exists is found by it
@@ -101,7 +101,7 @@ class Objective:
         resume = resumes is not None and trial_folder(self.out, resumes).is_dir()
         trial.set_user_attr("folder", str(folder))
         try:
-            cfg = trial_config(self.base, self.space.suggest(trial))  # a bad combination fails here, before any folder
+            cfg = trial_config(self.base, self.space.suggest(trial), self.follow)  # a bad combination fails here, before any folder
             if resume:
                 os.rename(trial_folder(self.out, resumes), folder)
             with claim(folder, resume=resume):

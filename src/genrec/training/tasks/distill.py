@@ -9,13 +9,15 @@ layer k·M/B with student layer k·N/B (layer l = the residual stream leaving th
          + λ1 Σ_k mean(1 − cos(h_t^k, P_k h_s^k))                       cosine_weight
          + λ2 Σ_k mean ‖h_t^k − P_k h_s^k‖²                             l2_weight
          + λ3 Σ_{k<B} train.loss(norm(A_k h_s^k))                       supervision_weight
-         + λ4 τ² KL(softmax(z_t / τ) ‖ softmax(z_s / τ))                  logit_weight, logit_temperature
+         + λ4 τ² KL(softmax(z_t / τ) ‖ softmax(z_s / τ))                    logit_weight, logit_temperature
 
 λ4 is genrec's addition, off by default (the paper distils features only): z_t and z_s are each
-model's scores over the whole catalogue at the compared positions, as its own training loss sees
-them (query · item vectors / that model's ``train.temperature``; the teacher's is read from its
-checkpoint), and τ softens both (Hinton et al.'s knowledge distillation; τ² keeps the gradient's
-scale). It costs [T, num_items] scores per step for T compared positions.
+model's scores over the whole catalogue at the compared positions (query · item vectors / that
+model's ``train.temperature``; the teacher's is read from its checkpoint), and τ softens both
+(Hinton et al.'s knowledge distillation; τ² keeps the gradient's scale). In fp32, outside any
+autocast. It holds about four [T, num_items] fp32 matrices for T compared positions until the
+backward pass; it spans every domain of multi-domain data, and is refused with the cold-item
+check (it would train the held-out items).
 
 P_k: a learned linear projection from the student's width to the teacher's (only when they
 differ); A_k: a linear adapter to the student's output space, whose vectors are scored against
@@ -253,10 +255,11 @@ class DistillTask(RetrievalTask):
         (student and teacher query vectors), z = q · item vectors (items 1..I) / the model's
         training temperature."""
         tau = self.cfg.distill.logit_temperature
-        with torch.no_grad():
-            z_t = (q_t.float() @ self.teacher.item_vectors(start=1).float().T) / (self.teacher_temperature * tau)  # [T I]
-        z_s = (q_s.float() @ student.item_vectors(start=1).float().T) / (self.cfg.train.temperature * tau)
-        kl = F.kl_div(F.log_softmax(z_s, dim=-1), F.log_softmax(z_t, dim=-1), reduction="batchmean", log_target=True)
+        with torch.autocast(q_s.device.type, enabled=False):  # fp32 scores even under bf16 training
+            with torch.no_grad():
+                z_t = (q_t.float() @ self.teacher.item_vectors(start=1).float().T) / (self.teacher_temperature * tau)  # [T I]
+            z_s = (q_s.float() @ student.item_vectors(start=1).float().T) / (self.cfg.train.temperature * tau)
+            kl = F.kl_div(F.log_softmax(z_s, dim=-1), F.log_softmax(z_t, dim=-1), reduction="batchmean", log_target=True)
         return kl * tau * tau
 
     @torch.no_grad()
@@ -266,7 +269,7 @@ class DistillTask(RetrievalTask):
         if teacher.item_embedding.weight.device != batch.items.device:
             teacher.to(batch.items.device)
         h_t, states = teacher.encode_layers(batch.items, batch.timestamps, batch.query_timestamps, batch.segments, batch.behaviours,
-                                          batch.user_tokens)
+                                            batch.user_tokens)
         if len(states) != teacher.config.num_layers:
             raise RuntimeError(f"the {teacher.config.name} teacher returned {len(states)} layer states for "
                                f"{teacher.config.num_layers} layers")
